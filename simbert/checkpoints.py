@@ -1,0 +1,247 @@
+"""Weights in and out: Google-BERT TF checkpoints (bert4keras, SimBERT, RoFormer-Sim
+releases) and Hugging Face directories.
+
+Every format is translated to the Google checkpoint names below, and those names are
+mapped to the model's variables by attribute path. Kernels are stored (in, out).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+from typing import Sequence
+
+import numpy as np
+
+from simbert.models import Transformer
+from simbert.tokenizer import save_vocab
+
+logger = logging.getLogger(__name__)
+
+CHECKPOINT_NAME = "bert_model.ckpt"
+
+# Google name -> attribute path on `Transformer`.
+EMBEDDING_VARIABLES = {
+    "bert/embeddings/word_embeddings": "token_embedding.embeddings",
+    "bert/embeddings/token_type_embeddings": "segment_embedding.embeddings",
+    "bert/embeddings/position_embeddings": "position_embedding.embeddings",
+    "bert/embeddings/LayerNorm/gamma": "embedding_norm.gamma",
+    "bert/embeddings/LayerNorm/beta": "embedding_norm.beta",
+    "bert/encoder/embedding_hidden_mapping_in/kernel": "embedding_mapping.kernel",
+    "bert/encoder/embedding_hidden_mapping_in/bias": "embedding_mapping.bias",
+}
+# Under `bert/encoder/layer_{i}/` -> under `blocks[i]`.
+LAYER_VARIABLES = {
+    "attention/self/query/kernel": "attention.query.kernel",
+    "attention/self/query/bias": "attention.query.bias",
+    "attention/self/key/kernel": "attention.key.kernel",
+    "attention/self/key/bias": "attention.key.bias",
+    "attention/self/value/kernel": "attention.value.kernel",
+    "attention/self/value/bias": "attention.value.bias",
+    "attention/output/dense/kernel": "attention.output_dense.kernel",
+    "attention/output/dense/bias": "attention.output_dense.bias",
+    "attention/output/LayerNorm/gamma": "attention_norm.gamma",
+    "attention/output/LayerNorm/beta": "attention_norm.beta",
+    "intermediate/dense/kernel": "intermediate.kernel",
+    "intermediate/dense/bias": "intermediate.bias",
+    "output/dense/kernel": "output_dense.kernel",
+    "output/dense/bias": "output_dense.bias",
+    "output/LayerNorm/gamma": "output_norm.gamma",
+    "output/LayerNorm/beta": "output_norm.beta",
+}
+# Heads some releases lack: left at their initial values when absent.
+HEAD_VARIABLES = {
+    "bert/pooler/dense/kernel": "pooler.kernel",
+    "bert/pooler/dense/bias": "pooler.bias",
+    "cls/predictions/transform/dense/kernel": "mlm_dense.kernel",
+    "cls/predictions/transform/dense/bias": "mlm_dense.bias",
+    "cls/predictions/transform/LayerNorm/gamma": "mlm_norm.gamma",
+    "cls/predictions/transform/LayerNorm/beta": "mlm_norm.beta",
+    "cls/predictions/output_bias": "mlm_bias.bias",
+}
+# Rows indexed by token id, cut down by `keep_tokens`.
+VOCAB_VARIABLES = ("bert/embeddings/word_embeddings", "cls/predictions/output_bias")
+
+# Hugging Face name (prefix `bert.`/`roformer.` removed) -> Google name, in order;
+# `True` marks a torch Linear weight stored (out, in) that is transposed.
+HF_RULES = [
+    (r"embeddings\.(word|token_type|position)_embeddings\.weight", r"bert/embeddings/\1_embeddings", False),
+    (r"embeddings\.LayerNorm\.(?:weight|gamma)", "bert/embeddings/LayerNorm/gamma", False),
+    (r"embeddings\.LayerNorm\.(?:bias|beta)", "bert/embeddings/LayerNorm/beta", False),
+    (r"embeddings_project\.weight", "bert/encoder/embedding_hidden_mapping_in/kernel", True),
+    (r"embeddings_project\.bias", "bert/encoder/embedding_hidden_mapping_in/bias", False),
+    (r"encoder\.layer\.(\d+)\.attention\.self\.(query|key|value)\.weight", r"bert/encoder/layer_\1/attention/self/\2/kernel", True),
+    (r"encoder\.layer\.(\d+)\.attention\.self\.(query|key|value)\.bias", r"bert/encoder/layer_\1/attention/self/\2/bias", False),
+    (r"encoder\.layer\.(\d+)\.(attention\.output|intermediate|output)\.dense\.weight", r"bert/encoder/layer_\1/\2/dense/kernel", True),
+    (r"encoder\.layer\.(\d+)\.(attention\.output|intermediate|output)\.dense\.bias", r"bert/encoder/layer_\1/\2/dense/bias", False),
+    (r"encoder\.layer\.(\d+)\.(attention\.output|output)\.LayerNorm\.(?:weight|gamma)", r"bert/encoder/layer_\1/\2/LayerNorm/gamma", False),
+    (r"encoder\.layer\.(\d+)\.(attention\.output|output)\.LayerNorm\.(?:bias|beta)", r"bert/encoder/layer_\1/\2/LayerNorm/beta", False),
+    (r"pooler\.dense\.weight", "bert/pooler/dense/kernel", True),
+    (r"pooler\.dense\.bias", "bert/pooler/dense/bias", False),
+    (r"cls\.predictions\.transform\.dense\.weight", "cls/predictions/transform/dense/kernel", True),
+    (r"cls\.predictions\.transform\.dense\.bias", "cls/predictions/transform/dense/bias", False),
+    (r"cls\.predictions\.transform\.LayerNorm\.(?:weight|gamma)", "cls/predictions/transform/LayerNorm/gamma", False),
+    (r"cls\.predictions\.transform\.LayerNorm\.(?:bias|beta)", "cls/predictions/transform/LayerNorm/beta", False),
+    (r"cls\.predictions\.(?:decoder\.)?bias", "cls/predictions/output_bias", False),
+]
+# HF tensors with no Google counterpart: buffers and the tied decoder matrix.
+HF_IGNORED = re.compile(r"(position_ids|embed_positions\.weight|cls\.predictions\.decoder\.weight|cls\.seq_relationship\..*)$")
+
+
+def _resolve(obj, path: str):
+    for attribute in path.split("."):
+        obj = getattr(obj, attribute, None)
+        if obj is None:
+            return None
+    return obj
+
+
+def variable_map(model: Transformer) -> tuple[dict, dict]:
+    """`(backbone, heads)`: Google name -> Keras variable, for the variables `model` has."""
+    backbone = {name: _resolve(model, path) for name, path in EMBEDDING_VARIABLES.items()}
+    for i, block in enumerate(model.blocks):
+        for suffix, path in LAYER_VARIABLES.items():
+            backbone[f"bert/encoder/layer_{i}/{suffix}"] = _resolve(block, path)
+    heads = {name: _resolve(model, path) for name, path in HEAD_VARIABLES.items()}
+    return ({k: v for k, v in backbone.items() if v is not None},
+            {k: v for k, v in heads.items() if v is not None})
+
+
+def assign_weights(model: Transformer, values: dict[str, np.ndarray], source: str,
+                   keep_tokens: Sequence[int] | None = None) -> None:
+    """Assign Google-named arrays to `model`.
+
+    A missing backbone variable or any shape mismatch raises; absent heads are left at
+    their initial values and listed in one warning.
+    """
+    backbone, heads = variable_map(model)
+    missing_heads = []
+    for name, variable in {**backbone, **heads}.items():
+        if name not in values:
+            if name in heads:
+                missing_heads.append(name)
+                continue
+            raise ValueError(f"{source}: variable {name} is missing (the model needs shape {tuple(variable.shape)})")
+        value = np.asarray(values[name])
+        if keep_tokens is not None and name in VOCAB_VARIABLES:
+            if max(keep_tokens) >= value.shape[0]:
+                raise ValueError(f"{source}: keep_tokens holds id {max(keep_tokens)} but {name} has "
+                                 f"{value.shape[0]} rows")
+            value = value[np.asarray(keep_tokens)]
+        if tuple(value.shape) != tuple(variable.shape):
+            raise ValueError(f"{source}: variable {name} has shape {tuple(value.shape)} in the checkpoint "
+                             f"but {tuple(variable.shape)} in the model")
+        variable.assign(value.astype(variable.dtype))
+    if missing_heads:
+        logger.warning("%s lacks %s; these stay at their initial values", source, ", ".join(missing_heads))
+
+
+# ----------------------------------------------------------------- TF checkpoints
+def resolve_checkpoint(path: str | os.PathLike) -> str:
+    """The TF checkpoint prefix for a prefix or a directory holding one."""
+    path = str(path)
+    if os.path.isfile(path + ".index"):
+        return path
+    if os.path.isdir(path):
+        for candidate in (os.path.join(path, CHECKPOINT_NAME),):
+            if os.path.isfile(candidate + ".index"):
+                return candidate
+        indexes = sorted(f for f in os.listdir(path) if f.endswith(".index"))
+        if indexes:
+            return os.path.join(path, indexes[-1][: -len(".index")])
+    raise FileNotFoundError(f"no TF checkpoint at {path} (expected {path}.index or a directory holding "
+                            f"{CHECKPOINT_NAME}.index)")
+
+
+def read_tf_checkpoint(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    import tensorflow as tf
+
+    prefix = resolve_checkpoint(path)
+    reader = tf.train.load_checkpoint(prefix)
+    return {name: reader.get_tensor(name) for name in reader.get_variable_to_shape_map()}
+
+
+def write_tf_checkpoint(values: dict[str, np.ndarray], prefix: str | os.PathLike) -> None:
+    """Write name-based TF checkpoint files `prefix.index` / `prefix.data-*`."""
+    import tensorflow as tf
+
+    names = sorted(values)
+    tf.raw_ops.SaveV2(prefix=str(prefix), tensor_names=names, shape_and_slices=[""] * len(names),
+                      tensors=[tf.constant(values[n]) for n in names])
+
+
+def model_values(model: Transformer) -> dict[str, np.ndarray]:
+    backbone, heads = variable_map(model)
+    return {name: np.asarray(variable.numpy(), dtype="float32") for name, variable in {**backbone, **heads}.items()}
+
+
+def save_pretrained(model: Transformer, directory: str | os.PathLike, token_dict: dict[str, int]) -> None:
+    """Write the released layout: bert_config.json, vocab.txt, bert_model.ckpt.*"""
+    os.makedirs(directory, exist_ok=True)
+    if len(token_dict) != model.vocab_size:
+        raise ValueError(f"vocab has {len(token_dict)} tokens but the model's vocab_size is {model.vocab_size}")
+    with open(os.path.join(directory, "bert_config.json"), "w", encoding="utf-8") as writer:
+        json.dump(model.bert_config(), writer, indent=2)
+    save_vocab(os.path.join(directory, "vocab.txt"), token_dict)
+    write_tf_checkpoint(model_values(model), os.path.join(directory, CHECKPOINT_NAME))
+    with open(os.path.join(directory, "checkpoint"), "w", encoding="utf-8") as writer:
+        writer.write(f'model_checkpoint_path: "{CHECKPOINT_NAME}"\n')
+
+
+# ------------------------------------------------------------------ Hugging Face
+def is_hf_directory(path: str | os.PathLike) -> bool:
+    return os.path.isdir(path) and os.path.isfile(os.path.join(path, "config.json")) and any(
+        os.path.isfile(os.path.join(path, f)) for f in ("model.safetensors", "pytorch_model.bin"))
+
+
+def hf_to_google(name: str) -> tuple[str, bool] | None:
+    """Translate one HF tensor name; None for tensors without a Google counterpart."""
+    name = re.sub(r"^(bert|roformer)\.", "", name)
+    if HF_IGNORED.search(name):
+        return None
+    for pattern, replacement, transpose in HF_RULES:
+        if re.fullmatch(pattern, name):
+            return re.sub(pattern, replacement, name).replace(".", "/"), transpose
+    raise ValueError(f"HF tensor {name!r} has no known BERT/RoFormer counterpart")
+
+
+def read_hf_directory(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    """Google-named arrays from `model.safetensors` (or `pytorch_model.bin`, loaded with
+    `torch.load(weights_only=True)`, never unpickling arbitrary objects)."""
+    safetensors_path = os.path.join(path, "model.safetensors")
+    if os.path.isfile(safetensors_path):
+        from safetensors.numpy import load_file
+
+        tensors = load_file(safetensors_path)
+    else:
+        import torch
+
+        state = torch.load(os.path.join(path, "pytorch_model.bin"), map_location="cpu", weights_only=True)
+        tensors = {k: v.float().numpy() for k, v in state.items()}
+    values = {}
+    for name, tensor in tensors.items():
+        translated = hf_to_google(name)
+        if translated is not None:
+            google_name, transpose = translated
+            values[google_name] = tensor.T if transpose else tensor
+    return values
+
+
+def read_hf_config(path: str | os.PathLike) -> dict:
+    with open(os.path.join(path, "config.json"), encoding="utf-8") as reader:
+        return json.load(reader)
+
+
+# --------------------------------------------------------------------- dispatch
+def read_weights(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    """Google-named arrays from a TF checkpoint (prefix or directory) or an HF directory."""
+    if is_hf_directory(path):
+        return read_hf_directory(path)
+    return read_tf_checkpoint(path)
+
+
+def load_weights(model: Transformer, path: str | os.PathLike,
+                 keep_tokens: Sequence[int] | None = None) -> None:
+    assign_weights(model, read_weights(path), str(path), keep_tokens)

@@ -1,0 +1,218 @@
+"""Transformer layers written with `keras.ops` only (TensorFlow and JAX both run them).
+
+Attention takes a boolean mask `(batch, query_len, key_len)`: True where a query may
+see a key. The UniLM and padding masks are built by `build_attention_mask`.
+"""
+
+from __future__ import annotations
+
+import math
+
+import keras
+from keras import ops
+
+LAYER_NORM_EPSILON = 1e-12
+
+# bert_config.json `hidden_act` names -> Keras activations. "gelu" is the erf form.
+ACTIVATIONS = {
+    "gelu": lambda x: keras.activations.gelu(x, approximate=False),
+    "gelu_new": lambda x: keras.activations.gelu(x, approximate=True),
+    "gelu_pytorch_tanh": lambda x: keras.activations.gelu(x, approximate=True),
+    "relu": keras.activations.relu,
+    "swish": keras.activations.silu,
+    "silu": keras.activations.silu,
+    "tanh": keras.activations.tanh,
+    "linear": keras.activations.linear,
+}
+
+
+def get_activation(name: str):
+    if name not in ACTIVATIONS:
+        raise ValueError(f"hidden_act {name!r} is not supported; expected one of {sorted(ACTIVATIONS)}")
+    return ACTIVATIONS[name]
+
+
+def initializer(stddev: float = 0.02):
+    return keras.initializers.TruncatedNormal(stddev=stddev)
+
+
+def build_attention_mask(token_ids, segment_ids, application: str):
+    """Boolean `(batch, len, len)` mask; position i may attend to j when True.
+
+    encoder: j is not padding (token id 0).
+    unilm:   also `c[j] <= c[i]` with `c = cumsum(segment_ids)`, so the source is
+             bidirectional, the target causal, and the source never sees the target.
+    """
+    if application == "unilm":
+        cumulative = ops.cumsum(ops.cast(segment_ids, "int32"), axis=1)
+    else:
+        cumulative = ops.zeros_like(segment_ids, dtype="int32")
+    visible = cumulative[:, None, :] <= cumulative[:, :, None]
+    return ops.logical_and(visible, ops.not_equal(token_ids, 0)[:, None, :])
+
+
+def rotary(x, positions):
+    """Rotary position encoding of `x` (batch, len, heads, head_size) at `positions` (len,).
+
+    Pairs `(x[2i], x[2i+1])` are rotated by the angle `position * 10000^(-2i/head_size)`.
+    """
+    head_size = ops.shape(x)[-1]
+    inverse_frequency = ops.power(10000.0, -ops.arange(0, head_size, 2, dtype="float32") / head_size)
+    angles = ops.cast(positions, "float32")[:, None] * inverse_frequency[None, :]
+    sin = ops.repeat(ops.sin(angles), 2, axis=-1)[None, :, None, :]
+    cos = ops.repeat(ops.cos(angles), 2, axis=-1)[None, :, None, :]
+    rotated = ops.reshape(ops.stack([-x[..., 1::2], x[..., ::2]], axis=-1), ops.shape(x))
+    return x * ops.cast(cos, x.dtype) + rotated * ops.cast(sin, x.dtype)
+
+
+@keras.saving.register_keras_serializable(package="simbert")
+class PositionEmbedding(keras.layers.Layer):
+    """Adds learned absolute position vectors: `x + P[start : start + len]`."""
+
+    def __init__(self, max_positions: int, initializer_range: float = 0.02, **kwargs):
+        super().__init__(**kwargs)
+        self.max_positions = max_positions
+        self.initializer_range = initializer_range
+
+    def build(self, input_shape):
+        self.embeddings = self.add_weight(
+            shape=(self.max_positions, input_shape[-1]),
+            initializer=initializer(self.initializer_range),
+            name="embeddings",
+        )
+
+    def call(self, x, start_index=0):
+        length = ops.shape(x)[1]
+        positions = ops.slice(self.embeddings, (start_index, 0), (length, ops.shape(self.embeddings)[1]))
+        return x + ops.cast(positions, x.dtype)[None]
+
+    def get_config(self):
+        return {**super().get_config(), "max_positions": self.max_positions,
+                "initializer_range": self.initializer_range}
+
+
+@keras.saving.register_keras_serializable(package="simbert")
+class MultiHeadAttention(keras.layers.Layer):
+    """Scaled dot-product self-attention, `softmax(q k^T / sqrt(d) masked) v`, with an
+    optional rotary encoding of q and k and an optional key/value cache.
+
+    With `cache` (batch, 2, max_len, heads, head_size) the new keys/values of `x` are
+    written at `cache_index` and the queries attend over the whole cache (the mask says
+    which cached slots are valid); the call then returns `(output, cache)`.
+    """
+
+    def __init__(self, num_heads: int, head_size: int, hidden_size: int, rotary: bool = False,
+                 dropout_rate: float = 0.0, initializer_range: float = 0.02, **kwargs):
+        super().__init__(**kwargs)
+        self.num_heads = num_heads
+        self.head_size = head_size
+        self.hidden_size = hidden_size
+        self.rotary = rotary
+        self.dropout_rate = dropout_rate
+        self.initializer_range = initializer_range
+        inner = num_heads * head_size
+        dense = dict(kernel_initializer=initializer(initializer_range), dtype=self.dtype_policy)
+        self.query = keras.layers.Dense(inner, name="query", **dense)
+        self.key = keras.layers.Dense(inner, name="key", **dense)
+        self.value = keras.layers.Dense(inner, name="value", **dense)
+        self.output_dense = keras.layers.Dense(hidden_size, name="output", **dense)
+        self.dropout = keras.layers.Dropout(dropout_rate)
+
+    def build(self, input_shape):
+        for dense in (self.query, self.key, self.value):
+            dense.build(input_shape)
+        self.output_dense.build(tuple(input_shape[:-1]) + (self.num_heads * self.head_size,))
+
+    def _heads(self, x):
+        batch, length = ops.shape(x)[0], ops.shape(x)[1]
+        return ops.reshape(x, (batch, length, self.num_heads, self.head_size))
+
+    def call(self, x, attention_mask, cache=None, cache_index=0, training=False):
+        q, k, v = self._heads(self.query(x)), self._heads(self.key(x)), self._heads(self.value(x))
+        if self.rotary:
+            positions = cache_index + ops.arange(ops.shape(x)[1])
+            q, k = rotary(q, positions), rotary(k, positions)
+        if cache is not None:
+            start = (0, cache_index, 0, 0)
+            k = ops.slice_update(cache[:, 0], start, ops.cast(k, cache.dtype))
+            v = ops.slice_update(cache[:, 1], start, ops.cast(v, cache.dtype))
+            cache = ops.stack([k, v], axis=1)
+        scores = ops.einsum("bqhd,bkhd->bhqk", q, k) / math.sqrt(self.head_size)
+        scores = ops.cast(scores, "float32")
+        scores = ops.where(attention_mask[:, None, :, :], scores, -1e30)
+        probs = ops.cast(ops.softmax(scores, axis=-1), self.compute_dtype)
+        probs = self.dropout(probs, training=training)
+        context = ops.einsum("bhqk,bkhd->bqhd", probs, v)
+        batch, length = ops.shape(x)[0], ops.shape(x)[1]
+        output = self.output_dense(ops.reshape(context, (batch, length, self.num_heads * self.head_size)))
+        return output if cache is None else (output, cache)
+
+    def get_config(self):
+        return {**super().get_config(), "num_heads": self.num_heads, "head_size": self.head_size,
+                "hidden_size": self.hidden_size, "rotary": self.rotary,
+                "dropout_rate": self.dropout_rate, "initializer_range": self.initializer_range}
+
+
+@keras.saving.register_keras_serializable(package="simbert")
+class TransformerBlock(keras.layers.Layer):
+    """Post-LN block: `h = LN(x + Drop(Att(x)))`, `y = LN(h + Drop(W2 act(W1 h)))`."""
+
+    def __init__(self, num_heads: int, head_size: int, hidden_size: int, intermediate_size: int,
+                 hidden_act: str = "gelu", rotary: bool = False, dropout_rate: float = 0.1,
+                 attention_dropout_rate: float = 0.1, initializer_range: float = 0.02, **kwargs):
+        super().__init__(**kwargs)
+        self.num_heads = num_heads
+        self.head_size = head_size
+        self.hidden_size = hidden_size
+        self.intermediate_size = intermediate_size
+        self.hidden_act = hidden_act
+        self.rotary = rotary
+        self.dropout_rate = dropout_rate
+        self.attention_dropout_rate = attention_dropout_rate
+        self.initializer_range = initializer_range
+        dense = dict(kernel_initializer=initializer(initializer_range), dtype=self.dtype_policy)
+        norm = dict(epsilon=LAYER_NORM_EPSILON, dtype=self.dtype_policy)
+        self.attention = MultiHeadAttention(num_heads, head_size, hidden_size, rotary,
+                                            attention_dropout_rate, initializer_range,
+                                            name="attention", dtype=self.dtype_policy)
+        self.attention_norm = keras.layers.LayerNormalization(name="attention_norm", **norm)
+        self.intermediate = keras.layers.Dense(intermediate_size, activation=get_activation(hidden_act),
+                                               name="intermediate", **dense)
+        self.output_dense = keras.layers.Dense(hidden_size, name="output", **dense)
+        self.output_norm = keras.layers.LayerNormalization(name="output_norm", **norm)
+        self.dropout = keras.layers.Dropout(dropout_rate)
+
+    def build(self, input_shape):
+        self.attention.build(input_shape)
+        self.attention_norm.build(input_shape)
+        self.intermediate.build(input_shape)
+        self.output_dense.build(tuple(input_shape[:-1]) + (self.intermediate_size,))
+        self.output_norm.build(input_shape)
+
+    def call(self, x, attention_mask, cache=None, cache_index=0, training=False):
+        attended = self.attention(x, attention_mask, cache=cache, cache_index=cache_index, training=training)
+        if cache is not None:
+            attended, cache = attended
+        x = self.attention_norm(x + self.dropout(attended, training=training))
+        feed_forward = self.output_dense(self.intermediate(x))
+        x = self.output_norm(x + self.dropout(feed_forward, training=training))
+        return x if cache is None else (x, cache)
+
+    def get_config(self):
+        return {**super().get_config(), "num_heads": self.num_heads, "head_size": self.head_size,
+                "hidden_size": self.hidden_size, "intermediate_size": self.intermediate_size,
+                "hidden_act": self.hidden_act, "rotary": self.rotary,
+                "dropout_rate": self.dropout_rate,
+                "attention_dropout_rate": self.attention_dropout_rate,
+                "initializer_range": self.initializer_range}
+
+
+@keras.saving.register_keras_serializable(package="simbert")
+class BiasAdd(keras.layers.Layer):
+    """`x + b` with one learned bias per output unit (the MLM output bias)."""
+
+    def build(self, input_shape):
+        self.bias = self.add_weight(shape=(input_shape[-1],), initializer="zeros", name="bias")
+
+    def call(self, x):
+        return x + ops.cast(self.bias, x.dtype)

@@ -1,0 +1,53 @@
+"""Runs bert4keras 0.11.5 on jobs described in a JSON file; the tests call it in a
+subprocess with TF_KERAS=1 and TF_USE_LEGACY_KERAS=1 (bert4keras needs tf.keras 2).
+
+Job kinds:
+  model:    build_transformer_model + load checkpoint + predict on inputs (npz) -> npz
+  tokenize: Tokenizer.encode on sentences -> JSON of tokens, ids, segment ids
+  vocab:    load_vocab(simplified=True) -> JSON of token dict and keep_tokens
+"""
+
+import json
+import sys
+
+import numpy as np
+from bert4keras.models import build_transformer_model
+from bert4keras.tokenizers import Tokenizer, load_vocab
+
+
+def run_model(job):
+    model = build_transformer_model(
+        job["config"], job["checkpoint"], model=job["model"], application=job["application"],
+        with_pool=job["with_pool"], with_mlm=job["with_mlm"], keep_tokens=job.get("keep_tokens"),
+    )
+    inputs = np.load(job["inputs"])
+    outputs = model.predict([inputs["token_ids"], inputs["segment_ids"]], verbose=0)
+    if not isinstance(outputs, list):
+        outputs = [outputs]
+    np.savez(job["output"], *outputs)
+
+
+def run_tokenize(job):
+    tokenizer = Tokenizer(job["vocab"], do_lower_case=job["do_lower_case"])
+    with open(job["sentences"], encoding="utf-8") as reader:
+        cases = json.load(reader)
+    results = []
+    for first, second, maxlen in cases:
+        tokens = tokenizer.tokenize(first)
+        ids, segments = tokenizer.encode(first, second, maxlen=maxlen)
+        results.append([tokens, ids, segments, tokenizer.decode(ids)])
+    with open(job["output"], "w", encoding="utf-8") as writer:
+        json.dump(results, writer, ensure_ascii=False)
+
+
+def run_vocab(job):
+    token_dict, keep_tokens = load_vocab(job["vocab"], simplified=True, startswith=job["startswith"])
+    with open(job["output"], "w", encoding="utf-8") as writer:
+        json.dump([token_dict, keep_tokens], writer, ensure_ascii=False)
+
+
+if __name__ == "__main__":
+    with open(sys.argv[1], encoding="utf-8") as reader:
+        jobs = json.load(reader)
+    for job in jobs:
+        {"model": run_model, "tokenize": run_tokenize, "vocab": run_vocab}[job["kind"]](job)

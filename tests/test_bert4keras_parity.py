@@ -1,0 +1,87 @@
+"""Our models against bert4keras 0.11.5 on the same random TF checkpoints."""
+
+import itertools
+import os
+
+import numpy as np
+import pytest
+
+from conftest import TINY_CONFIG, padded_batch, run_bert4keras, write_model_dir
+from simbert import build_transformer_model
+from simbert.checkpoints import save_pretrained
+
+KEEP_TOKENS = [0, 1, 2, 3] + [int(i) for i in np.random.default_rng(7).permutation(np.arange(4, 97))[:40]]
+HEADS = {"unilm": ("linear", "linear"), "encoder": (True, True)}
+CASES = [
+    {"model": model, "application": application, "keep": keep}
+    for model, application, keep in itertools.product(("bert", "roformer"), ("unilm", "encoder"), (False, True))
+]
+
+
+def case_id(case):
+    return f"{case['model']}-{case['application']}-{'keep' if case['keep'] else 'full'}"
+
+
+@pytest.fixture(scope="module")
+def reference(session_dir):
+    """bert4keras outputs for every case, plus for checkpoints that we wrote."""
+    workdir = session_dir / "bert4keras_parity"
+    workdir.mkdir()
+    jobs, ours_written = [], {}
+    for case in CASES:
+        name = case_id(case)
+        directory = write_model_dir(str(workdir / case["model"]), TINY_CONFIG, case["model"], seed=1)
+        keep = KEEP_TOKENS if case["keep"] else None
+        vocab_size = len(KEEP_TOKENS) if keep else TINY_CONFIG["vocab_size"]
+        token_ids, segment_ids = padded_batch(vocab_size, seed=3)
+        np.savez(workdir / f"{name}.inputs.npz", token_ids=token_ids, segment_ids=segment_ids)
+        with_pool, with_mlm = HEADS[case["application"]]
+        jobs.append({"kind": "model", "config": f"{directory}/bert_config.json",
+                     "checkpoint": f"{directory}/bert_model.ckpt", "model": case["model"],
+                     "application": case["application"], "with_pool": with_pool, "with_mlm": with_mlm,
+                     "keep_tokens": keep, "inputs": str(workdir / f"{name}.inputs.npz"),
+                     "output": str(workdir / f"{name}.npz")})
+    for model in ("bert", "roformer"):
+        # A model of our own (random init, never loaded) saved in the released layout.
+        ours = build_transformer_model(TINY_CONFIG, model=model, application="unilm",
+                                       with_pool="linear", with_mlm="linear")
+        directory = str(workdir / f"saved_{model}")
+        save_pretrained(ours, directory, {f"t{i}": i for i in range(TINY_CONFIG["vocab_size"])})
+        token_ids, segment_ids = padded_batch(TINY_CONFIG["vocab_size"], seed=4)
+        np.savez(workdir / f"saved_{model}.inputs.npz", token_ids=token_ids, segment_ids=segment_ids)
+        ours_written[model] = ours.predict([token_ids, segment_ids], verbose=0)
+        jobs.append({"kind": "model", "config": f"{directory}/bert_config.json",
+                     "checkpoint": f"{directory}/bert_model.ckpt", "model": model, "application": "unilm",
+                     "with_pool": "linear", "with_mlm": "linear", "keep_tokens": None,
+                     "inputs": str(workdir / f"saved_{model}.inputs.npz"),
+                     "output": str(workdir / f"saved_{model}.npz")})
+    run_bert4keras(jobs, str(workdir))
+    return workdir, ours_written
+
+
+@pytest.mark.parametrize("case", CASES, ids=case_id)
+def test_outputs_match_bert4keras(reference, case):
+    workdir, _ = reference
+    name = case_id(case)
+    with_pool, with_mlm = HEADS[case["application"]]
+    ours = build_transformer_model(
+        str(workdir / case["model"] / "bert_config.json"), str(workdir / case["model"] / "bert_model.ckpt"),
+        model=case["model"], application=case["application"], with_pool=with_pool, with_mlm=with_mlm,
+        keep_tokens=KEEP_TOKENS if case["keep"] else None)
+    inputs = np.load(workdir / f"{name}.inputs.npz")
+    pooled, mlm = ours.predict([inputs["token_ids"], inputs["segment_ids"]], verbose=0)
+    expected = np.load(workdir / f"{name}.npz")
+    assert mlm.shape[-1] == (len(KEEP_TOKENS) if case["keep"] else TINY_CONFIG["vocab_size"])
+    np.testing.assert_allclose(pooled, expected["arr_0"], atol=1e-4, rtol=0)
+    np.testing.assert_allclose(mlm, expected["arr_1"], atol=1e-4, rtol=0)
+    # The outputs carry signal: padded rows differ from full rows, heads are not constant.
+    assert np.std(pooled) > 0.1 and np.std(mlm) > 1e-3
+
+
+@pytest.mark.parametrize("model", ["bert", "roformer"])
+def test_our_saved_checkpoint_loads_in_bert4keras(reference, model):
+    workdir, ours_written = reference
+    expected = np.load(workdir / f"saved_{model}.npz")
+    pooled, logits = ours_written[model]
+    np.testing.assert_allclose(expected["arr_0"], pooled, atol=1e-4, rtol=0)
+    np.testing.assert_allclose(expected["arr_1"], logits, atol=1e-4, rtol=0)
