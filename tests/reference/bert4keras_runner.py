@@ -28,14 +28,19 @@ def run_model(job):
 
 
 def run_tokenize(job):
-    tokenizer = Tokenizer(job["vocab"], do_lower_case=job["do_lower_case"])
+    pre_tokenize = None
+    if job.get("jieba"):
+        import jieba
+
+        pre_tokenize = lambda text: jieba.cut(text, HMM=False)  # noqa: E731
+    tokenizer = Tokenizer(job["vocab"], do_lower_case=job["do_lower_case"], pre_tokenize=pre_tokenize)
     with open(job["sentences"], encoding="utf-8") as reader:
         cases = json.load(reader)
     results = []
     for first, second, maxlen in cases:
         tokens = tokenizer.tokenize(first)
         ids, segments = tokenizer.encode(first, second, maxlen=maxlen)
-        results.append([tokens, ids, segments, tokenizer.decode(ids)])
+        results.append([tokens, ids, segments, tokenizer.decode(ids), tokenizer.rematch(first, tokens)])
     with open(job["output"], "w", encoding="utf-8") as writer:
         json.dump(results, writer, ensure_ascii=False)
 
