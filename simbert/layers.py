@@ -82,9 +82,11 @@ class PositionEmbedding(keras.layers.Layer):
         )
 
     def call(self, x, start_index=0):
-        length = ops.shape(x)[1]
-        positions = ops.slice(self.embeddings, (start_index, 0), (length, ops.shape(self.embeddings)[1]))
-        return x + ops.cast(positions, x.dtype)[None]
+        positions = start_index + ops.arange(ops.shape(x)[1])
+        return x + ops.cast(ops.take(self.embeddings, positions, axis=0), x.dtype)[None]
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
 
     def get_config(self):
         return {**super().get_config(), "max_positions": self.max_positions,

@@ -1,0 +1,19 @@
+"""The model tests again under KERAS_BACKEND=jax (the backend is fixed at import, so
+they run in a subprocess)."""
+
+import os
+import subprocess
+import sys
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+MODEL_TESTS = ["test_models.py", "test_bert4keras_parity.py", "test_hf_parity.py"]
+
+
+def test_model_tests_pass_on_jax(tmp_path):
+    env = {**os.environ, "KERAS_BACKEND": "jax", "CUDA_VISIBLE_DEVICES": "", "JAX_PLATFORMS": "cpu"}
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--basetemp", str(tmp_path),
+         *[os.path.join(HERE, name) for name in MODEL_TESTS]],
+        env=env, capture_output=True, text=True, cwd=HERE)
+    assert result.returncode == 0, result.stdout[-6000:]
+    assert " passed" in result.stdout and "skipped" not in result.stdout

@@ -1,0 +1,182 @@
+"""Model properties (UniLM mask), Keras serialisation, checkpoint round trips and bad input."""
+
+import json
+import logging
+
+import keras
+import numpy as np
+import pytest
+
+from conftest import TINY_CONFIG, padded_batch, random_bert_values, write_model_dir
+from simbert import Transformer, build_transformer_model
+from simbert.checkpoints import load_weights, model_values, read_tf_checkpoint, save_pretrained, write_tf_checkpoint
+from simbert.models import read_config
+
+MODELS = ["bert", "roformer"]
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory):
+    """Random checkpoints with large weights (std 0.2) so every position carries signal."""
+    root = tmp_path_factory.mktemp("checkpoints")
+    return {model: write_model_dir(str(root / model), TINY_CONFIG, model, seed=5) for model in MODELS}
+
+
+def loaded_model(checkpoints, model, application="unilm", **heads):
+    return build_transformer_model(TINY_CONFIG, checkpoints[model], model=model, application=application, **heads)
+
+
+def pair(source, target):
+    token_ids = np.array([[2, *source, 3, *target, 3]], "int32")
+    segment_ids = np.array([[0] * (len(source) + 2) + [1] * (len(target) + 1)], "int32")
+    return token_ids, segment_ids
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_source_never_sees_target(checkpoints, model):
+    transformer = loaded_model(checkpoints, model, with_pool="linear", with_mlm="linear")
+    source = [11, 12, 13, 14]
+    alone = np.array([[2, *source, 3]], "int32")
+    alone, _ = transformer.predict([alone, np.zeros_like(alone)], verbose=0)
+    for target in ([20], [21, 22, 23], list(range(30, 60))):
+        pooled, _ = transformer.predict(list(pair(source, target)), verbose=0)
+        np.testing.assert_allclose(pooled, alone, atol=1e-5)
+    # The encoder application has no such property: the target changes [CLS].
+    encoder = loaded_model(checkpoints, model, "encoder", with_pool="linear")
+    assert np.abs(encoder.predict(list(pair(source, [21, 22, 23])), verbose=0)
+                  - encoder.predict(list(pair(source, [40, 41, 42])), verbose=0)).max() > 1e-3
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_target_is_causal(checkpoints, model):
+    transformer = loaded_model(checkpoints, model)
+    token_ids, segment_ids = pair([11, 12, 13], [20, 21, 22, 23, 24])
+    base = transformer.predict([token_ids, segment_ids], verbose=0)
+    changed_at = 7  # a target position
+    edited = token_ids.copy()
+    edited[0, changed_at] = 50
+    after = transformer.predict([edited, segment_ids], verbose=0)
+    np.testing.assert_allclose(after[0, :changed_at], base[0, :changed_at], atol=1e-5)
+    assert np.abs(after[0, changed_at:] - base[0, changed_at:]).max(axis=-1).min() > 1e-3
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_padding_does_not_change_outputs(checkpoints, model):
+    transformer = loaded_model(checkpoints, model, with_pool="linear", with_mlm="linear")
+    token_ids, segment_ids = pair([11, 12, 13], [20, 21])
+    pooled, logits = transformer.predict([token_ids, segment_ids], verbose=0)
+    padded = [np.pad(token_ids, ((0, 0), (0, 6))), np.pad(segment_ids, ((0, 0), (0, 6)))]
+    pooled_padded, logits_padded = transformer.predict(padded, verbose=0)
+    np.testing.assert_allclose(pooled_padded, pooled, atol=1e-5)
+    np.testing.assert_allclose(logits_padded[:, : token_ids.shape[1]], logits, atol=1e-4)
+
+
+def test_output_order_follows_bert4keras():
+    token_ids, segment_ids = padded_batch(97, seed=1, batch=2, maxlen=9)
+    outputs = {
+        (False, False): (2, 9, 18),
+        ("linear", False): (2, 18),
+        (False, "linear"): (2, 9, 97),
+    }
+    for (pool, mlm), shape in outputs.items():
+        transformer = build_transformer_model(TINY_CONFIG, with_pool=pool, with_mlm=mlm)
+        assert transformer.predict([token_ids, segment_ids], verbose=0).shape == shape
+    pooled, probabilities = build_transformer_model(TINY_CONFIG, with_pool=True, with_mlm=True).predict(
+        [token_ids, segment_ids], verbose=0)
+    assert pooled.shape == (2, 18) and np.abs(pooled).max() <= 1.0  # tanh
+    np.testing.assert_allclose(probabilities.sum(-1), 1.0, atol=1e-5)  # softmax
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_keras_save_and_load(tmp_path, checkpoints, model):
+    transformer = loaded_model(checkpoints, model, with_pool="linear", with_mlm="linear")
+    inputs = padded_batch(97, seed=2)
+    expected = transformer.predict(list(inputs), verbose=0)
+    transformer.save(tmp_path / "model.keras")
+    restored = keras.models.load_model(tmp_path / "model.keras")
+    assert isinstance(restored, Transformer) and restored.get_config() == transformer.get_config()
+    for got, want in zip(restored.predict(list(inputs), verbose=0), expected):
+        np.testing.assert_allclose(got, want, atol=1e-6)
+    transformer.save_weights(tmp_path / "model.weights.h5")
+    fresh = Transformer.from_config(transformer.get_config())
+    fresh.load_weights(tmp_path / "model.weights.h5")
+    for got, want in zip(fresh.predict(list(inputs), verbose=0), expected):
+        np.testing.assert_allclose(got, want, atol=1e-6)
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_checkpoint_round_trip_with_keep_tokens(tmp_path, model):
+    values = random_bert_values(TINY_CONFIG, model, seed=3)
+    write_tf_checkpoint(values, str(tmp_path / "bert_model.ckpt"))
+    keep_tokens = [0, 1, 2, 3, 50, 7, 96]
+    transformer = build_transformer_model(TINY_CONFIG, str(tmp_path / "bert_model.ckpt"), model=model,
+                                          with_pool="linear", with_mlm="linear", keep_tokens=keep_tokens)
+    loaded = model_values(transformer)
+    np.testing.assert_array_equal(loaded["bert/embeddings/word_embeddings"],
+                                  values["bert/embeddings/word_embeddings"][keep_tokens])
+    np.testing.assert_array_equal(loaded["cls/predictions/output_bias"],
+                                  values["cls/predictions/output_bias"][keep_tokens])
+    for name in values:
+        if name not in ("bert/embeddings/word_embeddings", "cls/predictions/output_bias"):
+            np.testing.assert_array_equal(loaded[name], values[name])
+    save_pretrained(transformer, tmp_path / "saved", {f"t{i}": i for i in range(len(keep_tokens))})
+    assert read_tf_checkpoint(tmp_path / "saved").keys() == values.keys()
+    config = json.loads((tmp_path / "saved" / "bert_config.json").read_text())
+    assert config["vocab_size"] == len(keep_tokens)
+
+
+def test_missing_heads_warn_once_and_keep_initial_values(tmp_path, caplog):
+    directory = write_model_dir(str(tmp_path), TINY_CONFIG, heads=False)
+    with caplog.at_level(logging.WARNING, logger="simbert.checkpoints"):
+        transformer = build_transformer_model(TINY_CONFIG, directory, with_pool="linear", with_mlm="linear")
+    warnings = [r.getMessage() for r in caplog.records]
+    assert len(warnings) == 1 and "bert/pooler/dense/kernel" in warnings[0] and "cls/predictions/output_bias" in warnings[0]
+    np.testing.assert_array_equal(model_values(transformer)["cls/predictions/output_bias"], 0.0)
+
+
+def test_missing_backbone_variable_and_shape_mismatch(tmp_path):
+    values = random_bert_values(TINY_CONFIG)
+    del values["bert/encoder/layer_1/output/dense/bias"]
+    write_tf_checkpoint(values, str(tmp_path / "a.ckpt"))
+    with pytest.raises(ValueError, match="layer_1/output/dense/bias is missing"):
+        build_transformer_model(TINY_CONFIG, str(tmp_path / "a.ckpt"))
+    values = random_bert_values(TINY_CONFIG)
+    values["bert/encoder/layer_0/intermediate/dense/kernel"] = np.zeros((18, 36), "float32")
+    write_tf_checkpoint(values, str(tmp_path / "b.ckpt"))
+    with pytest.raises(ValueError, match=r"intermediate/dense/kernel has shape \(18, 36\).*\(18, 37\)"):
+        build_transformer_model(TINY_CONFIG, str(tmp_path / "b.ckpt"))
+    with pytest.raises(FileNotFoundError, match="nowhere.ckpt"):
+        load_weights(build_transformer_model(TINY_CONFIG), str(tmp_path / "nowhere.ckpt"))
+
+
+def test_bad_configs(tmp_path):
+    config = dict(TINY_CONFIG)
+    del config["num_attention_heads"]
+    with pytest.raises(ValueError, match="num_attention_heads.*missing"):
+        read_config(config)
+    with pytest.raises(ValueError, match="hidden_size.*int"):
+        read_config({**TINY_CONFIG, "hidden_size": "18"})
+    with pytest.raises(ValueError, match="not divisible"):
+        read_config({**TINY_CONFIG, "num_attention_heads": 4})
+    with pytest.raises(ValueError, match="hidden_act"):
+        read_config({**TINY_CONFIG, "hidden_act": "mish2"})
+    (tmp_path / "bad.json").write_text("{not json")
+    with pytest.raises(ValueError, match="bad.json is not valid JSON"):
+        read_config(str(tmp_path / "bad.json"))
+    with pytest.raises(FileNotFoundError, match="absent.json"):
+        read_config(str(tmp_path / "absent.json"))
+    with pytest.raises(ValueError, match="model 'gpt'.*'bert', 'roformer'"):
+        build_transformer_model(TINY_CONFIG, model="gpt")
+    with pytest.raises(ValueError, match="application 'lm'.*'encoder', 'unilm'"):
+        build_transformer_model(TINY_CONFIG, application="lm")
+
+
+def test_ids_beyond_vocab_are_rejected():
+    transformer = build_transformer_model(TINY_CONFIG)
+    with pytest.raises(ValueError, match=r"token_ids.*0 <= id < 97"):
+        transformer.check_inputs([[2, 97, 3]], [[0, 0, 0]])
+    with pytest.raises(ValueError, match=r"segment_ids.*0 <= id < 2"):
+        transformer.check_inputs([[2, 5, 3]], [[0, 2, 0]])
+    with pytest.raises(ValueError, match="max_position_embeddings 40"):
+        transformer.check_inputs(np.ones((1, 41)), np.zeros((1, 41)))
+    transformer.check_inputs([[2, 96, 3]], [[0, 1, 1]])
