@@ -1,0 +1,95 @@
+"""SimBERT losses as Keras losses, computed in float32 whatever the compute dtype.
+
+Batch layout (see `simbert.data.make_batch`): rows 2k and 2k+1 hold `a -> b` and
+`b -> a` of one similar pair, so the partner of row i is row `i xor 1`.
+"""
+
+from __future__ import annotations
+
+import keras
+from keras import ops
+
+NEGATIVE = -1e12
+
+
+def partner_indices(batch_size):
+    """`i xor 1` for i in [0, batch): 1, 0, 3, 2, ..."""
+    index = ops.arange(batch_size)
+    return index + 1 - 2 * (index % 2)
+
+
+@keras.saving.register_keras_serializable(package="simbert")
+class Seq2SeqLoss(keras.losses.Loss):
+    """Token cross-entropy of the target segment, averaged over target positions.
+
+    y_true: `(batch, len - 1, 2)` = `token_ids[:, 1:]` and `segment_ids[:, 1:]` stacked;
+    y_pred: logits `mlm[:, :-1]` of shape `(batch, len - 1, vocab)`.
+
+        loss = sum_t w_t * CE(y_t, softmax(z_t)) / sum_t w_t,  w = segment_ids[:, 1:]
+    """
+
+    def __init__(self, name="seq2seq", **kwargs):
+        super().__init__(name=name, **kwargs)
+
+    def call(self, y_true, y_pred):
+        targets = ops.cast(y_true[..., 0], "int32")
+        weights = ops.cast(y_true[..., 1], "float32")
+        cross_entropy = keras.losses.sparse_categorical_crossentropy(
+            targets, ops.cast(y_pred, "float32"), from_logits=True)
+        return ops.sum(cross_entropy * weights) / ops.maximum(ops.sum(weights), 1.0)
+
+
+@keras.saving.register_keras_serializable(package="simbert")
+class SimilarityLoss(keras.losses.Loss):
+    """In-batch contrastive loss on the pooled `[CLS]` vectors.
+
+    y_true: `(batch,)` an id of each row's source text (equal ids = identical texts);
+    y_pred: pooled vectors `(batch, hidden)`.
+
+        v_i = u_i / |u_i|,  S = scale * v v^T,  S_ii = -inf
+        loss = mean_i CE(label = i xor 1, softmax(S_i))
+
+    With `mask_duplicates`, columns j != partner(i) whose text equals the partner's text
+    are also set to -inf: they are the same sentence, not negatives.
+    """
+
+    def __init__(self, scale: float = 30.0, mask_duplicates: bool = True, name="similarity", **kwargs):
+        super().__init__(name=name, **kwargs)
+        self.scale = scale
+        self.mask_duplicates = mask_duplicates
+
+    def call(self, y_true, y_pred):
+        vectors = ops.cast(y_pred, "float32")
+        vectors = vectors / ops.maximum(ops.norm(vectors, axis=-1, keepdims=True), 1e-12)
+        batch = ops.shape(vectors)[0]
+        partners = partner_indices(batch)
+        columns = ops.arange(batch)
+        masked = ops.equal(columns[None, :], columns[:, None])
+        if self.mask_duplicates:
+            text_ids = ops.cast(y_true, "int32")
+            same_as_partner = ops.equal(ops.take(text_ids, partners)[:, None], text_ids[None, :])
+            masked = ops.logical_or(masked, ops.logical_and(same_as_partner, columns[None, :] != partners[:, None]))
+        logits = ops.where(masked, NEGATIVE, self.scale * ops.matmul(vectors, ops.transpose(vectors)))
+        cross_entropy = keras.losses.sparse_categorical_crossentropy(partners, logits, from_logits=True)
+        return ops.mean(cross_entropy)
+
+    def get_config(self):
+        return {**super().get_config(), "scale": self.scale, "mask_duplicates": self.mask_duplicates}
+
+
+@keras.saving.register_keras_serializable(package="simbert")
+class DistillationLoss(keras.losses.Loss):
+    """RoFormer-Sim stage 2: match a teacher's cosine similarity matrix.
+
+    y_true: the teacher's `(batch, batch)` cosine matrix; y_pred: the student's pooled
+    vectors. `loss = mean((v v^T - S_teacher)^2)` with l2-normalised `v`; weight it 100.
+    """
+
+    def __init__(self, name="distillation", **kwargs):
+        super().__init__(name=name, **kwargs)
+
+    def call(self, y_true, y_pred):
+        vectors = ops.cast(y_pred, "float32")
+        vectors = vectors / ops.maximum(ops.norm(vectors, axis=-1, keepdims=True), 1e-12)
+        similarities = ops.matmul(vectors, ops.transpose(vectors))
+        return ops.mean(ops.square(similarities - ops.cast(y_true, "float32")))
