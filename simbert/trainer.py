@@ -37,7 +37,7 @@ from simbert.tokenizer import SPECIAL_TOKENS, Tokenizer, load_vocab
 logger = logging.getLogger(__name__)
 
 CHECKPOINT_PREFIX = "checkpoint-"
-OPTIMIZER_FILE = "optimizer.npz"
+TRAINING_STATE_FILE = "training_state.npz"
 STATE_FILE = "trainer_state.json"
 
 
@@ -189,8 +189,9 @@ class Trainer:
         temporary = os.path.join(self.output_dir, f".tmp-{CHECKPOINT_PREFIX}{step:07d}")
         shutil.rmtree(temporary, ignore_errors=True)
         save_pretrained(self.backbone, temporary, self.tokenizer.token_dict)
-        np.savez(os.path.join(temporary, OPTIMIZER_FILE),
-                 **{f"{i:05d}": np.asarray(v.numpy()) for i, v in enumerate(self.optimizer.variables)})
+        np.savez(os.path.join(temporary, TRAINING_STATE_FILE), **{
+            f"{group}_{i:05d}": np.asarray(v.numpy()) for group, variables in self._state_variables().items()
+            for i, v in enumerate(variables)})
         with open(os.path.join(temporary, STATE_FILE), "w", encoding="utf-8") as writer:
             json.dump({"step": step, "model_type": self.backbone.model_type,
                        "config": self.config.to_dict()}, writer, indent=2)
@@ -201,26 +202,36 @@ class Trainer:
             shutil.rmtree(old, ignore_errors=True)
         return final
 
+    def _state_variables(self) -> dict[str, list]:
+        """What a resumed run needs beyond the weights: the optimizer's slots and step, and
+        the dropout seed generators' states (so the random stream carries on too)."""
+        return {"optimizer": list(self.optimizer.variables),
+                "model": list(self.training_model.non_trainable_variables)}
+
     def restore_checkpoint(self, path: str) -> int:
-        """Load weights and optimizer state from a checkpoint directory; return its step."""
+        """Load weights, optimizer and random state from a checkpoint directory; return its step."""
         assign_weights(self.backbone, read_tf_checkpoint(path), path)
         self.optimizer.build(self.training_model.trainable_variables)
-        with np.load(os.path.join(path, OPTIMIZER_FILE), allow_pickle=False) as saved:
-            values = [saved[key] for key in sorted(saved.files)]
-        if len(values) != len(self.optimizer.variables):
-            raise ValueError(f"{path}: optimizer state holds {len(values)} variables, the optimizer "
-                             f"has {len(self.optimizer.variables)} (was the model changed?)")
-        for variable, value in zip(self.optimizer.variables, values):
-            if tuple(variable.shape) != value.shape:
-                raise ValueError(f"{path}: optimizer variable {variable.path} has shape {value.shape} "
-                                 f"in the checkpoint but {tuple(variable.shape)} in the optimizer")
-            variable.assign(value)
+        with np.load(os.path.join(path, TRAINING_STATE_FILE), allow_pickle=False) as saved:
+            for group, variables in self._state_variables().items():
+                values = [saved[key] for key in sorted(saved.files) if key.startswith(group + "_")]
+                if len(values) != len(variables):
+                    raise ValueError(f"{path}: {TRAINING_STATE_FILE} holds {len(values)} {group} variables, "
+                                     f"the trainer has {len(variables)} (was the model changed?)")
+                for variable, value in zip(variables, values):
+                    if tuple(variable.shape) != value.shape:
+                        raise ValueError(f"{path}: {group} variable {variable.path} has shape {value.shape} "
+                                         f"in the checkpoint but {tuple(variable.shape)} here")
+                    variable.assign(value)
         with open(os.path.join(path, STATE_FILE), encoding="utf-8") as reader:
             return int(json.load(reader)["step"])
 
     # ---------------------------------------------------------------- fitting
-    def fit(self, resume: bool = False) -> dict:
-        """Train to `training.steps`; with `resume`, continue from the latest checkpoint."""
+    def fit(self, resume: bool = False, callbacks: list | None = None) -> dict:
+        """Train to `training.steps`; with `resume`, continue from the latest checkpoint.
+
+        `callbacks` are extra Keras callbacks, run after the logger and checkpoint saver.
+        """
         if self.backbone is None:
             self.build()
         os.makedirs(self.output_dir, exist_ok=True)
@@ -235,7 +246,7 @@ class Trainer:
         if start_step >= total:
             return {"start_step": start_step, "step": start_step, "stopped": "already complete"}
         progress = ProgressLogger(self, start_step, total)
-        callbacks = [progress, CheckpointSaver(self, start_step)]
+        callbacks = [progress, CheckpointSaver(self, start_step), *(callbacks or [])]
         previous = {sig: signal.signal(sig, self._request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
         try:
             self.training_model.fit(self.batches(start_step), steps_per_epoch=total - start_step, epochs=1,
@@ -321,7 +332,7 @@ class ProgressLogger(keras.callbacks.Callback):
             self.model.stop_training = True
             return
         self.bar.update(1)
-        if count % self.log_every and self.step != self.trainer.config.training.steps \
+        if self.step % self.log_every and self.step != self.trainer.config.training.steps \
                 and not self.trainer.stop_requested:
             return
         sums = {key: logs[key] * count for key in self.KEYS if key in logs}

@@ -1,0 +1,47 @@
+"""YAML recipes: the shipped ones validate, bad keys and types are named."""
+
+import os
+
+import pytest
+
+from simbert.config import TrainConfig
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.mark.parametrize("name", ["tiny.yaml", "simbert_base.yaml", "roformer_sim_base.yaml"])
+def test_shipped_configs_validate(name):
+    config = TrainConfig.from_yaml(os.path.join(ROOT, "configs", name))
+    assert config.training.batch_size % 2 == 0
+
+
+def test_original_recipes():
+    simbert = TrainConfig.from_yaml(os.path.join(ROOT, "configs", "simbert_base.yaml"))
+    assert (simbert.data.maxlen, simbert.training.batch_size, simbert.training.learning_rate,
+            simbert.training.weight_decay, simbert.training.scale) == (32, 128, 2e-6, 0.01, 30)
+    roformer = TrainConfig.from_yaml(os.path.join(ROOT, "configs", "roformer_sim_base.yaml"))
+    assert (roformer.model.type, roformer.data.maxlen, roformer.training.batch_size,
+            roformer.training.learning_rate, roformer.model.dropout_rate, roformer.training.scale,
+            roformer.data.mask_source) == ("roformer", 64, 96, 1e-5, 0.2, 20, True)
+
+
+def test_bad_keys_and_types_are_named(tmp_path):
+    with pytest.raises(ValueError, match=r"unknown key training\.learning_rat\b"):
+        TrainConfig.from_dict({"training": {"learning_rat": 0.1}})
+    with pytest.raises(ValueError, match=r"unknown key optimiser"):
+        TrainConfig.from_dict({"optimiser": {}})
+    with pytest.raises(ValueError, match=r"training\.steps should be int, got 'many'"):
+        TrainConfig.from_dict({"training": {"steps": "many"}})
+    with pytest.raises(ValueError, match=r"training\.steps should be int, got 1.5"):
+        TrainConfig.from_dict({"training": {"steps": 1.5}})
+    with pytest.raises(ValueError, match=r"model\.type should be one of"):
+        TrainConfig.from_dict({"model": {"type": "gpt"}})
+    with pytest.raises(ValueError, match="batch_size should be a positive even number"):
+        TrainConfig.from_dict({"training": {"batch_size": 7}})
+    with pytest.raises(ValueError, match=r"data should be a mapping"):
+        TrainConfig.from_dict({"data": ["x"]})
+    path = tmp_path / "broken.yaml"
+    path.write_text("training: [unclosed\n")
+    with pytest.raises(ValueError, match="broken.yaml: not valid YAML"):
+        TrainConfig.from_yaml(path)
+    assert TrainConfig.from_dict({"training": {"learning_rate": 1}}).training.learning_rate == 1.0

@@ -1,0 +1,153 @@
+"""Readers on messy files, pair sampling, batch layout and source masking."""
+
+import json
+
+import numpy as np
+import pytest
+
+from simbert.data import (
+    DataError,
+    PairSampler,
+    ReadReport,
+    SourceMasker,
+    build_char_vocab,
+    clean_text,
+    cut_text,
+    make_batch,
+    read_groups,
+    read_pairs,
+)
+from simbert.tokenizer import Tokenizer
+
+GROUPS = [
+    ["今天天气怎么样", "今天天气好吗", "今天的天气如何"],
+    ["花呗怎么还款", "花呗的钱怎么还"],
+    ["信用卡怎么提额", "如何提升信用卡额度", "信用卡额度太低怎么办", "怎样让银行提额"],
+    ["手机充不进电", "手机无法充电"],
+]
+
+
+def write_messy_groups(path):
+    """BOM, CRLF, blank lines, strings with raw newlines (records over two lines), a
+    backspace and a zero-width space inside strings."""
+    lines = []
+    for i, group in enumerate(GROUPS):
+        record = json.dumps({"text": group[0], "synonyms": group[1:]}, ensure_ascii=False)
+        if i == 1:
+            record = record.replace("还款", "还\n款")  # raw newline: one record, two lines
+        if i == 2:
+            record = record.replace("提额", "提\b额\u200b")
+        lines.append(record)
+        lines.append("")
+    path.write_bytes(("\ufeff" + "\r\n".join(lines)).encode("utf-8"))
+
+
+def test_messy_group_file_yields_every_group_and_synonym(tmp_path):
+    path = tmp_path / "groups.json"
+    write_messy_groups(path)
+    report = ReadReport()
+    groups = list(read_groups(str(path), report=report))
+    assert len(groups) == 4 and sum(len(g) - 1 for g in groups) == 7
+    assert groups[0] == GROUPS[0]
+    assert groups[1][0] == "花呗怎么还 款"  # the raw newline became a space (the tokenizer ignores it)
+    assert groups[2][0] == "信用卡怎么提额"  # control and zero-width characters dropped
+    assert report.skipped_records == 0 and report.skipped_groups == 0
+
+
+def test_bad_record_names_file_and_line_or_is_skipped(tmp_path):
+    path = tmp_path / "bad.json"
+    path.write_text('{"text": "a", "synonyms": ["b"]}\n\n{"text": "c", synonyms}\n'
+                    '{"text": "d", "synonyms": "e"}\n{"text": "f", "synonyms": ["g"]}\n', encoding="utf-8")
+    with pytest.raises(DataError, match=r"bad.json, line 3: not a JSON record"):
+        list(read_groups(str(path)))
+    report = ReadReport()
+    groups = list(read_groups(str(path), on_error="skip", report=report))
+    assert groups == [["a", "b"], ["f", "g"]]
+    assert report.skipped_records == 2 and "line 4" in report.reasons[1]
+
+
+def test_unclosed_record_at_end_of_file(tmp_path):
+    path = tmp_path / "cut.json"
+    path.write_text('{"text": "a", "synonyms": ["b"]}\n{"text": "c", "synonyms": ["d\n', encoding="utf-8")
+    with pytest.raises(DataError, match="cut.json, line 2"):
+        list(read_groups(str(path)))
+
+
+def test_groups_without_two_distinct_texts_are_counted(tmp_path):
+    path = tmp_path / "small.json"
+    path.write_text('{"text": "a", "synonyms": []}\n{"text": "b", "synonyms": ["b", " b "]}\n'
+                    '{"text": "c", "synonyms": ["d"]}\n', encoding="utf-8")
+    report = ReadReport()
+    assert list(read_groups(str(path), report=report)) == [["c", "d"]]
+    assert report.skipped_groups == 2
+
+
+def test_pair_readers(tmp_path):
+    tsv = tmp_path / "pairs.tsv"
+    tsv.write_bytes("\ufeff甲\t乙\t1\r\n丙\t丁\t0\r\n\r\n戊\t己\r\n".encode("utf-8"))
+    assert list(read_pairs(str(tsv))) == [["甲", "乙"], ["戊", "己"]]
+    csv_path = tmp_path / "pairs.csv"
+    csv_path.write_text('"a, b",c,5\nd,e,3\n', encoding="utf-8")
+    assert list(read_pairs(str(csv_path), threshold=4)) == [["a, b", "c"]]
+    jsonl = tmp_path / "pairs.jsonl"
+    jsonl.write_text('{"text_a": "x", "text_b": "y"}\n{"text_a": "z", "text_b": "w", "label": 0}\n', encoding="utf-8")
+    assert list(read_pairs(str(jsonl))) == [["x", "y"]]
+    broken = tmp_path / "broken.tsv"
+    broken.write_text("only one field\n甲\t乙\tmaybe\n", encoding="utf-8")
+    with pytest.raises(DataError, match="broken.tsv, line 1"):
+        list(read_pairs(str(broken)))
+    report = ReadReport()
+    assert list(read_pairs(str(broken), on_error="skip", report=report)) == []
+    assert report.skipped_records == 2
+
+
+def test_clean_and_cut_text():
+    assert clean_text(" a\tb\r\nc\x08d\u200b ") == "a b cd"
+    assert cut_text("短句", 10) == "短句"
+    assert cut_text("第一句话。第二句话很长很长", 8) == "第一句话。"
+    assert cut_text("没有标点的一句很长的话", 5) == "没有标点的"
+
+
+def test_sampler_is_seeded_and_streams_through_a_small_buffer():
+    groups = [[f"g{i}a", f"g{i}b", f"g{i}c"] for i in range(50)]
+    first = [p for _, p in zip(range(200), PairSampler(lambda: iter(groups), 32, seed=3, buffer_size=8))]
+    again = [p for _, p in zip(range(200), PairSampler(lambda: iter(groups), 32, seed=3, buffer_size=8))]
+    other = [p for _, p in zip(range(200), PairSampler(lambda: iter(groups), 32, seed=4, buffer_size=8))]
+    assert first == again and first != other
+    for a, b in first:
+        assert a != b and a[:-1] == b[:-1]  # two different members of one group
+    assert len({a[:-1] for a, _ in first}) == 50  # every group reached through the buffer
+    with pytest.raises(DataError, match="no usable group"):
+        next(iter(PairSampler(lambda: iter([]), 32)))
+
+
+def test_batch_layout():
+    tokenizer = Tokenizer(build_char_vocab(["今天天气怎么样", "明天下雨吗", "你好"]))
+    pairs = [("今天天气怎么样", "明天下雨吗"), ("你好", "你好吗")]
+    (token_ids, segment_ids), targets = make_batch(pairs, tokenizer, maxlen=32)
+    assert token_ids.shape == (4, 2 + 7 + 5 + 1)  # padded to the longest row only
+    for row, (source, target) in enumerate([pairs[0], pairs[0][::-1], pairs[1], pairs[1][::-1]]):
+        ids, segments = tokenizer.encode(source, target)
+        assert token_ids[row, : len(ids)].tolist() == ids and segment_ids[row, : len(ids)].tolist() == segments
+        assert not token_ids[row, len(ids):].any()
+    np.testing.assert_array_equal(targets["seq2seq"][..., 0], token_ids[:, 1:])
+    np.testing.assert_array_equal(targets["seq2seq"][..., 1], segment_ids[:, 1:])
+    assert targets["similarity"].tolist() == [0, 1, 2, 3]
+    (_, _), duplicate = make_batch([("你好", "今天"), ("明天", "你好")], tokenizer, maxlen=32)
+    assert duplicate["similarity"].tolist() == [0, 1, 2, 0]
+
+
+def test_source_masking_keeps_length_and_masks_whole_words():
+    texts = ["今天天气怎么样", "明天北京会下雨吗"]
+    tokenizer = Tokenizer(build_char_vocab(texts))
+    masker = SourceMasker(tokenizer, seed=0, probability=1.0, rate=0.5)
+    masked_any = 0
+    for _ in range(50):
+        ids = masker(texts[1])
+        plain = tokenizer.encode(texts[1])[0]
+        assert len(ids) == len(plain) and ids[0] == plain[0] and ids[-1] == plain[-1]
+        masked_any += ids.count(tokenizer.mask_id) > 0
+    assert masked_any > 20
+    assert SourceMasker(tokenizer, probability=0.0)(texts[0]) is None
+    rng_counts = sum(SourceMasker(tokenizer, seed=s)(texts[0]) is None for s in range(200))
+    assert 60 < rng_counts < 140  # masked with probability 0.5

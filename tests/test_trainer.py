@@ -1,0 +1,114 @@
+"""End-to-end training on data_sample.json: losses fall, resume, NaN guard, checkpoints
+that bert4keras loads."""
+
+import json
+import os
+import signal
+
+import keras
+import numpy as np
+import pytest
+
+from conftest import padded_batch, run_bert4keras
+from simbert import build_transformer_model
+from simbert.config import TrainConfig
+from simbert.trainer import Trainer, checkpoint_dirs
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def tiny_config(output_dir, steps, **training):
+    config = TrainConfig.from_yaml(os.path.join(ROOT, "configs", "tiny.yaml"))
+    config.data.train = os.path.join(ROOT, "data_sample.json")
+    config.output.dir = str(output_dir)
+    config.training.steps = steps
+    for key, value in training.items():
+        setattr(config.training, key, value)
+    return config
+
+
+def read_metrics(output_dir):
+    with open(os.path.join(output_dir, "metrics.jsonl"), encoding="utf-8") as reader:
+        return [json.loads(line) for line in reader]
+
+
+def test_tiny_run_both_losses_fall(tmp_path):
+    result = Trainer(tiny_config(tmp_path, 150)).fit()
+    first, last = result["first"], result["last"]
+    assert first["step"] == 10 and last["step"] == 150
+    assert last["seq2seq_loss"] < 0.7 * first["seq2seq_loss"]
+    assert last["similarity_loss"] < 0.7 * first["similarity_loss"]
+    metrics = read_metrics(tmp_path)
+    assert [m["step"] for m in metrics] == list(range(10, 151, 10))
+    assert all(set(m) >= {"step", "seq2seq_loss", "similarity_loss", "loss", "lr"} for m in metrics)
+    assert abs(metrics[-1]["loss"] - metrics[-1]["seq2seq_loss"] - metrics[-1]["similarity_loss"]) < 1e-3
+    assert os.path.isfile(tmp_path / "loss.png")
+    assert [step for step, _ in checkpoint_dirs(str(tmp_path))] == [100, 150]
+
+
+class InterruptAt(keras.callbacks.Callback):
+    """Sends SIGINT to this process after the given batch, as Ctrl-C would."""
+
+    def __init__(self, batch):
+        super().__init__()
+        self.batch = batch
+
+    def on_train_batch_end(self, batch, logs=None):
+        if batch == self.batch:
+            os.kill(os.getpid(), signal.SIGINT)
+
+
+@pytest.fixture(scope="module")
+def interrupted_and_resumed(tmp_path_factory):
+    straight_dir = tmp_path_factory.mktemp("straight")
+    resumed_dir = tmp_path_factory.mktemp("resumed")
+    straight = Trainer(tiny_config(straight_dir, 60)).fit()
+    interrupted = Trainer(tiny_config(resumed_dir, 60)).fit(callbacks=[InterruptAt(24)])
+    interrupted_checkpoint = dict(checkpoint_dirs(str(resumed_dir)))[interrupted["step"]]
+    snapshot = str(tmp_path_factory.mktemp("snapshot") / "checkpoint")
+    os.rename(interrupted_checkpoint, snapshot)
+    os.symlink(snapshot, interrupted_checkpoint)
+    resumed = Trainer(tiny_config(resumed_dir, 60)).fit(resume=True)
+    return straight, interrupted, resumed, straight_dir, resumed_dir, snapshot
+
+
+def test_sigint_saves_and_resume_continues(interrupted_and_resumed):
+    straight, interrupted, resumed, straight_dir, resumed_dir, _ = interrupted_and_resumed
+    assert interrupted["stopped"] == "signal" and interrupted["step"] == 26
+    assert resumed["start_step"] == 26 and resumed["step"] == 60
+    steps = [m["step"] for m in read_metrics(resumed_dir)]
+    assert steps == [10, 20, 26, 30, 40, 50, 60]
+    # The resumed run continues the same curve as an uninterrupted run with the same seed.
+    straight_curve = {m["step"]: m["loss"] for m in read_metrics(straight_dir)}
+    resumed_curve = {m["step"]: m["loss"] for m in read_metrics(resumed_dir)}
+    for step in (40, 50, 60):
+        assert abs(resumed_curve[step] - straight_curve[step]) < 1e-3 * straight_curve[step]
+
+
+def test_mid_run_checkpoint_loads_in_bert4keras(interrupted_and_resumed, tmp_path):
+    snapshot = interrupted_and_resumed[-1]
+    ours = build_transformer_model(os.path.join(snapshot, "bert_config.json"), snapshot,
+                                   application="unilm", with_pool="linear", with_mlm="linear")
+    with open(os.path.join(snapshot, "vocab.txt"), encoding="utf-8") as reader:
+        vocab_size = len(reader.read().splitlines())
+    token_ids, segment_ids = padded_batch(vocab_size, seed=9)
+    np.savez(tmp_path / "inputs.npz", token_ids=token_ids, segment_ids=segment_ids)
+    run_bert4keras([{"kind": "model", "config": os.path.join(snapshot, "bert_config.json"),
+                     "checkpoint": os.path.join(snapshot, "bert_model.ckpt"), "model": "bert",
+                     "application": "unilm", "with_pool": "linear", "with_mlm": "linear",
+                     "inputs": str(tmp_path / "inputs.npz"), "output": str(tmp_path / "out.npz")}], str(tmp_path))
+    expected = np.load(tmp_path / "out.npz")
+    pooled, logits = ours.predict([token_ids, segment_ids], verbose=0)
+    np.testing.assert_allclose(pooled, expected["arr_0"], atol=1e-4, rtol=0)
+    np.testing.assert_allclose(logits, expected["arr_1"], atol=1e-4, rtol=0)
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
+    Trainer(tiny_config(tmp_path, 20)).fit()
+    before = {name: os.path.getmtime(tmp_path / "checkpoint-0000020" / name)
+              for name in os.listdir(tmp_path / "checkpoint-0000020")}
+    result = Trainer(tiny_config(tmp_path, 40, scale=float("nan"))).fit(resume=True)
+    assert result["nan_step"] == 21
+    assert [step for step, _ in checkpoint_dirs(str(tmp_path))] == [20]
+    after = {name: os.path.getmtime(tmp_path / "checkpoint-0000020" / name) for name in before}
+    assert after == before
