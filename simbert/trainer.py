@@ -120,9 +120,13 @@ class Trainer:
     def build(self) -> None:
         """Tokenizer, backbone, training model and optimizer, compiled."""
         training = self.config.training
-        keras.mixed_precision.set_global_policy(training.precision)
         keras.utils.set_random_seed(training.seed)
-        self.tokenizer, self.backbone = self._build_tokenizer_and_backbone()
+        previous_policy = keras.config.dtype_policy()
+        keras.config.set_dtype_policy(training.precision)  # captured by the layers built now
+        try:
+            self.tokenizer, self.backbone = self._build_tokenizer_and_backbone()
+        finally:
+            keras.config.set_dtype_policy(previous_policy)
         pooled, logits = self.backbone(self.backbone.inputs)
         outputs = {"seq2seq": logits[:, :-1], "similarity": pooled}
         losses = {"seq2seq": Seq2SeqLoss(),

@@ -112,3 +112,20 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
     assert [step for step, _ in checkpoint_dirs(str(tmp_path))] == [20]
     after = {name: os.path.getmtime(tmp_path / "checkpoint-0000020" / name) for name in before}
     assert after == before
+
+
+def test_mixed_precision_and_distillation_from_a_teacher(tmp_path):
+    teacher_run = tmp_path / "teacher"
+    Trainer(tiny_config(teacher_run, 10)).fit()
+    teacher = checkpoint_dirs(str(teacher_run))[-1][1]
+    student = tiny_config(tmp_path / "student", 20, precision="mixed_bfloat16", teacher=teacher)
+    trainer = Trainer(student)
+    result = trainer.fit()
+    assert trainer.backbone.compute_dtype == "bfloat16" and keras.config.dtype_policy().name == "float32"
+    metrics = read_metrics(tmp_path / "student")
+    assert all(np.isfinite(m["distillation_loss"]) and m["distillation_loss"] > 0 for m in metrics)
+    assert result["last"]["distillation_loss"] < result["first"]["distillation_loss"]
+    # Total = seq2seq + similarity + 100 * distillation.
+    last = metrics[-1]
+    total = last["seq2seq_loss"] + last["similarity_loss"] + 100 * last["distillation_loss"]
+    assert abs(last["loss"] - total) < 1e-2 * last["loss"]
