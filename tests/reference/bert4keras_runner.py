@@ -3,6 +3,7 @@ subprocess with TF_KERAS=1 and TF_USE_LEGACY_KERAS=1 (bert4keras needs tf.keras 
 
 Job kinds:
   model:    build_transformer_model + load checkpoint + predict on inputs (npz) -> npz
+  generate: the original gen_synonyms decoder: greedy random_sample and beam_search
   tokenize: Tokenizer.encode on sentences -> JSON of tokens, ids, segment ids
   vocab:    load_vocab(simplified=True) -> JSON of token dict and keep_tokens
 """
@@ -25,6 +26,32 @@ def run_model(job):
     if not isinstance(outputs, list):
         outputs = [outputs]
     np.savez(job["output"], *outputs)
+
+
+def run_generate(job):
+    """The original SimBERT generator (full recompute every step) on given sources."""
+    from bert4keras.snippets import AutoRegressiveDecoder
+
+    model = build_transformer_model(job["config"], job["checkpoint"], model=job["model"],
+                                    application="unilm", with_mlm=True)
+
+    class Generator(AutoRegressiveDecoder):
+        @AutoRegressiveDecoder.wraps(default_rtype="probas")
+        def predict(self, inputs, output_ids, states):
+            token_ids, segment_ids = inputs
+            token_ids = np.concatenate([token_ids, output_ids], 1)
+            segment_ids = np.concatenate([segment_ids, np.ones_like(output_ids)], 1)
+            return self.last_token(model).predict([token_ids, segment_ids], verbose=0)
+
+    generator = Generator(start_id=None, end_id=job["end_id"], maxlen=job["maxlen"])
+    results = []
+    for source in job["sources"]:
+        inputs = [source, [0] * len(source)]
+        greedy = generator.random_sample(inputs, 1, topk=1)[0]
+        beam = generator.beam_search(inputs, topk=job["beam_size"])
+        results.append({"greedy": [int(t) for t in greedy], "beam": [int(t) for t in beam]})
+    with open(job["output"], "w", encoding="utf-8") as writer:
+        json.dump(results, writer)
 
 
 def run_tokenize(job):
@@ -55,4 +82,4 @@ if __name__ == "__main__":
     with open(sys.argv[1], encoding="utf-8") as reader:
         jobs = json.load(reader)
     for job in jobs:
-        {"model": run_model, "tokenize": run_tokenize, "vocab": run_vocab}[job["kind"]](job)
+        {"model": run_model, "generate": run_generate, "tokenize": run_tokenize, "vocab": run_vocab}[job["kind"]](job)

@@ -1,0 +1,220 @@
+"""KV-cached UniLM decoding: random sampling (top-k / top-p / temperature) and beam search.
+
+The source `[CLS] text [SEP]` is encoded once; its keys and values per layer fill the
+first slots of a fixed-size cache that the n samples share (tiled). Each step feeds only
+the newest token of each sample (segment 1, position `source_len + t`), writes its keys
+and values at that slot and attends to every slot `<= source_len + t`, which is exactly
+the UniLM mask of the full sequence. The sampling loop runs inside one compiled
+`while_loop` (tf.function on TensorFlow, jax.jit on JAX).
+
+`[PAD]` (id 0) is never emitted: a full recompute would treat it as padding, so it has
+no place in a target (training never targets it either).
+"""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+from keras import ops
+
+from simbert.models import Transformer
+
+
+def compile_function(function, variables):
+    """Compile `function(*args)` for the backend. On JAX the model's variables are passed in
+    as arguments (through a StatelessScope), so later weight updates are seen."""
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        return tf.function(function, reduce_retracing=True)
+    if backend == "jax":
+        import jax
+
+        def stateless(values, *args):
+            with keras.StatelessScope(state_mapping=list(zip(variables, values))):
+                return function(*args)
+
+        jitted = jax.jit(stateless)
+        return lambda *args: jitted([v.value for v in variables], *args)
+    return function
+
+
+def pick_tokens(logits, uniform, topk=None, topp=None, temperature=1.0):
+    """Sample one token per row by inverse-CDF on `uniform` (batch,) in [0, 1).
+
+    probabilities = softmax(logits / temperature), restricted to the `topk` largest and
+    then to the smallest prefix (by descending probability) whose mass reaches `topp`,
+    renormalised (bert4keras' `random_sample`). `topk=1` is greedy.
+    """
+    if topk == 1:
+        return ops.argmax(logits, axis=-1)
+    logits = ops.cast(logits, "float32") / temperature
+    indices = None
+    if topk or topp:
+        logits, indices = ops.top_k(logits, topk or ops.shape(logits)[-1])
+    probabilities = ops.softmax(logits, axis=-1)
+    if topp:
+        before = ops.cumsum(probabilities, axis=-1) - probabilities
+        probabilities = ops.where(before < topp, probabilities, 0.0)
+    cumulative = ops.cumsum(probabilities, axis=-1)
+    threshold = uniform[:, None] * cumulative[:, -1:]
+    choice = ops.sum(ops.cast(cumulative <= threshold, "int32"), axis=-1)
+    choice = ops.minimum(choice, ops.shape(probabilities)[-1] - 1)
+    if indices is None:
+        return choice
+    return ops.squeeze(ops.take_along_axis(indices, choice[:, None], axis=-1), -1)
+
+
+class CachedDecoder:
+    """Decodes targets for a UniLM `Transformer` built with an MLM head.
+
+    Args:
+        backbone: `application="unilm"`, `with_mlm` set.
+        end_id: the `[SEP]` id that ends a sample.
+        max_source_len: sources are padded to this length (one compiled shape).
+        max_target_len: the longest target (decoding steps).
+    """
+
+    def __init__(self, backbone: Transformer, end_id: int, max_source_len: int, max_target_len: int):
+        if backbone.mlm_dense is None:
+            raise ValueError("generation needs a model built with with_mlm")
+        if max_source_len + max_target_len > backbone.max_position_embeddings:
+            raise ValueError(f"max_source_len {max_source_len} + max_target_len {max_target_len} exceeds "
+                             f"max_position_embeddings {backbone.max_position_embeddings}")
+        self.backbone = backbone
+        self.end_id = end_id
+        self.max_source_len = max_source_len
+        self.max_target_len = max_target_len
+        self.cache_len = max_source_len + max_target_len
+        self.variables = backbone.variables
+        self._encode = compile_function(self._encode_source, self.variables)
+        self._step = compile_function(self._decode_step, self.variables)
+        self._samplers = {}
+
+    # ------------------------------------------------------------- graph parts
+    def _empty_caches(self, batch):
+        shape = (batch, 2, self.cache_len, self.backbone.num_heads, self.backbone.head_size)
+        return [ops.zeros(shape, self.backbone.compute_dtype) for _ in self.backbone.blocks]
+
+    def _encode_source(self, token_ids, source_len):
+        """Run the padded source `(1, max_source_len)` and return the logits of its last
+        real position (the first target token's distribution) and the filled caches."""
+        x = self.backbone.embed(token_ids, ops.zeros_like(token_ids))
+        mask = (ops.arange(self.cache_len) < source_len)[None, None, :]
+        caches = []
+        for block, cache in zip(self.backbone.blocks, self._empty_caches(1)):
+            x, cache = block(x, mask, cache=cache, cache_index=0)
+            caches.append(cache)
+        last = ops.take(x, ops.reshape(source_len - 1, (1,)), axis=1)[:, 0]
+        return self.backbone.mlm_logits(last), caches
+
+    @staticmethod
+    def _without_padding(logits):
+        return ops.where(ops.arange(ops.shape(logits)[-1])[None, :] == 0, -1e9, ops.cast(logits, "float32"))
+
+    def _decode_step(self, tokens, caches, index):
+        """Feed `tokens` (batch,) at position `index`; return next-token logits and caches."""
+        tokens = tokens[:, None]
+        x = self.backbone.embed(tokens, ops.ones_like(tokens), start_index=index)
+        mask = (ops.arange(self.cache_len) <= index)[None, None, :]
+        new_caches = []
+        for block, cache in zip(self.backbone.blocks, caches):
+            x, cache = block(x, mask, cache=cache, cache_index=index)
+            new_caches.append(cache)
+        return self.backbone.mlm_logits(x[:, 0]), new_caches
+
+    def _sample_loop(self, logits, caches, source_len, noise, topk, topp, temperature, steps):
+        samples = ops.shape(noise)[1]
+        outputs = ops.zeros((samples, steps), "int32")
+        finished = ops.zeros((samples,), "bool")
+
+        def keep_going(t, logits, caches, outputs, finished):
+            return ops.logical_and(t < steps, ops.logical_not(ops.all(finished)))
+
+        def body(t, logits, caches, outputs, finished):
+            tokens = pick_tokens(self._without_padding(logits), noise[t], topk, topp, temperature)
+            tokens = ops.where(finished, 0, ops.cast(tokens, "int32"))
+            outputs = ops.slice_update(outputs, (0, t), tokens[:, None])
+            finished = ops.logical_or(finished, ops.equal(tokens, self.end_id))
+            logits, caches = self._decode_step(tokens, caches, source_len + t)
+            return t + 1, logits, caches, outputs, finished
+
+        state = ops.while_loop(keep_going, body, (ops.convert_to_tensor(0), logits, caches, outputs, finished))
+        return state[3]
+
+    # ------------------------------------------------------------------ public
+    def prefill(self, source_ids: list[int]):
+        """Encode one source; returns `(logits (1, vocab), caches, source_len)`."""
+        if len(source_ids) > self.max_source_len:
+            raise ValueError(f"source has {len(source_ids)} tokens, more than max_source_len {self.max_source_len}")
+        padded = np.zeros((1, self.max_source_len), "int32")
+        padded[0, : len(source_ids)] = source_ids
+        source_len = np.int32(len(source_ids))
+        logits, caches = self._encode(ops.convert_to_tensor(padded), ops.convert_to_tensor(source_len))
+        return logits, caches, source_len
+
+    def step(self, tokens, caches, index):
+        """One cached step (exposed for tests and custom decoders)."""
+        return self._step(ops.convert_to_tensor(np.asarray(tokens, "int32")), caches,
+                          ops.convert_to_tensor(np.int32(index)))
+
+    def sample(self, source_ids: list[int], n: int = 1, topk: int | None = None, topp: float | None = None,
+               temperature: float = 1.0, maxlen: int | None = None, seed: int | None = None) -> list[list[int]]:
+        """n sampled targets (token ids, `[SEP]` excluded) for one source."""
+        steps = min(maxlen or self.max_target_len, self.max_target_len)
+        if n <= 0:
+            return []
+        key = (n, steps, topk, topp, float(temperature))
+        if key not in self._samplers:
+            def run(logits, caches, source_len, noise):
+                return self._sample_loop(logits, caches, source_len, noise, topk, topp, temperature, steps)
+
+            self._samplers[key] = compile_function(run, self.variables)
+        logits, caches, source_len = self.prefill(source_ids)
+        logits = ops.repeat(logits, n, axis=0)
+        caches = [ops.repeat(cache, n, axis=0) for cache in caches]
+        noise = np.random.default_rng(seed).random((steps, n), dtype="float32")
+        outputs = ops.convert_to_numpy(self._samplers[key](logits, caches, ops.convert_to_tensor(source_len),
+                                                           ops.convert_to_tensor(noise)))
+        return [self._until_end(row) for row in outputs]
+
+    def beam_search(self, source_ids: list[int], beam_size: int = 4, maxlen: int | None = None) -> list[int]:
+        """The highest-scoring target by beam search (sum of log-probabilities), as
+        bert4keras: stop when the best beam ends; ended beams leave and the beam narrows."""
+        steps = min(maxlen or self.max_target_len, self.max_target_len)
+        logits, caches, source_len = self.prefill(source_ids)
+        caches = [ops.repeat(cache, beam_size, axis=0) for cache in caches]
+        log_probs = self._log_softmax(logits)
+        outputs, scores, width = np.zeros((1, 0), "int32"), np.zeros((1,), "float64"), beam_size
+        for t in range(steps):
+            candidates = scores[:, None] + log_probs[: len(scores)]
+            flat = np.argsort(-candidates, axis=None, kind="stable")[:width]
+            rows, tokens = np.divmod(flat, candidates.shape[1])
+            outputs = np.concatenate([outputs[rows], tokens[:, None]], axis=1)
+            scores = candidates[rows, tokens]
+            ended = tokens == self.end_id
+            if ended[np.argmax(scores)]:
+                return outputs[np.argmax(scores), :-1].tolist()
+            outputs, scores, rows, tokens = outputs[~ended], scores[~ended], rows[~ended], tokens[~ended]
+            width = len(scores)
+            if t == steps - 1:
+                break
+            padding = np.zeros(beam_size - width, "int64")
+            caches = [ops.take(cache, ops.convert_to_tensor(np.concatenate([rows, padding])), axis=0)
+                      for cache in caches]
+            logits, caches = self.step(np.concatenate([tokens, padding]), caches, int(source_len) + t)
+            log_probs = self._log_softmax(logits)
+        return self._until_end(outputs[int(np.argmax(scores))])
+
+    @staticmethod
+    def _log_softmax(logits) -> np.ndarray:
+        logits = ops.convert_to_numpy(ops.cast(logits, "float32")).astype("float64")
+        logits -= logits.max(axis=-1, keepdims=True)
+        log_probs = logits - np.log(np.exp(logits).sum(axis=-1, keepdims=True))
+        log_probs[:, 0] = -np.inf  # never [PAD]
+        return log_probs
+
+    def _until_end(self, row) -> list[int]:
+        row = [int(t) for t in row]
+        return row[: row.index(self.end_id)] if self.end_id in row else row

@@ -1,0 +1,129 @@
+"""KV-cached decoding equals full recomputation, and the original bert4keras decoder."""
+
+import json
+
+import numpy as np
+import pytest
+
+from conftest import TINY_CONFIG, random_bert_values, run_bert4keras
+from simbert import build_transformer_model
+from simbert.checkpoints import write_tf_checkpoint
+from simbert.generation import CachedDecoder, pick_tokens
+
+MODELS = ["bert", "roformer"]
+SOURCES = [[2, 11, 12, 13, 3], [2, 40, 41, 42, 43, 44, 45, 46, 3], [2, 90, 3]]
+END_ID = 3
+MAXLEN = 12
+
+
+@pytest.fixture(scope="module")
+def model_dirs(tmp_path_factory):
+    """Random checkpoints whose MLM never favours [PAD], like a trained model's."""
+    root = tmp_path_factory.mktemp("generation")
+    dirs = {}
+    for model in MODELS:
+        values = random_bert_values(TINY_CONFIG, model, seed=21)
+        values["cls/predictions/output_bias"][0] = -30.0
+        (root / model).mkdir()
+        (root / model / "bert_config.json").write_text(json.dumps(TINY_CONFIG))
+        write_tf_checkpoint(values, str(root / model / "bert_model.ckpt"))
+        dirs[model] = str(root / model)
+    return dirs
+
+
+def unilm(model_dirs, model):
+    return build_transformer_model(TINY_CONFIG, model_dirs[model], model=model, application="unilm",
+                                   with_mlm="linear")
+
+
+def full_logits(backbone, source, target):
+    token_ids = np.array([source + target], "int32")
+    segment_ids = np.array([[0] * len(source) + [1] * len(target)], "int32")
+    return backbone.predict([token_ids, segment_ids], verbose=0)[0, -1]
+
+
+def full_greedy(backbone, source, steps):
+    target = []
+    for _ in range(steps):
+        token = int(np.argmax(full_logits(backbone, source, target)))
+        target.append(token)
+        if token == END_ID:
+            return target[:-1]
+    return target
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_cached_step_logits_equal_full_recompute(model_dirs, model):
+    backbone = unilm(model_dirs, model)
+    decoder = CachedDecoder(backbone, END_ID, max_source_len=12, max_target_len=MAXLEN)
+    source = SOURCES[1]
+    logits, caches, source_len = decoder.prefill(source)
+    target = [17, 5, 96, 33, 60, 8]
+    worst = 0.0
+    for t, token in enumerate([None] + target):
+        if token is not None:
+            logits, caches = decoder.step([token], caches, source_len + t - 1)
+        expected = full_logits(backbone, source, target[:t])
+        got = np.asarray(logits)[0]
+        worst = max(worst, float(np.abs(got - expected).max()))
+    assert worst < 1e-4
+    assert np.std(expected) > 0.1  # the logits carry signal
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_greedy_equals_full_recompute_greedy(model_dirs, model):
+    backbone = unilm(model_dirs, model)
+    decoder = CachedDecoder(backbone, END_ID, max_source_len=12, max_target_len=MAXLEN)
+    for source in SOURCES:
+        expected = full_greedy(backbone, source, MAXLEN)
+        assert decoder.sample(source, n=3, topk=1) == [expected] * 3
+        assert len(expected) > 0
+
+
+@pytest.fixture(scope="module")
+def bert4keras_decodes(model_dirs, tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("bert4keras_generation")
+    jobs = [{"kind": "generate", "config": f"{model_dirs[m]}/bert_config.json",
+             "checkpoint": f"{model_dirs[m]}/bert_model.ckpt", "model": m, "end_id": END_ID,
+             "maxlen": MAXLEN, "beam_size": 3, "sources": SOURCES, "output": str(workdir / f"{m}.json")}
+            for m in MODELS]
+    run_bert4keras(jobs, str(workdir))
+    return {m: json.loads((workdir / f"{m}.json").read_text()) for m in MODELS}
+
+
+def strip_end(ids):
+    return ids[: ids.index(END_ID)] if END_ID in ids else ids
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_greedy_and_beam_search_equal_bert4keras(model_dirs, bert4keras_decodes, model):
+    decoder = CachedDecoder(unilm(model_dirs, model), END_ID, max_source_len=12, max_target_len=MAXLEN)
+    for source, expected in zip(SOURCES, bert4keras_decodes[model]):
+        assert decoder.sample(source, n=1, topk=1) == [strip_end(expected["greedy"])]
+        assert decoder.beam_search(source, beam_size=3) == strip_end(expected["beam"])
+
+
+def test_pick_tokens_matches_the_distribution():
+    rng = np.random.default_rng(0)
+    logits = np.log(np.array([[0.5, 0.3, 0.15, 0.05]] * 20000, "float32"))
+    uniform = rng.random(20000).astype("float32")
+    counts = lambda tokens: np.bincount(np.asarray(tokens), minlength=4) / 20000  # noqa: E731
+    np.testing.assert_allclose(counts(pick_tokens(logits, uniform)), [0.5, 0.3, 0.15, 0.05], atol=0.015)
+    np.testing.assert_allclose(counts(pick_tokens(logits, uniform, topk=2)), [0.625, 0.375, 0, 0], atol=0.015)
+    # top-p 0.7 keeps 0.5 and 0.3 (the prefix whose mass first reaches 0.7).
+    np.testing.assert_allclose(counts(pick_tokens(logits, uniform, topp=0.7)), [0.625, 0.375, 0, 0], atol=0.015)
+    # Temperature 0.5 squares the probabilities before renormalising.
+    squared = np.array([0.25, 0.09, 0.0225, 0.0025]) / 0.365
+    np.testing.assert_allclose(counts(pick_tokens(logits, uniform, temperature=0.5)), squared, atol=0.015)
+    assert np.asarray(pick_tokens(logits[:3], uniform[:3], topk=1)).tolist() == [0, 0, 0]
+
+
+def test_samples_stop_at_end_and_are_seeded(model_dirs):
+    decoder = CachedDecoder(unilm(model_dirs, "bert"), END_ID, max_source_len=12, max_target_len=MAXLEN)
+    first = decoder.sample(SOURCES[0], n=16, topk=5, seed=7)
+    assert first == decoder.sample(SOURCES[0], n=16, topk=5, seed=7)
+    assert first != decoder.sample(SOURCES[0], n=16, topk=5, seed=8)
+    assert all(END_ID not in s and 0 not in s and len(s) <= MAXLEN for s in first)
+    assert decoder.sample(SOURCES[0], n=0) == []
+    with pytest.raises(ValueError, match="max_source_len 12"):
+        decoder.sample(list(range(2, 20)), n=1)
