@@ -1,0 +1,88 @@
+"""The SimBERT facade: loading, encode, gen_synonyms, most_similar, save; bad input."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from simbert import SimBERT, gen_synonyms, most_similar
+from simbert.checkpoints import read_tf_checkpoint
+
+TEXT = "明天北京会下雨吗"
+CORPUS = ["今天气温多少度", "花呗怎么还款", "信用卡怎么提高额度", "手机充不进电怎么办", TEXT,
+          "北京到上海的高铁要多久", "孩子发烧了怎么办", "怎么学习编程"]
+
+
+@pytest.fixture(scope="module")
+def model(trained_tiny):
+    return SimBERT.from_pretrained(trained_tiny, maxlen=32)
+
+
+def test_from_pretrained_reads_trainer_output_and_its_checkpoints(trained_tiny, model):
+    latest = sorted(d for d in os.listdir(trained_tiny) if d.startswith("checkpoint-"))[-1]
+    direct = SimBERT.from_pretrained(os.path.join(trained_tiny, latest), maxlen=32)
+    np.testing.assert_array_equal(direct.encode(CORPUS), model.encode(CORPUS))
+    assert model.backbone.model_type == "bert"
+
+
+def test_encode_keeps_order_and_normalises(model):
+    vectors = model.encode(CORPUS, batch_size=3)
+    assert vectors.shape == (len(CORPUS), model.backbone.hidden_size) and vectors.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+    one_by_one = np.concatenate([model.encode([t]) for t in CORPUS])
+    np.testing.assert_allclose(vectors, one_by_one, atol=1e-5)
+    raw = model.encode(CORPUS, normalize=False)
+    assert np.abs(np.linalg.norm(raw, axis=1) - 1).max() > 1e-3
+    # The vector is the pooled [CLS] of `[CLS] text [SEP]` alone.
+    token_ids, segment_ids = model.tokenizer.encode(CORPUS[0])
+    pooled, _ = model.backbone.predict([np.array([token_ids]), np.array([segment_ids])], verbose=0)
+    np.testing.assert_allclose(raw[0], pooled[0], atol=1e-5)
+
+
+def test_gen_synonyms_returns_unique_ranked_paraphrases_never_the_input(model):
+    results = model.gen_synonyms(TEXT, n=60, k=10, seed=0, with_scores=True)
+    texts = [t for t, _ in results]
+    scores = [s for _, s in results]
+    assert 0 < len(texts) <= 10 and len(set(texts)) == len(texts) and TEXT not in texts
+    assert scores == sorted(scores, reverse=True)
+    vectors = model.encode([TEXT] + texts)
+    np.testing.assert_allclose(vectors[1:] @ vectors[0], scores, atol=1e-5)
+    assert gen_synonyms(model, TEXT, n=60, k=10, seed=0) == texts
+    assert model.gen_synonyms(TEXT, n=0) == []
+    assert len(model.gen_synonyms(TEXT, n=4, k=50, seed=1)) <= 4  # k > n returns what exists
+
+
+def test_most_similar_finds_the_query_first(model):
+    model.build_index(CORPUS)
+    results = model.most_similar(TEXT, topn=3)
+    assert results[0][0] == TEXT and abs(results[0][1] - 1.0) < 1e-5
+    assert len(results) == 3 and results[1][1] <= results[0][1]
+    batch = model.most_similar_batch([TEXT, CORPUS[1]], topn=2)
+    assert batch[0][0][0] == TEXT and batch[1][0][0] == CORPUS[1]
+    assert most_similar(model, CORPUS[2], CORPUS, topn=1)[0][0] == CORPUS[2]
+
+
+def test_save_writes_the_released_layout(model, tmp_path):
+    model.save(tmp_path / "saved")
+    assert sorted(os.listdir(tmp_path / "saved")) == ["bert_config.json", "bert_model.ckpt.data-00000-of-00001",
+                                                      "bert_model.ckpt.index", "checkpoint", "vocab.txt"]
+    assert json.loads((tmp_path / "saved" / "bert_config.json").read_text())["vocab_size"] == model.tokenizer.vocab_size
+    assert "cls/predictions/output_bias" in read_tf_checkpoint(tmp_path / "saved")
+    again = SimBERT.from_pretrained(tmp_path / "saved", maxlen=32)
+    np.testing.assert_allclose(again.encode(CORPUS), model.encode(CORPUS), atol=1e-6)
+
+
+def test_bad_input(model, tmp_path):
+    for bad in ("", "   ", None):
+        with pytest.raises(ValueError, match="non-empty text"):
+            model.gen_synonyms(bad)
+        with pytest.raises(ValueError, match="non-empty text"):
+            model.encode(["ok", bad])
+    with pytest.raises(ValueError, match="list of texts"):
+        model.encode("a single string")
+    long_text = "明天北京会下雨吗" * 20  # longer than maxlen: truncated, still works
+    assert model.encode([long_text]).shape == (1, model.backbone.hidden_size)
+    assert len(model.generate(long_text, n=2, topk=5, seed=0)) == 2
+    with pytest.raises(FileNotFoundError, match="nowhere"):
+        SimBERT.from_pretrained(tmp_path / "nowhere")

@@ -1,0 +1,38 @@
+"""The simbert command end to end on a tiny trained model."""
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+CORPUS = ["明天北京会下雨吗", "花呗怎么还款", "信用卡怎么提高额度", "手机充不进电怎么办"]
+
+
+def simbert(*args):
+    result = subprocess.run([sys.executable, "-m", "simbert.cli", *map(str, args)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result.stdout
+
+
+def test_generate_encode_index_search(trained_tiny, tmp_path):
+    lines = simbert("generate", trained_tiny, "花呗怎么还款", "-n", 30, "-k", 5, "--seed", 1).strip().splitlines()
+    assert 0 < len(lines) <= 5
+    scores = [float(line.split("\t")[0]) for line in lines]
+    assert scores == sorted(scores, reverse=True) and all("花呗怎么还款" != l.split("\t")[1] for l in lines)
+
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\ufeff" + "\n".join(CORPUS) + "\n\n", encoding="utf-8")
+    simbert("encode", trained_tiny, "--input", corpus, "--output", tmp_path / "vectors.npy")
+    vectors = np.load(tmp_path / "vectors.npy")
+    assert vectors.shape[0] == len(CORPUS)
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+
+    simbert("index", trained_tiny, "--input", corpus, "--output", tmp_path / "index")
+    best = simbert("search", tmp_path / "index", trained_tiny, "花呗怎么还款", "--topn", 2).splitlines()
+    assert len(best) == 2 and best[0].split("\t")[1] == "花呗怎么还款" and abs(float(best[0].split("\t")[0]) - 1) < 1e-4
+
+
+@pytest.mark.parametrize("command", ["train", "generate", "encode", "index", "search"])
+def test_help(command):
+    assert "usage: simbert " + command in simbert(command, "--help")
