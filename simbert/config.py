@@ -63,6 +63,8 @@ class OutputConfig:
     save_every: int = 500
     keep: int = 3
     log_every: int = 10
+    sample_every: int = 0  # print gen_synonyms samples every N steps (0: never)
+    sample_texts: list = field(default_factory=list)  # texts to paraphrase; default: 3 from the data
 
 
 @dataclass

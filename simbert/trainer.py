@@ -251,6 +251,8 @@ class Trainer:
             return {"start_step": start_step, "step": start_step, "stopped": "already complete"}
         progress = ProgressLogger(self, start_step, total)
         callbacks = [progress, CheckpointSaver(self, start_step), *(callbacks or [])]
+        if self.config.output.sample_every:
+            callbacks.append(SamplePrinter(self, start_step))
         previous = {sig: signal.signal(sig, self._request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
         try:
             self.training_model.fit(self.batches(start_step), steps_per_epoch=total - start_step, epochs=1,
@@ -290,6 +292,28 @@ class CheckpointSaver(keras.callbacks.Callback):
             self.trainer.save_checkpoint(step)
         if self.trainer.stop_requested:
             self.model.stop_training = True
+
+
+class SamplePrinter(keras.callbacks.Callback):
+    """Every `sample_every` steps, prints gen_synonyms of a few texts from the model."""
+
+    def __init__(self, trainer: Trainer, start_step: int):
+        from simbert.api import SimBERT
+
+        super().__init__()
+        self.trainer = trainer
+        self.start_step = start_step
+        output = trainer.config.output
+        self.texts = list(output.sample_texts) or [group[0] for _, group in zip(range(3), trainer._read_groups())]
+        self.simbert = SimBERT(trainer.backbone, trainer.tokenizer, maxlen=trainer.config.data.maxlen * 2)
+
+    def on_train_batch_end(self, batch, logs=None):
+        step = self.start_step + batch + 1
+        if step % self.trainer.config.output.sample_every:
+            return
+        for text in self.texts:
+            samples = self.simbert.gen_synonyms(text, n=20, k=3, seed=step)
+            tqdm.write(f"step {step} | {text} -> {' / '.join(samples)}")
 
 
 class ProgressLogger(keras.callbacks.Callback):

@@ -129,3 +129,13 @@ def test_mixed_precision_and_distillation_from_a_teacher(tmp_path):
     last = metrics[-1]
     total = last["seq2seq_loss"] + last["similarity_loss"] + 100 * last["distillation_loss"]
     assert abs(last["loss"] - total) < 1e-2 * last["loss"]
+
+
+def test_samples_are_printed_during_training(tmp_path, capsys):
+    config = tiny_config(tmp_path, 20)
+    config.output.sample_every = 10
+    config.output.sample_texts = ["花呗怎么还款"]
+    Trainer(config).fit()
+    printed = [line for line in capsys.readouterr().out.splitlines() if line.startswith("step ")]
+    assert [line.split(" | ")[0] for line in printed] == ["step 10", "step 20"]
+    assert all(line.split(" | ")[1].startswith("花呗怎么还款 -> ") for line in printed)
