@@ -33,7 +33,9 @@ def read_metrics(output_dir):
 
 
 def test_tiny_run_both_losses_fall(tmp_path):
-    result = Trainer(tiny_config(tmp_path, 150)).fit()
+    config = tiny_config(tmp_path, 150)
+    config.output.save_every, config.output.keep = 100, 2
+    result = Trainer(config).fit()
     first, last = result["first"], result["last"]
     assert first["step"] == 10 and last["step"] == 150
     assert last["seq2seq_loss"] < 0.7 * first["seq2seq_loss"]

@@ -4,12 +4,14 @@ subprocess with TF_KERAS=1 and TF_USE_LEGACY_KERAS=1 (bert4keras needs tf.keras 
 Job kinds:
   model:    build_transformer_model + load checkpoint + predict on inputs (npz) -> npz
   generate: the original gen_synonyms decoder: greedy random_sample and beam_search
+  time_sample: seconds per random_sample call of that decoder (benchmarks/)
   tokenize: Tokenizer.encode on sentences -> JSON of tokens, ids, segment ids
   vocab:    load_vocab(simplified=True) -> JSON of token dict and keep_tokens
 """
 
 import json
 import sys
+import time
 
 import numpy as np
 from bert4keras.models import build_transformer_model
@@ -28,8 +30,8 @@ def run_model(job):
     np.savez(job["output"], *outputs)
 
 
-def run_generate(job):
-    """The original SimBERT generator (full recompute every step) on given sources."""
+def make_generator(job):
+    """The original SimBERT generator: the whole sequence is recomputed at every step."""
     from bert4keras.snippets import AutoRegressiveDecoder
 
     model = build_transformer_model(job["config"], job["checkpoint"], model=job["model"],
@@ -43,7 +45,27 @@ def run_generate(job):
             segment_ids = np.concatenate([segment_ids, np.ones_like(output_ids)], 1)
             return self.last_token(model).predict([token_ids, segment_ids], verbose=0)
 
-    generator = Generator(start_id=None, end_id=job["end_id"], maxlen=job["maxlen"])
+    return Generator(start_id=None, end_id=job["end_id"], maxlen=job["maxlen"])
+
+
+def run_time_sample(job):
+    """Seconds per `random_sample(source, n, topk)` call (after one warm-up call)."""
+    generator = make_generator(job)
+    inputs = [job["source"], [0] * len(job["source"])]
+    generator.random_sample(inputs, job["n"], topk=job["topk"])
+    times, lengths = [], []
+    for _ in range(job["repeats"]):
+        start = time.perf_counter()
+        samples = generator.random_sample(inputs, job["n"], topk=job["topk"])
+        times.append(time.perf_counter() - start)
+        lengths.append(float(np.mean([len(s) for s in samples])))
+    with open(job["output"], "w", encoding="utf-8") as writer:
+        json.dump({"seconds": times, "mean_length": lengths}, writer)
+
+
+def run_generate(job):
+    """Greedy `random_sample(topk=1)` and `beam_search` of the original generator."""
+    generator = make_generator(job)
     results = []
     for source in job["sources"]:
         inputs = [source, [0] * len(source)]
@@ -82,4 +104,5 @@ if __name__ == "__main__":
     with open(sys.argv[1], encoding="utf-8") as reader:
         jobs = json.load(reader)
     for job in jobs:
-        {"model": run_model, "generate": run_generate, "tokenize": run_tokenize, "vocab": run_vocab}[job["kind"]](job)
+        {"model": run_model, "generate": run_generate, "time_sample": run_time_sample,
+         "tokenize": run_tokenize, "vocab": run_vocab}[job["kind"]](job)
