@@ -94,8 +94,14 @@ class CachedDecoder:
 
     # ------------------------------------------------------------- graph parts
     def _empty_caches(self, batch):
-        shape = (batch, 2, self.cache_len, self.backbone.num_heads, self.backbone.head_size)
-        return [ops.zeros(shape, self.backbone.compute_dtype) for _ in self.backbone.blocks]
+        """Per layer `(keys (b, h, d, T), values (b, h, T, d))`, see MultiHeadAttention."""
+        heads, size, dtype = self.backbone.num_heads, self.backbone.head_size, self.backbone.compute_dtype
+        return [(ops.zeros((batch, heads, size, self.cache_len), dtype),
+                 ops.zeros((batch, heads, self.cache_len, size), dtype)) for _ in self.backbone.blocks]
+
+    @staticmethod
+    def _map_caches(function, caches):
+        return [tuple(function(part) for part in cache) for cache in caches]
 
     def _encode_source(self, token_ids, source_len):
         """Run the padded source `(1, max_source_len)` and return the logits of its last
@@ -173,7 +179,7 @@ class CachedDecoder:
             self._samplers[key] = compile_function(run, self.variables)
         logits, caches, source_len = self.prefill(source_ids)
         logits = ops.repeat(logits, n, axis=0)
-        caches = [ops.repeat(cache, n, axis=0) for cache in caches]
+        caches = self._map_caches(lambda part: ops.repeat(part, n, axis=0), caches)
         noise = np.random.default_rng(seed).random((steps, n), dtype="float32")
         outputs = ops.convert_to_numpy(self._samplers[key](logits, caches, ops.convert_to_tensor(source_len),
                                                            ops.convert_to_tensor(noise)))
@@ -184,7 +190,7 @@ class CachedDecoder:
         bert4keras: stop when the best beam ends; ended beams leave and the beam narrows."""
         steps = min(maxlen or self.max_target_len, self.max_target_len)
         logits, caches, source_len = self.prefill(source_ids)
-        caches = [ops.repeat(cache, beam_size, axis=0) for cache in caches]
+        caches = self._map_caches(lambda part: ops.repeat(part, beam_size, axis=0), caches)
         log_probs = self._log_softmax(logits)
         outputs, scores, width = np.zeros((1, 0), "int32"), np.zeros((1,), "float64"), beam_size
         for t in range(steps):
@@ -201,8 +207,8 @@ class CachedDecoder:
             if t == steps - 1:
                 break
             padding = np.zeros(beam_size - width, "int64")
-            caches = [ops.take(cache, ops.convert_to_tensor(np.concatenate([rows, padding])), axis=0)
-                      for cache in caches]
+            order = ops.convert_to_tensor(np.concatenate([rows, padding]))
+            caches = self._map_caches(lambda part: ops.take(part, order, axis=0), caches)
             logits, caches = self.step(np.concatenate([tokens, padding]), caches, int(source_len) + t)
             log_probs = self._log_softmax(logits)
         return self._until_end(outputs[int(np.argmax(scores))])

@@ -98,9 +98,11 @@ class MultiHeadAttention(keras.layers.Layer):
     """Scaled dot-product self-attention, `softmax(q k^T / sqrt(d) masked) v`, with an
     optional rotary encoding of q and k and an optional key/value cache.
 
-    With `cache` (batch, 2, max_len, heads, head_size) the new keys/values of `x` are
-    written at `cache_index` and the queries attend over the whole cache (the mask says
-    which cached slots are valid); the call then returns `(output, cache)`.
+    With `cache = (keys, values)`, keys stored transposed as (batch, heads, head_size,
+    max_len) and values as (batch, heads, max_len, head_size) so that neither product
+    copies the cache, the new keys/values of `x` are written at `cache_index` and the
+    queries attend over every slot (the mask says which are valid); the call then returns
+    `(output, cache)`.
     """
 
     def __init__(self, num_heads: int, head_size: int, hidden_size: int, rotary: bool = False,
@@ -134,17 +136,19 @@ class MultiHeadAttention(keras.layers.Layer):
         if self.rotary:
             positions = cache_index + ops.arange(ops.shape(x)[1])
             q, k = rotary(q, positions), rotary(k, positions)
+        q = ops.transpose(q, (0, 2, 1, 3))  # (batch, heads, len, head_size)
+        keys = ops.transpose(k, (0, 2, 3, 1))  # (batch, heads, head_size, len)
+        values = ops.transpose(v, (0, 2, 1, 3))
         if cache is not None:
-            start = (0, cache_index, 0, 0)
-            k = ops.slice_update(cache[:, 0], start, ops.cast(k, cache.dtype))
-            v = ops.slice_update(cache[:, 1], start, ops.cast(v, cache.dtype))
-            cache = ops.stack([k, v], axis=1)
-        scores = ops.einsum("bqhd,bkhd->bhqk", q, k) / math.sqrt(self.head_size)
+            keys = ops.slice_update(cache[0], (0, 0, 0, cache_index), ops.cast(keys, cache[0].dtype))
+            values = ops.slice_update(cache[1], (0, 0, cache_index, 0), ops.cast(values, cache[1].dtype))
+            cache = (keys, values)
+        scores = ops.matmul(q, keys) / math.sqrt(self.head_size)
         scores = ops.cast(scores, "float32")
         scores = ops.where(attention_mask[:, None, :, :], scores, -1e30)
         probs = ops.cast(ops.softmax(scores, axis=-1), self.compute_dtype)
         probs = self.dropout(probs, training=training)
-        context = ops.einsum("bhqk,bkhd->bqhd", probs, v)
+        context = ops.transpose(ops.matmul(probs, values), (0, 2, 1, 3))
         batch, length = ops.shape(x)[0], ops.shape(x)[1]
         output = self.output_dense(ops.reshape(context, (batch, length, self.num_heads * self.head_size)))
         return output if cache is None else (output, cache)
