@@ -16,10 +16,13 @@ import numpy as np
 from tqdm import tqdm
 
 from simbert.checkpoints import is_hf_directory, read_hf_config, save_pretrained
+from simbert.evaluation import Whitening, fit_whitening
 from simbert.generation import CachedDecoder
 from simbert.models import Transformer, build_transformer_model
 from simbert.retrieval import SimilarityIndex
 from simbert.tokenizer import Tokenizer
+
+WHITENING_FILE = "whitening.npz"
 
 
 def resolve_model_directory(path: str | os.PathLike) -> str:
@@ -66,6 +69,7 @@ class SimBERT:
         self.encoder = keras.Model(backbone.inputs, backbone.outputs[0])  # the pooled output
         self._decoder: CachedDecoder | None = None
         self.index: SimilarityIndex | None = None
+        self.whitening: Whitening | None = None
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, model: str | None = None, maxlen: int = 64,
@@ -85,11 +89,29 @@ class SimBERT:
             config = os.path.join(directory, "bert_config.json")
         backbone = build_transformer_model(config, directory, model=model, application="unilm",
                                            with_pool="linear", with_mlm="linear")
-        return cls(backbone, tokenizer, maxlen, name=os.path.basename(os.path.normpath(str(path))))
+        simbert = cls(backbone, tokenizer, maxlen, name=os.path.basename(os.path.normpath(str(path))))
+        if os.path.isfile(os.path.join(directory, WHITENING_FILE)):
+            simbert.whitening = Whitening.load(os.path.join(directory, WHITENING_FILE))
+        return simbert
 
     def save(self, path: str | os.PathLike) -> None:
-        """Write the released layout: bert_config.json, vocab.txt, bert_model.ckpt.*"""
+        """Write the released layout: bert_config.json, vocab.txt, bert_model.ckpt.*, and
+        whitening.npz when a whitening is set."""
         save_pretrained(self.backbone, path, self.tokenizer.token_dict)
+        if self.whitening is not None:
+            self.whitening.save(os.path.join(path, WHITENING_FILE))
+
+    def fit_whitening(self, texts: Sequence[str], dim: int | None = None, batch_size: int = 64) -> Whitening:
+        """Fit BERT-whitening on the raw vectors of `texts` and apply it from now on
+        (in `encode`, the index and `gen_synonyms` ranking); `dim` keeps that many dimensions."""
+        self.whitening = None
+        self.whitening = fit_whitening(self.encode(texts, batch_size=batch_size, normalize=False), dim)
+        return self.whitening
+
+    @property
+    def dimension(self) -> int:
+        """Width of the vectors `encode` returns."""
+        return self.whitening.dim if self.whitening is not None else self.backbone.hidden_size
 
     # ---------------------------------------------------------------- encoding
     def _check_text(self, text: str) -> str:
@@ -102,7 +124,8 @@ class SimBERT:
         """Pooled [CLS] vectors of `[CLS] text [SEP]`, one float32 row per text, in order.
 
         Texts longer than `maxlen` tokens are truncated from the end. Batches are formed
-        from texts of similar length to cut padding.
+        from texts of similar length to cut padding. With a whitening set, vectors are
+        whitened (then normalised if `normalize`).
         """
         if isinstance(texts, str):
             raise ValueError("encode expects a list of texts; wrap a single text in a list")
@@ -117,6 +140,8 @@ class SimBERT:
                 token_ids[row, : len(encoded[i])] = encoded[i]
             vectors[batch] = np.asarray(self.encoder.predict_on_batch([token_ids, np.zeros_like(token_ids)]),
                                         "float32")
+        if self.whitening is not None:
+            return self.whitening(vectors, normalize)
         if normalize:
             vectors /= np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
         return vectors
@@ -159,12 +184,12 @@ class SimBERT:
     def build_index(self, texts: Sequence[str], batch_size: int = 64, progress: bool = False,
                     **index_options) -> SimilarityIndex:
         """Encode `texts` once into a `SimilarityIndex` kept on the model for most_similar."""
-        self.index = SimilarityIndex(self.backbone.hidden_size, model_name=self.name, **index_options)
+        self.index = SimilarityIndex(self.dimension, model_name=self.name, **index_options)
         self.index.add(list(texts), self.encode(texts, batch_size=batch_size, progress=progress))
         return self.index
 
     def load_index(self, directory: str | os.PathLike) -> SimilarityIndex:
-        self.index = SimilarityIndex.load(directory, expected_dimension=self.backbone.hidden_size)
+        self.index = SimilarityIndex.load(directory, expected_dimension=self.dimension)
         return self.index
 
     def most_similar(self, text: str, topn: int = 10) -> list[tuple[str, float]]:

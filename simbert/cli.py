@@ -5,6 +5,8 @@
     simbert encode MODEL_DIR --input texts.txt --output vecs.npy
     simbert index MODEL_DIR --input corpus.txt --output INDEX_DIR
     simbert search INDEX_DIR MODEL_DIR "query" [--topn 10]
+    simbert eval MODEL_DIR FILE... [--threshold 0.9] [--output JSON] [--plot DIR]
+                 [--whiten CORPUS --dim 256] [--baseline jaccard]
 """
 
 from __future__ import annotations
@@ -76,6 +78,47 @@ def _search(args) -> int:
     return 0
 
 
+def _eval(args) -> int:
+    import os
+
+    import numpy as np
+
+    from simbert.api import SimBERT
+    from simbert.evaluation import evaluate_files, format_table, jaccard_similarity, plot_histograms
+    from simbert.retrieval import read_lines
+
+    model = SimBERT.from_pretrained(args.model_dir, maxlen=args.maxlen)
+
+    def cosine(first, second):
+        return np.sum(model.encode(first, args.batch_size) * model.encode(second, args.batch_size), axis=1)
+
+    def jaccard(first, second):
+        return np.array([jaccard_similarity(a, b) for a, b in zip(first, second)])
+
+    runs = [("cosine", cosine)]
+    if args.whiten:
+        runs.append(("whitened", cosine))  # the same scorer once model.whitening is set
+    if args.baseline == "jaccard":
+        runs.append(("jaccard", jaccard))
+    report = {}
+    for name, scorer in runs:
+        if name == "whitened":
+            model.fit_whitening(list(read_lines(args.whiten)), dim=args.dim, batch_size=args.batch_size)
+        results = evaluate_files(args.files, scorer, threshold=args.threshold, format=args.format)
+        print(f"\n[{name}]\n{format_table(results)}")
+        if args.plot:
+            os.makedirs(args.plot, exist_ok=True)
+            for path, metrics in results.items():
+                stem = os.path.splitext(os.path.basename(path))[0]
+                plot_histograms(metrics, os.path.join(args.plot, f"{stem}.{name}.png"), f"{stem} ({name})")
+        report[name] = {path: {k: v for k, v in m.items() if k not in ("scores", "labels")}
+                        for path, m in results.items()}
+    if args.output:
+        with open(args.output, "w", encoding="utf-8") as writer:
+            json.dump(report, writer, ensure_ascii=False, indent=2)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="simbert", description="Train and use SimBERT models.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -121,6 +164,19 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("model_dir")
     search.add_argument("query")
     search.add_argument("--topn", type=int, default=10)
+
+    evaluate = model_command("eval", "Spearman/Pearson/accuracy/F1 on labelled pair files", _eval)
+    evaluate.add_argument("model_dir")
+    evaluate.add_argument("files", nargs="+", help="pair files (TSV, ATEC CSV, STS, CSV with header, JSONL)")
+    evaluate.add_argument("--format", choices=["tsv", "atec", "sts", "csv", "jsonl"], help="default: detected")
+    evaluate.add_argument("--threshold", type=float, default=0.9, help="fixed cosine threshold (default 0.9)")
+    evaluate.add_argument("--output", help="write all metrics as JSON here")
+    evaluate.add_argument("--plot", help="directory for score histograms, one PNG per file")
+    evaluate.add_argument("--whiten", help="corpus (one text a line) to fit BERT-whitening on; "
+                                           "reports with and without")
+    evaluate.add_argument("--dim", type=int, help="dimensions kept by whitening (default: all)")
+    evaluate.add_argument("--baseline", choices=["jaccard"], help="also report a char-overlap baseline")
+    evaluate.add_argument("--batch-size", type=int, default=64)
     return parser
 
 
