@@ -37,6 +37,7 @@ class DataConfig:
     pair_threshold: float = 1.0  # pairs: a label below this is not a similar pair
     shuffle_buffer: int = 100_000  # groups held in memory for shuffling a streamed file
     mask_source: bool = False  # RoFormer-Sim whole-word masking of the source (p = 0.5)
+    pad_to_multiple: int = 1  # round batch lengths up (e.g. 8 on JAX: fewer recompilations)
 
 
 @dataclass

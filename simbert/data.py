@@ -254,17 +254,45 @@ def source_text_ids(rows: Sequence[Sequence[int]]) -> np.ndarray:
     return np.array([seen.setdefault(tuple(r), len(seen)) for r in rows], "int32")
 
 
+def round_up(value: int, multiple: int) -> int:
+    return -(-value // multiple) * multiple
+
+
+def target_positions(token_ids: np.ndarray, segment_ids: np.ndarray,
+                     pad_to_multiple: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """Where the seq2seq loss looks: position p predicts token p + 1, which counts when it
+    is a (non-padding) target token, segment 1.
+
+    Returns `positions (batch, T)` (row-local, padded with 0) and `targets (batch, T, 2)`
+    = (token id at p + 1, weight 1; padding 0, 0), T the most target tokens of a row. The
+    MLM projection is then computed at these positions only. T is rounded up to
+    `pad_to_multiple`.
+    """
+    counts = (segment_ids[:, 1:] == 1).sum(axis=1)
+    width = round_up(max(int(counts.max()), 1), pad_to_multiple)
+    positions = np.zeros((len(token_ids), width), "int32")
+    targets = np.zeros((len(token_ids), width, 2), "int32")
+    for row in range(len(token_ids)):
+        found = np.flatnonzero(segment_ids[row, 1:] == 1)
+        positions[row, : len(found)] = found
+        targets[row, : len(found), 0] = token_ids[row, found + 1]
+        targets[row, : len(found), 1] = 1
+    return positions, targets
+
+
 def make_batch(pairs: Sequence[tuple[str, str]], tokenizer: Tokenizer, maxlen: int,
-               mask_source: Callable[[str], list[int]] | None = None):
+               mask_source: Callable[[str], list[int] | None] | None = None, pad_to_multiple: int = 1):
     """Model inputs and loss targets for a batch of pairs.
 
     Each pair (a, b) gives rows `[CLS] a [SEP] b [SEP]` and `[CLS] b [SEP] a [SEP]` at
-    2k and 2k+1. Returns `(token_ids, segment_ids), targets` with
-    `targets["seq2seq"] = (ids[:, 1:], segments[:, 1:])` stacked on the last axis and
-    `targets["similarity"]` the source-text id of each row (for duplicate masking).
+    2k and 2k+1, padded with 0 to the batch's longest row. Returns
+    `(token_ids, segment_ids, positions), targets` with `positions` and
+    `targets["seq2seq"]` from `target_positions`, and `targets["similarity"]` the
+    source-text id of each row (equal ids = identical sources, for duplicate masking).
     `mask_source(text)`, when given, returns masked `[CLS] text [SEP]` ids for the source
     or None (see `SourceMasker`); a masked source replaces the row's source only when its
-    length matches (word-by-word tokenization can differ at word joins).
+    length matches (word-by-word tokenization can differ at word joins). Lengths are
+    rounded up to `pad_to_multiple` (fewer distinct shapes for compiled backends).
     """
     rows, segments, sources = [], [], []
     for a, b in pairs:
@@ -278,17 +306,15 @@ def make_batch(pairs: Sequence[tuple[str, str]], tokenizer: Tokenizer, maxlen: i
                     ids = masked + ids[source_length:]
             rows.append(ids)
             segments.append(segs)
-    length = max(map(len, rows))
+    length = round_up(max(map(len, rows)), pad_to_multiple)
     token_ids = np.zeros((len(rows), length), "int32")
     segment_ids = np.zeros((len(rows), length), "int32")
     for i, (ids, segs) in enumerate(zip(rows, segments)):
         token_ids[i, : len(ids)] = ids
         segment_ids[i, : len(segs)] = segs
-    targets = {
-        "seq2seq": np.stack([token_ids[:, 1:], segment_ids[:, 1:]], axis=-1),
-        "similarity": source_text_ids(sources),
-    }
-    return (token_ids, segment_ids), targets
+    positions, seq2seq_targets = target_positions(token_ids, segment_ids, pad_to_multiple)
+    targets = {"seq2seq": seq2seq_targets, "similarity": source_text_ids(sources)}
+    return (token_ids, segment_ids, positions), targets
 
 
 def build_char_vocab(texts: Iterable[str]) -> dict[str, int]:

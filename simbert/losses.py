@@ -22,10 +22,12 @@ def partner_indices(batch_size):
 class Seq2SeqLoss(keras.losses.Loss):
     """Token cross-entropy of the target segment, averaged over target positions.
 
-    y_true: `(batch, len - 1, 2)` = `token_ids[:, 1:]` and `segment_ids[:, 1:]` stacked;
-    y_pred: logits `mlm[:, :-1]` of shape `(batch, len - 1, vocab)`.
+    y_true: `(batch, T, 2)` = target ids and weights stacked; y_pred: logits
+    `(batch, T, vocab)`. With T = len - 1, ids `token_ids[:, 1:]`, weights
+    `segment_ids[:, 1:]` and logits `mlm[:, :-1]` this is the original loss; the trainer
+    passes only the target positions (see `simbert.data.target_positions`), same value.
 
-        loss = sum_t w_t * CE(y_t, softmax(z_t)) / sum_t w_t,  w = segment_ids[:, 1:]
+        loss = sum_t w_t * CE(y_t, softmax(z_t)) / sum_t w_t
     """
 
     def __init__(self, name="seq2seq", **kwargs):

@@ -154,10 +154,8 @@ class Transformer(keras.Model):
         # Functional graph.
         token_ids = keras.Input(shape=(None,), dtype="int32", name="token_ids")
         segment_ids = keras.Input(shape=(None,), dtype="int32", name="segment_ids")
-        x = self.embed(token_ids, segment_ids)
-        mask = build_attention_mask(token_ids, segment_ids, application)
-        for block in self.blocks:
-            x = block(x, mask)
+        self.application = application
+        x = self.sequence_output(token_ids, segment_ids)
         outputs = []
         if with_pool:
             outputs.append(self.pool(x))
@@ -180,7 +178,6 @@ class Transformer(keras.Model):
         self.attention_dropout_rate = attention_dropout_rate
         self.initializer_range = initializer_range
         self.model_type = model
-        self.application = application
         self.with_pool = with_pool
         self.with_mlm = with_mlm
 
@@ -193,6 +190,14 @@ class Transformer(keras.Model):
         x = self.embedding_dropout(self.embedding_norm(x), training=training)
         if self.embedding_mapping is not None:
             x = self.embedding_mapping(x)
+        return x
+
+    def sequence_output(self, token_ids, segment_ids, training=False):
+        """Hidden states `(batch, len, hidden)` under this model's attention mask."""
+        x = self.embed(token_ids, segment_ids, training=training)
+        mask = build_attention_mask(token_ids, segment_ids, self.application)
+        for block in self.blocks:
+            x = block(x, mask, training=training)
         return x
 
     def pool(self, sequence_output):

@@ -127,8 +127,13 @@ class Trainer:
             self.tokenizer, self.backbone = self._build_tokenizer_and_backbone()
         finally:
             keras.config.set_dtype_policy(previous_policy)
-        pooled, logits = self.backbone(self.backbone.inputs)
-        outputs = {"seq2seq": logits[:, :-1], "similarity": pooled}
+        token_ids, segment_ids = self.backbone.inputs
+        positions = keras.Input(shape=(None,), dtype="int32", name="target_positions")
+        sequence = self.backbone.sequence_output(token_ids, segment_ids)
+        pooled = self.backbone.pool(sequence)
+        # The MLM projection only where the seq2seq loss looks (about half the positions).
+        logits = self.backbone.mlm_logits(keras.ops.take_along_axis(sequence, positions[:, :, None], axis=1))
+        outputs = {"seq2seq": logits, "similarity": pooled}
         losses = {"seq2seq": Seq2SeqLoss(),
                   "similarity": SimilarityLoss(training.scale, training.mask_duplicates)}
         weights = {"seq2seq": training.seq2seq_weight, "similarity": training.similarity_weight}
@@ -138,7 +143,7 @@ class Trainer:
             outputs["distillation"] = pooled
             losses["distillation"] = DistillationLoss()
             weights["distillation"] = training.distillation_weight
-        self.training_model = keras.Model(self.backbone.inputs, outputs, name="simbert_training")
+        self.training_model = keras.Model([token_ids, segment_ids, positions], outputs, name="simbert_training")
         learning_rate = training.learning_rate
         if training.warmup_steps:
             learning_rate = WarmupSchedule(training.learning_rate, training.warmup_steps)
@@ -169,11 +174,27 @@ class Trainer:
             batch_pairs = [next(pairs) for _ in range(pairs_per_batch)]
             if masker is not None:
                 masker.rng.seed(training.seed * 1_000_003 + step)
-            inputs, targets = make_batch(batch_pairs, self.tokenizer, data.maxlen, masker)
+            inputs, targets = make_batch(batch_pairs, self.tokenizer, data.maxlen, masker, data.pad_to_multiple)
             if self.teacher is not None:
                 targets["distillation"] = self._teacher_similarities(batch_pairs)
             step += 1
             yield inputs, targets
+
+    def _stream(self, start_step: int):
+        """`batches` for `fit`. On TensorFlow it is wrapped in a tf.data pipeline with every
+        length dimension declared variable (Keras would otherwise guess fixed sizes from
+        the first two batches)."""
+        if keras.backend.backend() != "tensorflow":
+            return self.batches(start_step)
+        import tensorflow as tf
+
+        ids = tf.TensorSpec((None, None), tf.int32)
+        targets = {"seq2seq": tf.TensorSpec((None, None, 2), tf.int32),
+                   "similarity": tf.TensorSpec((None,), tf.int32)}
+        if self.teacher is not None:
+            targets["distillation"] = tf.TensorSpec((None, None), tf.float32)
+        return tf.data.Dataset.from_generator(lambda: self.batches(start_step),
+                                              output_signature=((ids, ids, ids), targets))
 
     def _teacher_similarities(self, batch_pairs):
         tokenizer, teacher = self.teacher
@@ -255,7 +276,7 @@ class Trainer:
             callbacks.append(SamplePrinter(self, start_step))
         previous = {sig: signal.signal(sig, self._request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
         try:
-            self.training_model.fit(self.batches(start_step), steps_per_epoch=total - start_step, epochs=1,
+            self.training_model.fit(self._stream(start_step), steps_per_epoch=total - start_step, epochs=1,
                                     shuffle=False, verbose=0, callbacks=callbacks)
         finally:
             for sig, handler in previous.items():

@@ -124,16 +124,24 @@ def test_sampler_is_seeded_and_streams_through_a_small_buffer():
 def test_batch_layout():
     tokenizer = Tokenizer(build_char_vocab(["今天天气怎么样", "明天下雨吗", "你好"]))
     pairs = [("今天天气怎么样", "明天下雨吗"), ("你好", "你好吗")]
-    (token_ids, segment_ids), targets = make_batch(pairs, tokenizer, maxlen=32)
+    (token_ids, segment_ids, positions), targets = make_batch(pairs, tokenizer, maxlen=32)
     assert token_ids.shape == (4, 2 + 7 + 5 + 1)  # padded to the longest row only
     for row, (source, target) in enumerate([pairs[0], pairs[0][::-1], pairs[1], pairs[1][::-1]]):
         ids, segments = tokenizer.encode(source, target)
         assert token_ids[row, : len(ids)].tolist() == ids and segment_ids[row, : len(ids)].tolist() == segments
         assert not token_ids[row, len(ids):].any()
-    np.testing.assert_array_equal(targets["seq2seq"][..., 0], token_ids[:, 1:])
-    np.testing.assert_array_equal(targets["seq2seq"][..., 1], segment_ids[:, 1:])
+    # Seq2seq targets: position p predicts token p + 1 where that token is in segment 1.
+    for row in range(4):
+        wanted = [p for p in range(token_ids.shape[1] - 1) if segment_ids[row, p + 1] == 1]
+        weights = targets["seq2seq"][row, :, 1]
+        assert positions[row, : weights.sum()].tolist() == wanted and not weights[len(wanted):].any()
+        assert targets["seq2seq"][row, : len(wanted), 0].tolist() == token_ids[row, np.array(wanted) + 1].tolist()
+    assert positions.shape[1] == max(len(b) for pair in pairs for b in pair) + 1  # target tokens + [SEP]
     assert targets["similarity"].tolist() == [0, 1, 2, 3]
-    (_, _), duplicate = make_batch([("你好", "今天"), ("明天", "你好")], tokenizer, maxlen=32)
+    (rounded, _, rounded_positions), _ = make_batch(pairs, tokenizer, maxlen=32, pad_to_multiple=8)
+    assert rounded.shape == (4, 16) and rounded_positions.shape[1] == 8
+    np.testing.assert_array_equal(rounded[:, : token_ids.shape[1]], token_ids)
+    _, duplicate = make_batch([("你好", "今天"), ("明天", "你好")], tokenizer, maxlen=32)
     assert duplicate["similarity"].tolist() == [0, 1, 2, 0]
 
 

@@ -21,6 +21,12 @@ def test_seq2seq_loss_matches_numpy():
     log_probs = np.take_along_axis(log_softmax(logits.astype("float64")), targets[..., None], -1)[..., 0]
     expected = -(log_probs * weights).sum() / weights.sum()
     assert abs(float(Seq2SeqLoss()(y_true, logits)) - expected) < 1e-5
+    # The same value from the target positions only (as the trainer computes it).
+    from simbert.data import target_positions
+
+    positions, targets = target_positions(token_ids, segment_ids)
+    picked = np.take_along_axis(logits, positions[:, :, None], axis=1)
+    assert abs(float(Seq2SeqLoss()(targets, picked)) - expected) < 1e-5
 
 
 def similarity_numpy(vectors, text_ids, scale, mask_duplicates):
