@@ -20,7 +20,7 @@ import numpy as np
 from tqdm import tqdm
 
 from simbert.checkpoints import assign_weights, read_tf_checkpoint, save_pretrained
-from simbert.config import TrainConfig
+from simbert.config import TrainConfig, TrainingConfig
 from simbert.data import (
     PairSampler,
     ReadReport,
@@ -67,6 +67,34 @@ def checkpoint_dirs(output_dir: str) -> list[tuple[int, str]]:
         if name.startswith(CHECKPOINT_PREFIX) and os.path.isfile(os.path.join(path, STATE_FILE)):
             found.append((int(name[len(CHECKPOINT_PREFIX):]), path))
     return sorted(found)
+
+
+def build_training_model(backbone: Transformer, training: TrainingConfig) -> keras.Model:
+    """The compiled model `fit` trains: inputs `(token_ids, segment_ids, target_positions)`,
+    outputs `seq2seq` (MLM logits at the target positions only, about half of them),
+    `similarity` (pooled [CLS]) and, with a teacher, `distillation` (pooled again);
+    losses weighted as configured; AdamW without decay on LayerNorm and bias."""
+    token_ids, segment_ids = backbone.inputs
+    positions = keras.Input(shape=(None,), dtype="int32", name="target_positions")
+    sequence = backbone.sequence_output(token_ids, segment_ids)
+    pooled = backbone.pool(sequence)
+    logits = backbone.mlm_logits(keras.ops.take_along_axis(sequence, positions[:, :, None], axis=1))
+    outputs = {"seq2seq": logits, "similarity": pooled}
+    losses = {"seq2seq": Seq2SeqLoss(), "similarity": SimilarityLoss(training.scale, training.mask_duplicates)}
+    weights = {"seq2seq": training.seq2seq_weight, "similarity": training.similarity_weight}
+    if training.teacher:
+        outputs["distillation"] = pooled
+        losses["distillation"] = DistillationLoss()
+        weights["distillation"] = training.distillation_weight
+    model = keras.Model([token_ids, segment_ids, positions], outputs, name="simbert_training")
+    learning_rate = training.learning_rate
+    if training.warmup_steps:
+        learning_rate = WarmupSchedule(training.learning_rate, training.warmup_steps)
+    optimizer = keras.optimizers.AdamW(learning_rate=learning_rate, weight_decay=training.weight_decay,
+                                       clipnorm=training.clipnorm)
+    optimizer.exclude_from_weight_decay(var_names=["gamma", "beta", "bias"])
+    model.compile(optimizer=optimizer, loss=losses, loss_weights=weights, jit_compile=training.jit_compile)
+    return model
 
 
 class Trainer:
@@ -127,30 +155,8 @@ class Trainer:
             self.tokenizer, self.backbone = self._build_tokenizer_and_backbone()
         finally:
             keras.config.set_dtype_policy(previous_policy)
-        token_ids, segment_ids = self.backbone.inputs
-        positions = keras.Input(shape=(None,), dtype="int32", name="target_positions")
-        sequence = self.backbone.sequence_output(token_ids, segment_ids)
-        pooled = self.backbone.pool(sequence)
-        # The MLM projection only where the seq2seq loss looks (about half the positions).
-        logits = self.backbone.mlm_logits(keras.ops.take_along_axis(sequence, positions[:, :, None], axis=1))
-        outputs = {"seq2seq": logits, "similarity": pooled}
-        losses = {"seq2seq": Seq2SeqLoss(),
-                  "similarity": SimilarityLoss(training.scale, training.mask_duplicates)}
-        weights = {"seq2seq": training.seq2seq_weight, "similarity": training.similarity_weight}
-        self.teacher = None
-        if training.teacher:
-            self.teacher = self._load_teacher(training.teacher)
-            outputs["distillation"] = pooled
-            losses["distillation"] = DistillationLoss()
-            weights["distillation"] = training.distillation_weight
-        self.training_model = keras.Model([token_ids, segment_ids, positions], outputs, name="simbert_training")
-        learning_rate = training.learning_rate
-        if training.warmup_steps:
-            learning_rate = WarmupSchedule(training.learning_rate, training.warmup_steps)
-        optimizer = keras.optimizers.AdamW(learning_rate=learning_rate, weight_decay=training.weight_decay,
-                                           clipnorm=training.clipnorm)
-        optimizer.exclude_from_weight_decay(var_names=["gamma", "beta", "bias"])
-        self.training_model.compile(optimizer=optimizer, loss=losses, loss_weights=weights)
+        self.teacher = self._load_teacher(training.teacher) if training.teacher else None
+        self.training_model = build_training_model(self.backbone, training)
         self.optimizer = self.training_model.optimizer
 
     def _load_teacher(self, directory: str):

@@ -5,6 +5,7 @@ Job kinds:
   model:    build_transformer_model + load checkpoint + predict on inputs (npz) -> npz
   generate: the original gen_synonyms decoder: greedy random_sample and beam_search
   time_sample: seconds per random_sample call of that decoder (benchmarks/)
+  time_train: seconds per training step of the original recipe (benchmarks/)
   tokenize: Tokenizer.encode on sentences -> JSON of tokens, ids, segment ids
   vocab:    load_vocab(simplified=True) -> JSON of token dict and keep_tokens
 """
@@ -63,6 +64,48 @@ def run_time_sample(job):
         json.dump({"seconds": times, "mean_length": lengths}, writer)
 
 
+def run_time_train(job):
+    """Seconds per training step of the original recipe: a bert4keras UniLM model, the
+    seq2seq loss on the full MLM output and the in-batch similarity loss written with TF
+    ops, tf_keras AdamW, one tf.function step."""
+    import tensorflow as tf
+
+    model = build_transformer_model(job["config"], model="bert", application="unilm",
+                                     with_pool="linear", with_mlm="linear")
+    optimizer = tf.keras.optimizers.AdamW(learning_rate=1e-5, weight_decay=0.01)
+    inputs = np.load(job["inputs"])
+    token_ids, segment_ids = tf.constant(inputs["token_ids"]), tf.constant(inputs["segment_ids"])
+
+    @tf.function
+    def step():
+        with tf.GradientTape() as tape:
+            pooled, logits = model([token_ids, segment_ids], training=True)
+            weights = tf.cast(segment_ids[:, 1:], tf.float32)
+            cross_entropy = tf.keras.losses.sparse_categorical_crossentropy(
+                token_ids[:, 1:], logits[:, :-1], from_logits=True)
+            seq2seq = tf.reduce_sum(cross_entropy * weights) / tf.reduce_sum(weights)
+            vectors = tf.math.l2_normalize(pooled, axis=1)
+            similarities = tf.matmul(vectors, vectors, transpose_b=True)
+            similarities = (similarities - tf.eye(tf.shape(vectors)[0]) * 1e12) * job["scale"]
+            index = tf.range(tf.shape(vectors)[0])
+            labels = index + 1 - index % 2 * 2
+            similarity = tf.reduce_mean(tf.keras.losses.sparse_categorical_crossentropy(
+                labels, similarities, from_logits=True))
+            loss = seq2seq + similarity
+        gradients = tape.gradient(loss, model.trainable_variables)
+        optimizer.apply_gradients(zip(gradients, model.trainable_variables))
+        return loss
+
+    for _ in range(job["warmup"]):
+        step().numpy()
+    start = time.perf_counter()
+    for _ in range(job["steps"]):
+        loss = step()
+    loss.numpy()
+    with open(job["output"], "w", encoding="utf-8") as writer:
+        json.dump({"seconds_per_step": (time.perf_counter() - start) / job["steps"]}, writer)
+
+
 def run_generate(job):
     """Greedy `random_sample(topk=1)` and `beam_search` of the original generator."""
     generator = make_generator(job)
@@ -104,5 +147,5 @@ if __name__ == "__main__":
     with open(sys.argv[1], encoding="utf-8") as reader:
         jobs = json.load(reader)
     for job in jobs:
-        {"model": run_model, "generate": run_generate, "time_sample": run_time_sample,
+        {"model": run_model, "generate": run_generate, "time_sample": run_time_sample, "time_train": run_time_train,
          "tokenize": run_tokenize, "vocab": run_vocab}[job["kind"]](job)

@@ -1,0 +1,123 @@
+"""Training step speed: our trainer's compiled model against the original recipe on
+bert4keras (UniLM model, both losses written with TF ops, tf_keras AdamW), one run.
+
+    python benchmarks/train_step_speed.py [--steps 20]
+
+Model L4/H256/A4/V13000 (FFN 1024), batch 32, length 64 (32 source + 32 target tokens).
+Also measures the machine's peak float32 matmul GFLOP/s and our fraction of it.
+"""
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+
+import keras
+import numpy as np
+
+from simbert import build_transformer_model
+from simbert.config import TrainingConfig
+from simbert.data import target_positions
+from simbert.trainer import build_training_model
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+RUNNER = os.path.join(os.path.dirname(HERE), "tests", "reference", "bert4keras_runner.py")
+CONFIG = {"vocab_size": 13000, "hidden_size": 256, "num_hidden_layers": 4, "num_attention_heads": 4,
+          "intermediate_size": 1024, "max_position_embeddings": 512, "hidden_act": "gelu"}
+BATCH, SOURCE, TARGET = 32, 32, 32
+
+
+def make_batch(seed=0):
+    rng = np.random.default_rng(seed)
+    token_ids = rng.integers(5, CONFIG["vocab_size"], (BATCH, SOURCE + TARGET)).astype("int32")
+    token_ids[:, 0], token_ids[:, SOURCE - 1], token_ids[:, -1] = 2, 3, 3
+    segment_ids = np.zeros_like(token_ids)
+    segment_ids[:, SOURCE:] = 1
+    return token_ids, segment_ids
+
+
+def peak_gflops(size=2048, repeats=10):
+    a = keras.random.normal((size, size))
+    matmul = keras.ops.matmul
+    np.asarray(matmul(a, a))
+    start = time.perf_counter()
+    for _ in range(repeats):
+        result = matmul(a, a)
+    np.asarray(result)
+    return 2 * size ** 3 * repeats / (time.perf_counter() - start) / 1e9
+
+
+def step_gflop(mlm_rows):
+    """Matmul GFLOP of one training step (forward x 3), MLM projection on `mlm_rows` rows."""
+    h, i, v, layers = CONFIG["hidden_size"], CONFIG["intermediate_size"], CONFIG["vocab_size"], CONFIG["num_hidden_layers"]
+    tokens, length = BATCH * (SOURCE + TARGET), SOURCE + TARGET
+    per_layer = 2 * tokens * (4 * h * h + 2 * h * i) + 2 * 2 * tokens * length * h
+    mlm = 2 * mlm_rows * (h * h + h * v)
+    return 3 * (layers * per_layer + mlm) / 1e9
+
+
+def time_ours(token_ids, segment_ids, steps, precision="float32", jit_compile=False, warmup=3):
+    training = TrainingConfig(learning_rate=1e-5, precision=precision, jit_compile=jit_compile)
+    keras.config.set_dtype_policy(precision)
+    backbone = build_transformer_model(CONFIG, application="unilm", with_pool="linear", with_mlm="linear")
+    keras.config.set_dtype_policy("float32")
+    model = build_training_model(backbone, training)
+    positions, seq2seq = target_positions(token_ids, segment_ids)
+    similarity = np.arange(BATCH, dtype="int32")
+    x, y = [token_ids, segment_ids, positions], {"seq2seq": seq2seq, "similarity": similarity}
+    for _ in range(warmup):
+        model.train_on_batch(x, y)
+    start = time.perf_counter()
+    for _ in range(steps):
+        model.train_on_batch(x, y)
+    return (time.perf_counter() - start) / steps
+
+
+def time_bert4keras(directory, steps, warmup=3):
+    token_ids, segment_ids = make_batch()
+    np.savez(f"{directory}/inputs.npz", token_ids=token_ids, segment_ids=segment_ids)
+    with open(f"{directory}/bert_config.json", "w") as writer:
+        json.dump(CONFIG, writer)
+    job = {"kind": "time_train", "config": f"{directory}/bert_config.json", "inputs": f"{directory}/inputs.npz",
+           "scale": 30.0, "steps": steps, "warmup": warmup, "output": f"{directory}/b4k.json"}
+    with open(f"{directory}/jobs.json", "w") as writer:
+        json.dump([job], writer)
+    env = {**os.environ, "TF_KERAS": "1", "TF_USE_LEGACY_KERAS": "1", "CUDA_VISIBLE_DEVICES": ""}
+    subprocess.run([sys.executable, RUNNER, f"{directory}/jobs.json"], env=env, check=True,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    with open(job["output"]) as reader:
+        return json.load(reader)["seconds_per_step"]
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=20)
+    args = parser.parse_args()
+    token_ids, segment_ids = make_batch()
+    variants = {"float32": ("float32", False), "float32, jit_compile": ("float32", True),
+                "mixed_bfloat16": ("mixed_bfloat16", False)}
+    ours = {name: time_ours(token_ids, segment_ids, args.steps, *options) for name, options in variants.items()}
+    with tempfile.TemporaryDirectory() as directory:
+        theirs = time_bert4keras(directory, args.steps)
+    peak = peak_gflops()
+    ours_gflop = step_gflop(mlm_rows=BATCH * TARGET)
+    theirs_gflop = step_gflop(mlm_rows=BATCH * (SOURCE + TARGET))
+    print(f"machine: {platform.machine()}, {os.cpu_count()} cores, CPU only; backend {keras.backend.backend()}")
+    print(f"training step, L4/H256/A4/V13000, batch {BATCH}, length {SOURCE + TARGET}, {args.steps} steps")
+    print("| implementation | ms / step | matmul GFLOP / step | GFLOP/s | fraction of float32 peak |")
+    print("|---|---|---|---|---|")
+    print(f"| bert4keras 0.11.5 + TF losses + tf_keras AdamW | {theirs * 1e3:.1f} | {theirs_gflop:.1f} | "
+          f"{theirs_gflop / theirs:.0f} | {theirs_gflop / theirs / peak:.0%} |")
+    for name, seconds in ours.items():
+        print(f"| simbert trainer model, {name} | {seconds * 1e3:.1f} | {ours_gflop:.1f} | "
+              f"{ours_gflop / seconds:.0f} | {ours_gflop / seconds / peak:.0%} |")
+    print("speed-up over bert4keras: " + ", ".join(f"{name} {theirs / s:.2f}x" for name, s in ours.items()))
+    print(f"peak float32 matmul (2048^3): {peak:.0f} GFLOP/s")
+
+
+if __name__ == "__main__":
+    main()
