@@ -11,7 +11,6 @@ import csv
 import io
 import json
 import logging
-import os
 import random
 import re
 import unicodedata
@@ -235,7 +234,7 @@ class SourceMasker:
 
         if self.rng.random() >= self.probability:
             return None
-        ids, position = [self.tokenizer.cls_id], 1
+        ids, _position = [self.tokenizer.cls_id], 1
         for word in jieba.cut(text, HMM=False):
             word_ids = self.tokenizer.encode(word)[0][1:-1]
             draw, picked = self.rng.random(), self.rng.random() < self.rate

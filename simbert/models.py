@@ -8,7 +8,6 @@ from typing import Any, Sequence
 
 import keras
 import numpy as np
-from keras import ops
 
 from simbert.layers import (
     LAYER_NORM_EPSILON,

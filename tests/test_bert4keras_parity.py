@@ -1,7 +1,6 @@
 """Our models against bert4keras 0.11.5 on the same random TF checkpoints."""
 
 import itertools
-import os
 
 import numpy as np
 import pytest
