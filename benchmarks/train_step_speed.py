@@ -11,21 +11,18 @@ import argparse
 import json
 import os
 import platform
-import subprocess
-import sys
 import tempfile
 import time
 
 import keras
 import numpy as np
 
+from bert4keras_side import run_job
 from simbert import build_transformer_model
 from simbert.config import TrainingConfig
 from simbert.data import target_positions
 from simbert.trainer import build_training_model
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-RUNNER = os.path.join(os.path.dirname(HERE), "tests", "reference", "bert4keras_runner.py")
 CONFIG = {"vocab_size": 13000, "hidden_size": 256, "num_hidden_layers": 4, "num_attention_heads": 4,
           "intermediate_size": 1024, "max_position_embeddings": 512, "hidden_act": "gelu"}
 BATCH, SOURCE, TARGET = 32, 32, 32
@@ -82,15 +79,9 @@ def time_bert4keras(directory, steps, warmup=3):
     np.savez(f"{directory}/inputs.npz", token_ids=token_ids, segment_ids=segment_ids)
     with open(f"{directory}/bert_config.json", "w") as writer:
         json.dump(CONFIG, writer)
-    job = {"kind": "time_train", "config": f"{directory}/bert_config.json", "inputs": f"{directory}/inputs.npz",
-           "scale": 30.0, "steps": steps, "warmup": warmup, "output": f"{directory}/b4k.json"}
-    with open(f"{directory}/jobs.json", "w") as writer:
-        json.dump([job], writer)
-    env = {**os.environ, "TF_KERAS": "1", "TF_USE_LEGACY_KERAS": "1", "CUDA_VISIBLE_DEVICES": ""}
-    subprocess.run([sys.executable, RUNNER, f"{directory}/jobs.json"], env=env, check=True,
-                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    with open(job["output"]) as reader:
-        return json.load(reader)["seconds_per_step"]
+    return run_job({"kind": "time_train", "config": f"{directory}/bert_config.json",
+                    "inputs": f"{directory}/inputs.npz", "scale": 30.0, "steps": steps, "warmup": warmup},
+                   directory)["seconds_per_step"]
 
 
 def main():

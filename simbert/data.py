@@ -10,7 +10,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import logging
 import random
 import re
 import unicodedata
@@ -20,8 +19,6 @@ from typing import Callable, Iterable, Iterator, Sequence
 import numpy as np
 
 from simbert.tokenizer import SPECIAL_TOKENS, Tokenizer, is_cjk_character, is_dropped, is_punctuation, normalize
-
-logger = logging.getLogger(__name__)
 
 SENTENCE_SEPARATORS = "\n。！？!?；;，,"
 
@@ -234,7 +231,7 @@ class SourceMasker:
 
         if self.rng.random() >= self.probability:
             return None
-        ids, _position = [self.tokenizer.cls_id], 1
+        ids = [self.tokenizer.cls_id]
         for word in jieba.cut(text, HMM=False):
             word_ids = self.tokenizer.encode(word)[0][1:-1]
             draw, picked = self.rng.random(), self.rng.random() < self.rate
