@@ -145,9 +145,8 @@ def resolve_checkpoint(path: str | os.PathLike) -> str:
     if os.path.isfile(path + ".index"):
         return path
     if os.path.isdir(path):
-        for candidate in (os.path.join(path, CHECKPOINT_NAME),):
-            if os.path.isfile(candidate + ".index"):
-                return candidate
+        if os.path.isfile(os.path.join(path, CHECKPOINT_NAME + ".index")):
+            return os.path.join(path, CHECKPOINT_NAME)
         indexes = sorted(f for f in os.listdir(path) if f.endswith(".index"))
         if indexes:
             return os.path.join(path, indexes[-1][: -len(".index")])
