@@ -21,13 +21,14 @@ from simbert.models import Transformer
 
 
 def compile_function(function, variables):
-    """Compile `function(*args)` for the backend. On JAX the model's variables are passed in
-    as arguments (through a StatelessScope), so later weight updates are seen."""
+    """XLA-compile `function(*args)` (its shapes are fixed, so it compiles once; XLA also
+    updates the cache in place). On JAX the model's variables are passed in as arguments
+    (through a StatelessScope), so later weight updates are seen."""
     backend = keras.backend.backend()
     if backend == "tensorflow":
         import tensorflow as tf
 
-        return tf.function(function, reduce_retracing=True)
+        return tf.function(function, jit_compile=True)
     if backend == "jax":
         import jax
 
