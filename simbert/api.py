@@ -62,6 +62,9 @@ class SimBERT:
     def __init__(self, backbone: Transformer, tokenizer: Tokenizer, maxlen: int = 64, name: str = ""):
         if backbone.application != "unilm" or backbone.pooler is None:
             raise ValueError("SimBERT needs a Transformer built with application='unilm' and with_pool")
+        if tokenizer.vocab_size > backbone.vocab_size:
+            raise ValueError(f"the vocabulary has {tokenizer.vocab_size} tokens but the model's embedding has "
+                             f"{backbone.vocab_size} rows (a simplified vocab with keep_tokens, or the wrong vocab.txt?)")
         self.backbone = backbone
         self.tokenizer = tokenizer
         self.maxlen = maxlen
@@ -138,6 +141,7 @@ class SimBERT:
             token_ids = np.zeros((len(batch), length), "int32")
             for row, i in enumerate(batch):
                 token_ids[row, : len(encoded[i])] = encoded[i]
+            self.backbone.check_inputs(token_ids, np.zeros_like(token_ids))
             vectors[batch] = np.asarray(self.encoder.predict_on_batch([token_ids, np.zeros_like(token_ids)]),
                                         "float32")
         if self.whitening is not None:

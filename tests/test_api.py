@@ -6,7 +6,7 @@ import os
 import numpy as np
 import pytest
 
-from simbert import SimBERT, gen_synonyms, most_similar
+from simbert import SimBERT, Tokenizer, gen_synonyms, most_similar
 from simbert.checkpoints import read_tf_checkpoint
 
 TEXT = "明天北京会下雨吗"
@@ -86,3 +86,6 @@ def test_bad_input(model, tmp_path):
     assert len(model.generate(long_text, n=2, topk=5, seed=0)) == 2
     with pytest.raises(FileNotFoundError, match="nowhere"):
         SimBERT.from_pretrained(tmp_path / "nowhere")
+    bigger_vocab = Tokenizer({**model.tokenizer.token_dict, "extra": model.tokenizer.vocab_size})
+    with pytest.raises(ValueError, match=r"vocabulary has \d+ tokens but the model's embedding has \d+ rows"):
+        SimBERT(model.backbone, bigger_vocab)
