@@ -4,8 +4,8 @@ The source `[CLS] text [SEP]` is encoded once; its keys and values per layer fil
 first slots of a fixed-size cache that the n samples share (tiled). Each step feeds only
 the newest token of each sample (segment 1, position `source_len + t`), writes its keys
 and values at that slot and attends to every slot `<= source_len + t`, which is exactly
-the UniLM mask of the full sequence. The sampling loop runs inside one compiled
-`while_loop` (tf.function on TensorFlow, jax.jit on JAX).
+the UniLM mask of the full sequence. The sampling loop is one `while_loop`
+compiled by XLA (tf.function(jit_compile=True) on TensorFlow, jax.jit on JAX).
 
 `[PAD]` (id 0) is never emitted: a full recompute would treat it as padding, so it has
 no place in a target (training never targets it either).
