@@ -11,12 +11,15 @@ samples with top-k 5 for up to `maxlen` steps.
 import argparse
 import os
 import platform
+import sys
 import tempfile
 import time
 
 import numpy as np
 
-from bert4keras_side import run_job
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests"))
+from reference.invoke import run_job  # noqa: E402
+
 from simbert import build_transformer_model
 from simbert.checkpoints import save_pretrained
 from simbert.generation import CachedDecoder

@@ -11,13 +11,16 @@ import argparse
 import json
 import os
 import platform
+import sys
 import tempfile
 import time
 
 import keras
 import numpy as np
 
-from bert4keras_side import run_job
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests"))
+from reference.invoke import run_job  # noqa: E402
+
 from simbert import build_transformer_model
 from simbert.config import TrainingConfig
 from simbert.data import target_positions

@@ -3,16 +3,14 @@ a subprocess (it needs tf.keras 2, so it cannot share this process)."""
 
 import json
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 
+from reference.invoke import run_bert4keras  # noqa: F401  (re-exported for the tests)
 from simbert.checkpoints import write_tf_checkpoint
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-REFERENCE_RUNNER = os.path.join(HERE, "reference", "bert4keras_runner.py")
 
 # Odd sizes on purpose: 3 heads of 6, a vocabulary and FFN width that are not powers of 2.
 TINY_CONFIG = {
@@ -97,18 +95,6 @@ def padded_batch(vocab_size, seed=0, batch=5, maxlen=23):
         token_ids[row, source] = token_ids[row, length - 1] = 3
         segment_ids[row, source + 1:length] = 1
     return token_ids, segment_ids
-
-
-def run_bert4keras(jobs, workdir):
-    """Run reference jobs (see reference/bert4keras_runner.py) in one subprocess."""
-    path = os.path.join(workdir, "bert4keras_jobs.json")
-    with open(path, "w", encoding="utf-8") as writer:
-        json.dump(jobs, writer, ensure_ascii=False)
-    env = {**os.environ, "TF_KERAS": "1", "TF_USE_LEGACY_KERAS": "1", "KERAS_BACKEND": "tensorflow",
-           "CUDA_VISIBLE_DEVICES": ""}
-    result = subprocess.run([sys.executable, REFERENCE_RUNNER, path], env=env, capture_output=True, text=True)
-    if result.returncode != 0:
-        raise RuntimeError(f"bert4keras runner failed:\n{result.stderr[-4000:]}")
 
 
 @pytest.fixture(scope="session")
