@@ -69,7 +69,7 @@ class SimBERT:
         self.tokenizer = tokenizer
         self.maxlen = maxlen
         self.name = name
-        self.encoder = keras.Model(backbone.inputs, backbone.outputs[0])  # the pooled output
+        self.encoder = backbone.pooled_encoder()
         self._decoder: CachedDecoder | None = None
         self.index: SimilarityIndex | None = None
         self.whitening: Whitening | None = None

@@ -13,9 +13,29 @@ from keras import ops
 
 LAYER_NORM_EPSILON = 1e-12
 
-# bert_config.json `hidden_act` names -> Keras activations. "gelu" is the erf form.
+SQRT_HALF = 0.7071067811865476
+INVERSE_SQRT_TWO_PI = 0.3989422804014327
+
+
+@ops.custom_gradient
+def gelu(x):
+    """Exact GELU `x Phi(x)`, `Phi(x) = (1 + erf(x / sqrt 2)) / 2`, computed in float32
+    whatever the dtype of `x`; the gradient `Phi(x) + x phi(x)`, `phi(x) = exp(-x^2/2) /
+    sqrt(2 pi)`, is written out so the backward pass is one short expression."""
+    x32 = ops.cast(x, "float32")
+    cdf = 0.5 * (1.0 + ops.erf(x32 * SQRT_HALF))
+
+    def grad(*args, upstream=None):
+        upstream = args[0] if upstream is None else upstream
+        density = ops.exp(-0.5 * x32 * x32) * INVERSE_SQRT_TWO_PI
+        return upstream * ops.cast(cdf + x32 * density, upstream.dtype)
+
+    return ops.cast(x32 * cdf, x.dtype), grad
+
+
+# bert_config.json `hidden_act` names -> activations. "gelu" is the erf form.
 ACTIVATIONS = {
-    "gelu": lambda x: keras.activations.gelu(x, approximate=False),
+    "gelu": gelu,
     "gelu_new": lambda x: keras.activations.gelu(x, approximate=True),
     "gelu_pytorch_tanh": lambda x: keras.activations.gelu(x, approximate=True),
     "relu": keras.activations.relu,
@@ -52,17 +72,47 @@ def build_attention_mask(token_ids, segment_ids, application: str):
 
 
 def rotary(x, positions):
-    """Rotary position encoding of `x` (batch, len, heads, head_size) at `positions` (len,).
+    """Rotary position encoding of `x` (batch, len, heads, head_size) at `positions`,
+    `(len,)` shared by the batch or `(batch, len)`.
 
     Pairs `(x[2i], x[2i+1])` are rotated by the angle `position * 10000^(-2i/head_size)`.
     """
     head_size = ops.shape(x)[-1]
     inverse_frequency = ops.power(10000.0, -ops.arange(0, head_size, 2, dtype="float32") / head_size)
-    angles = ops.cast(positions, "float32")[:, None] * inverse_frequency[None, :]
-    sin = ops.repeat(ops.sin(angles), 2, axis=-1)[None, :, None, :]
-    cos = ops.repeat(ops.cos(angles), 2, axis=-1)[None, :, None, :]
+    angles = ops.cast(positions, "float32")[..., None] * inverse_frequency
+    sin = ops.expand_dims(ops.repeat(ops.sin(angles), 2, axis=-1), -2)  # (..., len, 1, head_size)
+    cos = ops.expand_dims(ops.repeat(ops.cos(angles), 2, axis=-1), -2)
     rotated = ops.reshape(ops.stack([-x[..., 1::2], x[..., ::2]], axis=-1), ops.shape(x))
     return x * ops.cast(cos, x.dtype) + rotated * ops.cast(sin, x.dtype)
+
+
+def gather_rows(x, positions):
+    """`x[b, positions[b, i]]` for `x` (batch, len, features) and `positions` (batch, n).
+
+    Floating `x` is gathered as `onehot(positions) @ x`, exact, whose gradient is one more
+    small matmul (a scatter-add is much slower on CPU); boolean `x` by indexing.
+    """
+    if x.dtype == "bool":
+        return ops.take_along_axis(x, positions[:, :, None], axis=1)
+    return ops.matmul(ops.one_hot(positions, ops.shape(x)[1], dtype=x.dtype), x)
+
+
+@keras.saving.register_keras_serializable(package="simbert")
+class TokenEmbedding(keras.layers.Embedding):
+    """Token embedding `E` that also serves as the tied MLM output projection:
+    `call(h, reverse=True) = h E^T`, one einsum, so neither pass copies `E` transposed."""
+
+    def call(self, inputs, reverse=False):
+        if not reverse:
+            return super().call(inputs)
+        rows = ops.reshape(inputs, (-1, ops.shape(inputs)[-1]))
+        logits = ops.einsum("td,vd->tv", rows, ops.cast(self.embeddings, inputs.dtype))
+        return ops.reshape(logits, tuple(ops.shape(inputs)[:-1]) + (self.input_dim,))
+
+    def compute_output_spec(self, inputs, reverse=False):
+        if not reverse:
+            return super().compute_output_spec(inputs)
+        return keras.KerasTensor(tuple(inputs.shape[:-1]) + (self.input_dim,), dtype=self.compute_dtype)
 
 
 @keras.saving.register_keras_serializable(package="simbert")
@@ -128,14 +178,20 @@ class MultiHeadAttention(keras.layers.Layer):
         self.output_dense.build(tuple(input_shape[:-1]) + (self.num_heads * self.head_size,))
 
     def _heads(self, x):
-        batch, length = ops.shape(x)[0], ops.shape(x)[1]
-        return ops.reshape(x, (batch, length, self.num_heads, self.head_size))
+        return ops.reshape(x, (ops.shape(x)[0], ops.shape(x)[1], self.num_heads, self.head_size))
 
-    def call(self, x, attention_mask, cache=None, cache_index=0, training=False):
-        q, k, v = self._heads(self.query(x)), self._heads(self.key(x)), self._heads(self.value(x))
+    def call(self, x, attention_mask, cache=None, cache_index=0, query_positions=None, training=False):
+        """`attention_mask` is (batch, queries, keys); with `query_positions` (batch, n) only
+        those rows of `x` ask queries (the output is (batch, n, hidden)), all rows give keys."""
+        key_positions = cache_index + ops.arange(ops.shape(x)[1])
+        queries = x
+        if query_positions is None:
+            query_positions = key_positions
+        else:
+            queries = gather_rows(x, query_positions)
+        q, k, v = self._heads(self.query(queries)), self._heads(self.key(x)), self._heads(self.value(x))
         if self.rotary:
-            positions = cache_index + ops.arange(ops.shape(x)[1])
-            q, k = rotary(q, positions), rotary(k, positions)
+            q, k = rotary(q, query_positions), rotary(k, key_positions)
         q = ops.transpose(q, (0, 2, 1, 3))  # (batch, heads, len, head_size)
         keys = ops.transpose(k, (0, 2, 3, 1))  # (batch, heads, head_size, len)
         values = ops.transpose(v, (0, 2, 1, 3))
@@ -149,7 +205,7 @@ class MultiHeadAttention(keras.layers.Layer):
         probs = ops.cast(ops.softmax(scores, axis=-1), self.compute_dtype)
         probs = self.dropout(probs, training=training)
         context = ops.transpose(ops.matmul(probs, values), (0, 2, 1, 3))
-        batch, length = ops.shape(x)[0], ops.shape(x)[1]
+        batch, length = ops.shape(context)[0], ops.shape(context)[1]
         output = self.output_dense(ops.reshape(context, (batch, length, self.num_heads * self.head_size)))
         return output if cache is None else (output, cache)
 
@@ -195,11 +251,17 @@ class TransformerBlock(keras.layers.Layer):
         self.output_dense.build(tuple(input_shape[:-1]) + (self.intermediate_size,))
         self.output_norm.build(input_shape)
 
-    def call(self, x, attention_mask, cache=None, cache_index=0, training=False):
-        attended = self.attention(x, attention_mask, cache=cache, cache_index=cache_index, training=training)
+    def call(self, x, attention_mask, cache=None, cache_index=0, query_positions=None, training=False):
+        """With `query_positions` (batch, n) only those rows are computed: output (batch, n, hidden)."""
+        residual = x
+        if query_positions is not None:
+            residual = gather_rows(x, query_positions)
+            attention_mask = gather_rows(attention_mask, query_positions)
+        attended = self.attention(x, attention_mask, cache=cache, cache_index=cache_index,
+                                  query_positions=query_positions, training=training)
         if cache is not None:
             attended, cache = attended
-        x = self.attention_norm(x + self.dropout(attended, training=training))
+        x = self.attention_norm(residual + self.dropout(attended, training=training))
         feed_forward = self.output_dense(self.intermediate(x))
         x = self.output_norm(x + self.dropout(feed_forward, training=training))
         return x if cache is None else (x, cache)

@@ -12,6 +12,25 @@ from keras import ops
 NEGATIVE = -1e12
 
 
+@ops.custom_gradient
+def cross_entropy_with_logits(logits, labels):
+    """Per-row `CE = logsumexp(z) - z_y` of float32 logits `z` (..., classes) and integer
+    labels (...); the gradient `softmax(z) - onehot(y)` reuses the forward pass's
+    `exp(z - max z)`, so the backward pass costs one more sweep over the logits."""
+    peak = ops.max(logits, axis=-1, keepdims=True)
+    exp = ops.exp(logits - peak)
+    total = ops.sum(exp, axis=-1, keepdims=True)
+    picked = ops.take_along_axis(logits, ops.expand_dims(labels, -1), axis=-1)
+    loss = ops.squeeze(ops.log(total) + peak - picked, -1)
+
+    def grad(*args, upstream=None):
+        upstream = args[0] if upstream is None else upstream
+        one_hot = ops.one_hot(labels, ops.shape(logits)[-1], dtype=logits.dtype)
+        return (exp / total - one_hot) * ops.expand_dims(upstream, -1), None
+
+    return loss, grad
+
+
 def partner_indices(batch_size):
     """`i xor 1` for i in [0, batch): 1, 0, 3, 2, ..."""
     index = ops.arange(batch_size)
@@ -36,8 +55,7 @@ class Seq2SeqLoss(keras.losses.Loss):
     def call(self, y_true, y_pred):
         targets = ops.cast(y_true[..., 0], "int32")
         weights = ops.cast(y_true[..., 1], "float32")
-        cross_entropy = keras.losses.sparse_categorical_crossentropy(
-            targets, ops.cast(y_pred, "float32"), from_logits=True)
+        cross_entropy = cross_entropy_with_logits(ops.cast(y_pred, "float32"), targets)
         return ops.sum(cross_entropy * weights) / ops.maximum(ops.sum(weights), 1.0)
 
 
@@ -72,8 +90,7 @@ class SimilarityLoss(keras.losses.Loss):
             same_as_partner = ops.equal(ops.take(text_ids, partners)[:, None], text_ids[None, :])
             masked = ops.logical_or(masked, ops.logical_and(same_as_partner, columns[None, :] != partners[:, None]))
         logits = ops.where(masked, NEGATIVE, self.scale * ops.matmul(vectors, ops.transpose(vectors)))
-        cross_entropy = keras.losses.sparse_categorical_crossentropy(partners, logits, from_logits=True)
-        return ops.mean(cross_entropy)
+        return ops.mean(cross_entropy_with_logits(logits, ops.cast(partners, "int32")))
 
     def get_config(self):
         return {**super().get_config(), "scale": self.scale, "mask_duplicates": self.mask_duplicates}

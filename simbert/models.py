@@ -13,6 +13,7 @@ from simbert.layers import (
     LAYER_NORM_EPSILON,
     BiasAdd,
     PositionEmbedding,
+    TokenEmbedding,
     TransformerBlock,
     build_attention_mask,
     get_activation,
@@ -118,8 +119,8 @@ class Transformer(keras.Model):
         embedding_size = embedding_size or hidden_size
         init = initializer(initializer_range)
         # Layers.
-        self.token_embedding = keras.layers.ReversibleEmbedding(
-            vocab_size, embedding_size, tie_weights=True, embeddings_initializer=init, name="token_embedding")
+        self.token_embedding = TokenEmbedding(
+            vocab_size, embedding_size, embeddings_initializer=init, name="token_embedding")
         self.segment_embedding = keras.layers.Embedding(
             type_vocab_size, embedding_size, embeddings_initializer=init, name="segment_embedding")
         self.position_embedding = None
@@ -147,7 +148,7 @@ class Transformer(keras.Model):
             self.mlm_dense = keras.layers.Dense(embedding_size, activation=get_activation(hidden_act),
                                                 kernel_initializer=init, name="mlm_dense")
             self.mlm_norm = keras.layers.LayerNormalization(epsilon=LAYER_NORM_EPSILON, name="mlm_norm")
-            self.mlm_bias = BiasAdd(name="mlm_bias")
+            self.mlm_bias = BiasAdd(name="mlm_bias", dtype="float32")  # logits in float32
         self.mlm_activation = keras.activations.get("softmax" if with_mlm is True else (with_mlm or "linear"))
 
         # Functional graph.
@@ -191,13 +192,24 @@ class Transformer(keras.Model):
             x = self.embedding_mapping(x)
         return x
 
-    def sequence_output(self, token_ids, segment_ids, training=False):
-        """Hidden states `(batch, len, hidden)` under this model's attention mask."""
+    def sequence_output(self, token_ids, segment_ids, output_positions=None, training=False):
+        """Hidden states `(batch, len, hidden)` under this model's attention mask; with
+        `output_positions` (batch, n) only those rows, `(batch, n, hidden)`: the last
+        block then computes just them (its other rows would feed nothing)."""
         x = self.embed(token_ids, segment_ids, training=training)
         mask = build_attention_mask(token_ids, segment_ids, self.application)
-        for block in self.blocks:
+        for block in self.blocks[:-1]:
             x = block(x, mask, training=training)
-        return x
+        return self.blocks[-1](x, mask, query_positions=output_positions, training=training)
+
+    def pooled_encoder(self) -> keras.Model:
+        """`(token_ids, segment_ids) -> pooled [CLS]`, its last block computing only the
+        [CLS] row (the other rows of the last layer do not reach the pooler)."""
+        token_ids = keras.Input(shape=(None,), dtype="int32", name="token_ids")
+        segment_ids = keras.Input(shape=(None,), dtype="int32", name="segment_ids")
+        cls = keras.ops.zeros_like(token_ids[:, :1])
+        pooled = self.pool(self.sequence_output(token_ids, segment_ids, output_positions=cls))
+        return keras.Model([token_ids, segment_ids], pooled, name=f"{self.name}_pooled_encoder")
 
     def pool(self, sequence_output):
         return self.pooler(sequence_output[:, 0])

@@ -76,9 +76,11 @@ def build_training_model(backbone: Transformer, training: TrainingConfig) -> ker
     losses weighted as configured; AdamW without decay on LayerNorm and bias."""
     token_ids, segment_ids = backbone.inputs
     positions = keras.Input(shape=(None,), dtype="int32", name="target_positions")
-    sequence = backbone.sequence_output(token_ids, segment_ids)
+    # Only [CLS] (pooled) and the target positions (MLM) leave the last layer.
+    cls_and_targets = keras.ops.concatenate([keras.ops.zeros_like(positions[:, :1]), positions], axis=1)
+    sequence = backbone.sequence_output(token_ids, segment_ids, output_positions=cls_and_targets)
     pooled = backbone.pool(sequence)
-    logits = backbone.mlm_logits(keras.ops.take_along_axis(sequence, positions[:, :, None], axis=1))
+    logits = backbone.mlm_logits(sequence[:, 1:])
     outputs = {"seq2seq": logits, "similarity": pooled}
     losses = {"seq2seq": Seq2SeqLoss(), "similarity": SimilarityLoss(training.scale, training.mask_duplicates)}
     weights = {"seq2seq": training.seq2seq_weight, "similarity": training.similarity_weight}

@@ -76,3 +76,24 @@ def test_distillation_loss_matches_numpy():
     v = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
     expected = np.mean((v @ v.T - teacher) ** 2)
     assert abs(float(DistillationLoss()(teacher, vectors)) - expected) < 1e-6
+
+
+def test_cross_entropy_gradient_is_softmax_minus_one_hot():
+    import tensorflow as tf
+
+    from simbert.losses import cross_entropy_with_logits
+
+    rng = np.random.default_rng(4)
+    logits = rng.normal(0, 3, (2, 5, 11)).astype("float32")
+    labels = rng.integers(0, 11, (2, 5)).astype("int32")
+    upstream = rng.uniform(0, 2, (2, 5)).astype("float32")
+    variable = tf.constant(logits)
+    with tf.GradientTape() as tape:
+        tape.watch(variable)
+        loss = cross_entropy_with_logits(variable, labels)
+    gradient = tape.gradient(loss, variable, output_gradients=tf.constant(upstream))
+    log_probs = log_softmax(logits.astype("float64"))
+    expected_loss = -np.take_along_axis(log_probs, labels[..., None], -1)[..., 0]
+    expected_gradient = (np.exp(log_probs) - np.eye(11)[labels]) * upstream[..., None]
+    np.testing.assert_allclose(np.asarray(loss), expected_loss, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(gradient), expected_gradient, atol=1e-6)

@@ -71,6 +71,69 @@ def test_padding_does_not_change_outputs(checkpoints, model):
     np.testing.assert_allclose(logits_padded[:, : token_ids.shape[1]], logits, atol=1e-4)
 
 
+@pytest.mark.parametrize("model", MODELS)
+def test_pruned_last_block_gives_the_same_rows(checkpoints, model):
+    """The training model and the pooled encoder compute only some rows of the last block;
+    those rows equal the full model's."""
+    from simbert.config import TrainingConfig
+    from simbert.data import target_positions
+    from simbert.trainer import build_training_model
+
+    transformer = loaded_model(checkpoints, model, with_pool="linear", with_mlm="linear")
+    token_ids, segment_ids = padded_batch(TINY_CONFIG["vocab_size"], seed=3)
+    pooled, logits = transformer.predict([token_ids, segment_ids], verbose=0)
+    positions, _ = target_positions(token_ids, segment_ids)
+    outputs = build_training_model(transformer, TrainingConfig()).predict(
+        [token_ids, segment_ids, positions], verbose=0)
+    np.testing.assert_allclose(outputs["similarity"], pooled, atol=1e-5)
+    np.testing.assert_allclose(outputs["seq2seq"], np.take_along_axis(logits, positions[:, :, None], 1), atol=1e-4)
+    encoded = transformer.pooled_encoder().predict([token_ids, segment_ids], verbose=0)
+    np.testing.assert_allclose(encoded, pooled, atol=1e-5)
+
+
+def value_and_gradient(function, x):
+    """`function(x)` and `d sum(function(x)) / dx` on the active backend."""
+    if keras.backend.backend() == "jax":
+        import jax
+
+        outputs, pullback = jax.vjp(function, x)
+        return outputs, pullback(jax.numpy.ones_like(outputs))[0]
+    import tensorflow as tf
+
+    x = tf.convert_to_tensor(x)
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        outputs = function(x)
+    return outputs, tape.gradient(outputs, x)
+
+
+def test_gelu_and_its_gradient_match_the_erf_formula():
+    from scipy.special import erf
+
+    from simbert.layers import gelu
+
+    x = np.linspace(-6, 6, 241).astype("float32")
+    exact = 0.5 * x * (1 + erf(x / np.sqrt(2)))
+    derivative = 0.5 * (1 + erf(x / np.sqrt(2))) + x * np.exp(-x * x / 2) / np.sqrt(2 * np.pi)
+    for dtype, tolerance in (("float32", 1e-6), ("bfloat16", 3e-2)):
+        outputs, gradient = value_and_gradient(gelu, keras.ops.cast(x, dtype))
+        assert keras.backend.standardize_dtype(outputs.dtype) == dtype
+        assert keras.backend.standardize_dtype(gradient.dtype) == dtype
+        for actual, expected in ((outputs, exact), (gradient, derivative)):
+            actual = keras.ops.convert_to_numpy(keras.ops.cast(actual, "float32"))
+            np.testing.assert_allclose(actual, expected, atol=tolerance, rtol=tolerance)
+
+
+def test_tied_output_projection_is_x_times_embedding_transposed():
+    from simbert.layers import TokenEmbedding
+
+    layer = TokenEmbedding(13, 5)
+    layer.build((None,))
+    x = np.random.default_rng(4).normal(size=(2, 3, 5)).astype("float32")
+    expected = x @ np.asarray(layer.embeddings).T
+    np.testing.assert_allclose(np.asarray(layer(x, reverse=True)), expected, atol=1e-5)
+
+
 def test_output_order_follows_bert4keras():
     token_ids, segment_ids = padded_batch(97, seed=1, batch=2, maxlen=9)
     outputs = {
