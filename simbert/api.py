@@ -11,7 +11,6 @@ import json
 import os
 from typing import Callable, Iterable, Sequence
 
-import keras
 import numpy as np
 from tqdm import tqdm
 

@@ -86,6 +86,13 @@ def rotary(x, positions):
     return x * ops.cast(cos, x.dtype) + rotated * ops.cast(sin, x.dtype)
 
 
+def dense_rows(dense, x):
+    """`dense` applied to `x` (batch, len, features) as one 2-D matmul over the rows, which
+    TensorFlow fuses with the bias add (a 3-D input would go through a tensordot)."""
+    outputs = dense(ops.reshape(x, (-1, ops.shape(x)[-1])))
+    return ops.reshape(outputs, (ops.shape(x)[0], ops.shape(x)[1], ops.shape(outputs)[-1]))
+
+
 def gather_rows(x, positions):
     """`x[b, positions[b, i]]` for `x` (batch, len, features) and `positions` (batch, n).
 
@@ -189,7 +196,8 @@ class MultiHeadAttention(keras.layers.Layer):
             query_positions = key_positions
         else:
             queries = gather_rows(x, query_positions)
-        q, k, v = self._heads(self.query(queries)), self._heads(self.key(x)), self._heads(self.value(x))
+        q, k, v = (self._heads(dense_rows(self.query, queries)), self._heads(dense_rows(self.key, x)),
+                   self._heads(dense_rows(self.value, x)))
         if self.rotary:
             q, k = rotary(q, query_positions), rotary(k, key_positions)
         q = ops.transpose(q, (0, 2, 1, 3))  # (batch, heads, len, head_size)
@@ -206,7 +214,7 @@ class MultiHeadAttention(keras.layers.Layer):
         probs = self.dropout(probs, training=training)
         context = ops.transpose(ops.matmul(probs, values), (0, 2, 1, 3))
         batch, length = ops.shape(context)[0], ops.shape(context)[1]
-        output = self.output_dense(ops.reshape(context, (batch, length, self.num_heads * self.head_size)))
+        output = dense_rows(self.output_dense, ops.reshape(context, (batch, length, self.num_heads * self.head_size)))
         return output if cache is None else (output, cache)
 
     def get_config(self):
@@ -262,7 +270,7 @@ class TransformerBlock(keras.layers.Layer):
         if cache is not None:
             attended, cache = attended
         x = self.attention_norm(residual + self.dropout(attended, training=training))
-        feed_forward = self.output_dense(self.intermediate(x))
+        feed_forward = dense_rows(self.output_dense, dense_rows(self.intermediate, x))
         x = self.output_norm(x + self.dropout(feed_forward, training=training))
         return x if cache is None else (x, cache)
 
