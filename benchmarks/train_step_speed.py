@@ -4,7 +4,8 @@ bert4keras (UniLM model, both losses written with TF ops, tf_keras AdamW), one r
     python benchmarks/train_step_speed.py [--steps 30]
 
 Model L4/H256/A4/V13000 (FFN 1024), batch 32, length 64 (32 source + 32 target tokens).
-Also measures the machine's peak float32 matmul GFLOP/s and our fraction of it.
+Also measures the machine's peak matmul GFLOP/s in float32 and bfloat16 and each row's
+fraction of the peak of its precision.
 """
 
 import argparse
@@ -40,14 +41,15 @@ def make_batch(seed=0):
     return token_ids, segment_ids
 
 
-def peak_gflops(size=2048, repeats=10):
-    a = keras.random.normal((size, size))
+def peak_gflops(dtype, size=2048, repeats=10):
+    """GFLOP/s of a `size`^3 matmul in `dtype`: the machine's roofline for that precision."""
+    a = keras.ops.cast(keras.random.normal((size, size)), dtype)
     matmul = keras.ops.matmul
-    np.asarray(matmul(a, a))
+    np.asarray(keras.ops.cast(matmul(a, a), "float32"))
     start = time.perf_counter()
     for _ in range(repeats):
         result = matmul(a, a)
-    np.asarray(result)
+    np.asarray(keras.ops.cast(result, "float32"))
     return 2 * size ** 3 * repeats / (time.perf_counter() - start) / 1e9
 
 
@@ -103,20 +105,21 @@ def main():
     ours = {name: time_ours(token_ids, segment_ids, args.steps, *options) for name, options in variants.items()}
     with tempfile.TemporaryDirectory() as directory:
         theirs = time_bert4keras(directory, args.steps)
-    peak = peak_gflops()
+    peaks = {"float32": peak_gflops("float32"), "bfloat16": peak_gflops("bfloat16")}
     ours_gflop = step_gflop(output_rows=1 + TARGET)  # [CLS] and the target positions
     theirs_gflop = step_gflop(output_rows=SOURCE + TARGET)
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, CPU only; backend {keras.backend.backend()}")
-    print(f"training step, L4/H256/A4/V13000, batch {BATCH}, length {SOURCE + TARGET}, {args.steps} steps")
-    print("| implementation | ms / step | matmul GFLOP / step | GFLOP/s | fraction of float32 peak |")
+    print(f"training step, L4/H256/A4/V13000, batch {BATCH}, length {SOURCE + TARGET}, median of {args.steps} steps")
+    print("| implementation | ms / step | matmul GFLOP / step | GFLOP/s | fraction of the matmul peak of its precision |")
     print("|---|---|---|---|---|")
-    print(f"| bert4keras 0.11.5 + TF losses + tf_keras AdamW | {theirs * 1e3:.1f} | {theirs_gflop:.1f} | "
-          f"{theirs_gflop / theirs:.0f} | {theirs_gflop / theirs / peak:.0%} |")
-    for name, seconds in ours.items():
-        print(f"| simbert trainer model, {name} | {seconds * 1e3:.1f} | {ours_gflop:.1f} | "
-              f"{ours_gflop / seconds:.0f} | {ours_gflop / seconds / peak:.0%} |")
+    rows = [("bert4keras 0.11.5 + TF losses + tf_keras AdamW", theirs, theirs_gflop, "float32")]
+    rows += [(f"simbert trainer model, {name}", seconds, ours_gflop, "bfloat16" if "bfloat16" in name else "float32")
+             for name, seconds in ours.items()]
+    for name, seconds, gflop, precision in rows:
+        print(f"| {name} | {seconds * 1e3:.1f} | {gflop:.1f} | {gflop / seconds:.0f} | "
+              f"{gflop / seconds / peaks[precision]:.0%} of {precision} |")
     print("speed-up over bert4keras: " + ", ".join(f"{name} {theirs / s:.2f}x" for name, s in ours.items()))
-    print(f"peak float32 matmul (2048^3): {peak:.0f} GFLOP/s")
+    print(f"peak matmul (2048^3): float32 {peaks['float32']:.0f} GFLOP/s, bfloat16 {peaks['bfloat16']:.0f} GFLOP/s")
 
 
 if __name__ == "__main__":

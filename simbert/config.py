@@ -49,7 +49,7 @@ class TrainingConfig:
     warmup_steps: int = 0
     clipnorm: float | None = None
     precision: str = "float32"  # float32 | mixed_float16 | mixed_bfloat16
-    jit_compile: bool = False  # XLA-compile the step (faster on CPU; recompiles per new batch shape)
+    jit_compile: bool = False  # XLA-compile the step (recompiles per new batch shape; slower on CPU)
     scale: float = 30.0  # similarity logits scale (30 SimBERT, 20 RoFormer-Sim)
     seq2seq_weight: float = 1.0
     similarity_weight: float = 1.0

@@ -105,6 +105,40 @@ def gather_rows(x, positions):
 
 
 @keras.saving.register_keras_serializable(package="simbert")
+class LayerNorm(keras.layers.LayerNormalization):
+    """Keras' LayerNormalization over the last axis, computed in float32, with its
+    gradient written out (a few row reductions instead of the generic chain):
+
+        y = g * x_hat + b,   x_hat = (x - mean(x)) / sqrt(var(x) + eps)
+        dx = (dy g - mean(dy g) - x_hat mean(dy g x_hat)) / sqrt(var(x) + eps)
+    """
+
+    def call(self, inputs):
+        gamma, beta = ops.cast(self.gamma, "float32"), ops.cast(self.beta, "float32")
+
+        @ops.custom_gradient
+        def normalize(x, gamma, beta):
+            x32 = ops.cast(x, "float32")
+            centered = x32 - ops.mean(x32, axis=-1, keepdims=True)
+            inverse_std = ops.rsqrt(ops.mean(ops.square(centered), axis=-1, keepdims=True) + self.epsilon)
+            normalized = centered * inverse_std
+
+            def grad(*args, upstream=None):
+                upstream = ops.cast(args[0] if upstream is None else upstream, "float32")
+                width = ops.shape(upstream)[-1]
+                rows = ops.reshape(upstream, (-1, width))
+                d_gamma = ops.sum(rows * ops.reshape(normalized, (-1, width)), axis=0)
+                d_normalized = upstream * gamma
+                d_x = inverse_std * (d_normalized - ops.mean(d_normalized, axis=-1, keepdims=True)
+                                     - normalized * ops.mean(d_normalized * normalized, axis=-1, keepdims=True))
+                return ops.cast(d_x, x.dtype), d_gamma, ops.sum(rows, axis=0)
+
+            return ops.cast(normalized * gamma + beta, self.compute_dtype), grad
+
+        return normalize(inputs, gamma, beta)
+
+
+@keras.saving.register_keras_serializable(package="simbert")
 class TokenEmbedding(keras.layers.Embedding):
     """Token embedding `E` that also serves as the tied MLM output projection:
     `call(h, reverse=True) = h E^T`, one einsum, so neither pass copies `E` transposed."""
@@ -245,11 +279,11 @@ class TransformerBlock(keras.layers.Layer):
         self.attention = MultiHeadAttention(num_heads, head_size, hidden_size, rotary,
                                             attention_dropout_rate, initializer_range,
                                             name="attention", dtype=self.dtype_policy)
-        self.attention_norm = keras.layers.LayerNormalization(name="attention_norm", **norm)
+        self.attention_norm = LayerNorm(name="attention_norm", **norm)
         self.intermediate = keras.layers.Dense(intermediate_size, activation=get_activation(hidden_act),
                                                name="intermediate", **dense)
         self.output_dense = keras.layers.Dense(hidden_size, name="output", **dense)
-        self.output_norm = keras.layers.LayerNormalization(name="output_norm", **norm)
+        self.output_norm = LayerNorm(name="output_norm", **norm)
         self.dropout = keras.layers.Dropout(dropout_rate)
 
     def build(self, input_shape):

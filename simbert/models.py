@@ -12,6 +12,7 @@ import numpy as np
 from simbert.layers import (
     LAYER_NORM_EPSILON,
     BiasAdd,
+    LayerNorm,
     PositionEmbedding,
     TokenEmbedding,
     TransformerBlock,
@@ -127,7 +128,7 @@ class Transformer(keras.Model):
         if model == "bert":
             self.position_embedding = PositionEmbedding(
                 max_position_embeddings, initializer_range, name="position_embedding")
-        self.embedding_norm = keras.layers.LayerNormalization(epsilon=LAYER_NORM_EPSILON, name="embedding_norm")
+        self.embedding_norm = LayerNorm(epsilon=LAYER_NORM_EPSILON, name="embedding_norm")
         self.embedding_dropout = keras.layers.Dropout(dropout_rate, name="embedding_dropout")
         self.embedding_mapping = None
         if embedding_size != hidden_size:
@@ -147,7 +148,7 @@ class Transformer(keras.Model):
         if with_mlm:
             self.mlm_dense = keras.layers.Dense(embedding_size, activation=get_activation(hidden_act),
                                                 kernel_initializer=init, name="mlm_dense")
-            self.mlm_norm = keras.layers.LayerNormalization(epsilon=LAYER_NORM_EPSILON, name="mlm_norm")
+            self.mlm_norm = LayerNorm(epsilon=LAYER_NORM_EPSILON, name="mlm_norm")
             self.mlm_bias = BiasAdd(name="mlm_bias", dtype="float32")  # logits in float32
         self.mlm_activation = keras.activations.get("softmax" if with_mlm is True else (with_mlm or "linear"))
 

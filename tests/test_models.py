@@ -91,20 +91,24 @@ def test_pruned_last_block_gives_the_same_rows(checkpoints, model):
     np.testing.assert_allclose(encoded, pooled, atol=1e-5)
 
 
-def value_and_gradient(function, x):
-    """`function(x)` and `d sum(function(x)) / dx` on the active backend."""
+def value_and_gradients(function, *args, upstream=None):
+    """`function(*args)` and the gradients of `sum(upstream * function(*args))` with respect
+    to each argument, on the active backend (`upstream` defaults to ones)."""
     if keras.backend.backend() == "jax":
         import jax
 
-        outputs, pullback = jax.vjp(function, x)
-        return outputs, pullback(jax.numpy.ones_like(outputs))[0]
+        outputs, pullback = jax.vjp(function, *args)
+        weights = jax.numpy.ones_like(outputs) if upstream is None else jax.numpy.asarray(upstream, outputs.dtype)
+        return outputs, pullback(weights)
     import tensorflow as tf
 
-    x = tf.convert_to_tensor(x)
+    args = [tf.convert_to_tensor(arg) for arg in args]
     with tf.GradientTape() as tape:
-        tape.watch(x)
-        outputs = function(x)
-    return outputs, tape.gradient(outputs, x)
+        for arg in args:
+            tape.watch(arg)
+        outputs = function(*args)
+    weights = None if upstream is None else tf.cast(upstream, outputs.dtype)
+    return outputs, tape.gradient(outputs, args, output_gradients=weights)
 
 
 def test_gelu_and_its_gradient_match_the_erf_formula():
@@ -116,12 +120,38 @@ def test_gelu_and_its_gradient_match_the_erf_formula():
     exact = 0.5 * x * (1 + erf(x / np.sqrt(2)))
     derivative = 0.5 * (1 + erf(x / np.sqrt(2))) + x * np.exp(-x * x / 2) / np.sqrt(2 * np.pi)
     for dtype, tolerance in (("float32", 1e-6), ("bfloat16", 3e-2)):
-        outputs, gradient = value_and_gradient(gelu, keras.ops.cast(x, dtype))
+        outputs, (gradient,) = value_and_gradients(gelu, keras.ops.cast(x, dtype))
         assert keras.backend.standardize_dtype(outputs.dtype) == dtype
         assert keras.backend.standardize_dtype(gradient.dtype) == dtype
         for actual, expected in ((outputs, exact), (gradient, derivative)):
             actual = keras.ops.convert_to_numpy(keras.ops.cast(actual, "float32"))
             np.testing.assert_allclose(actual, expected, atol=tolerance, rtol=tolerance)
+
+
+def test_layer_norm_and_its_gradients_match_keras_autodiff():
+    from simbert.layers import LayerNorm
+
+    rng = np.random.default_rng(6)
+    x = rng.normal(1.0, 3.0, (2, 5, 7)).astype("float32")
+    gamma, beta = rng.normal(size=7).astype("float32"), rng.normal(size=7).astype("float32")
+    upstream = rng.normal(size=(2, 5, 7)).astype("float32")
+    ours, reference = LayerNorm(epsilon=1e-12), keras.layers.LayerNormalization(epsilon=1e-12)
+    results = []
+    for layer in (ours, reference):
+        layer.build(x.shape)
+        layer.set_weights([gamma, beta])
+
+        def apply(x, gamma, beta, layer=layer):
+            return layer.stateless_call([gamma, beta], [], x)[0]
+
+        results.append(value_and_gradients(apply, x, gamma, beta, upstream=upstream))
+    (ours_y, ours_grads), (reference_y, reference_grads) = results
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(ours_y), keras.ops.convert_to_numpy(reference_y), atol=1e-5)
+    for mine, theirs in zip(ours_grads, reference_grads):
+        np.testing.assert_allclose(keras.ops.convert_to_numpy(mine), keras.ops.convert_to_numpy(theirs), atol=1e-4)
+    centered = x - x.mean(-1, keepdims=True)
+    expected = gamma * centered / np.sqrt((centered ** 2).mean(-1, keepdims=True) + 1e-12) + beta
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(ours_y), expected, atol=1e-5)
 
 
 def test_tied_output_projection_is_x_times_embedding_transposed():
