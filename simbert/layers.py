@@ -113,6 +113,13 @@ class LayerNorm(keras.layers.LayerNormalization):
         dx = (dy g - mean(dy g) - x_hat mean(dy g x_hat)) / sqrt(var(x) + eps)
     """
 
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        if self.axis not in (-1, [-1]) or not (self.center and self.scale) or self.rms_scaling:
+            raise ValueError("LayerNorm normalises over the last axis with both gamma and beta; "
+                             f"got axis={self.axis}, center={self.center}, scale={self.scale}, "
+                             f"rms_scaling={self.rms_scaling}")
+
     def call(self, inputs):
         gamma, beta = ops.cast(self.gamma, "float32"), ops.cast(self.beta, "float32")
 

@@ -152,6 +152,8 @@ def test_layer_norm_and_its_gradients_match_keras_autodiff():
     centered = x - x.mean(-1, keepdims=True)
     expected = gamma * centered / np.sqrt((centered ** 2).mean(-1, keepdims=True) + 1e-12) + beta
     np.testing.assert_allclose(keras.ops.convert_to_numpy(ours_y), expected, atol=1e-5)
+    with pytest.raises(ValueError, match="last axis"):
+        LayerNorm(axis=1)
 
 
 def test_tied_output_projection_is_x_times_embedding_transposed():
