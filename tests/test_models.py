@@ -156,6 +156,39 @@ def test_layer_norm_and_its_gradients_match_keras_autodiff():
         LayerNorm(axis=1)
 
 
+@pytest.mark.parametrize("model", MODELS)
+def test_training_loss_gradient_matches_finite_differences(checkpoints, model):
+    """The written-out gradients (cross-entropy, GELU, LayerNorm) and the pruned last block
+    together: the directional derivative of the training loss equals a central difference."""
+    from simbert.config import TrainingConfig
+    from simbert.data import target_positions
+    from simbert.losses import Seq2SeqLoss, SimilarityLoss
+    from simbert.trainer import build_training_model
+
+    backbone = loaded_model(checkpoints, model, with_pool="linear", with_mlm="linear")
+    training_model = build_training_model(backbone, TrainingConfig())
+    token_ids, segment_ids = padded_batch(TINY_CONFIG["vocab_size"], seed=8, batch=4)
+    positions, targets = target_positions(token_ids, segment_ids)
+    text_ids = np.arange(4, dtype="int32")
+    weights = [keras.ops.convert_to_numpy(v).astype("float32") for v in training_model.trainable_variables]
+    fixed = [keras.ops.convert_to_numpy(v) for v in training_model.non_trainable_variables]
+
+    def loss(*values):
+        outputs, _ = training_model.stateless_call(list(values), fixed, [token_ids, segment_ids, positions])
+        return Seq2SeqLoss()(targets, outputs["seq2seq"]) + SimilarityLoss()(text_ids, outputs["similarity"])
+
+    _, gradients = value_and_gradients(loss, *weights)
+    rng = np.random.default_rng(9)
+    direction = [rng.normal(size=w.shape).astype("float32") for w in weights]
+    analytic = sum(float(np.sum(keras.ops.convert_to_numpy(g) * d)) for g, d in zip(gradients, direction))
+    step = 1e-3
+    plus = float(loss(*[w + step * d for w, d in zip(weights, direction)]))
+    minus = float(loss(*[w - step * d for w, d in zip(weights, direction)]))
+    numeric = (plus - minus) / (2 * step)
+    assert abs(analytic) > 0.1
+    assert abs(analytic - numeric) < 1e-2 * abs(analytic)
+
+
 def test_tied_output_projection_is_x_times_embedding_transposed():
     from simbert.layers import TokenEmbedding
 
