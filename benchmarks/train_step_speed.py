@@ -53,17 +53,18 @@ def peak_gflops(dtype, size=2048, repeats=10):
     return 2 * size ** 3 * repeats / (time.perf_counter() - start) / 1e9
 
 
-def step_gflop(output_rows):
-    """Matmul GFLOP of one training step (forward x 3) when the last layer computes (and the
-    MLM projection reads) `output_rows` rows per sequence; the other layers compute all."""
+def step_gflop(last_layer_rows, mlm_rows):
+    """Matmul GFLOP of one training step (forward x 3) when the last layer computes
+    `last_layer_rows` rows per sequence (the others compute all) and the MLM projection
+    reads `mlm_rows` of them."""
     h, i, v, layers = CONFIG["hidden_size"], CONFIG["intermediate_size"], CONFIG["vocab_size"], CONFIG["num_hidden_layers"]
     length = SOURCE + TARGET
 
     def layer(query_rows):  # q and output projections, FFN, attention on the query rows; k, v on all
         return 2 * BATCH * (query_rows * (2 * h * h + 2 * h * i + 2 * length * h) + length * 2 * h * h)
 
-    mlm = 2 * BATCH * output_rows * (h * h + h * v)
-    return 3 * ((layers - 1) * layer(length) + layer(output_rows) + mlm) / 1e9
+    mlm = 2 * BATCH * mlm_rows * (h * h + h * v)
+    return 3 * ((layers - 1) * layer(length) + layer(last_layer_rows) + mlm) / 1e9
 
 
 def time_ours(token_ids, segment_ids, steps, precision="float32", jit_compile=False, warmup=3):
@@ -106,8 +107,8 @@ def main():
     with tempfile.TemporaryDirectory() as directory:
         theirs = time_bert4keras(directory, args.steps)
     peaks = {"float32": peak_gflops("float32"), "bfloat16": peak_gflops("bfloat16")}
-    ours_gflop = step_gflop(output_rows=1 + TARGET)  # [CLS] and the target positions
-    theirs_gflop = step_gflop(output_rows=SOURCE + TARGET)
+    ours_gflop = step_gflop(last_layer_rows=1 + TARGET, mlm_rows=TARGET)  # [CLS] and the target positions
+    theirs_gflop = step_gflop(last_layer_rows=SOURCE + TARGET, mlm_rows=SOURCE + TARGET)
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, CPU only; backend {keras.backend.backend()}")
     print(f"training step, L4/H256/A4/V13000, batch {BATCH}, length {SOURCE + TARGET}, median of {args.steps} steps")
     print("| implementation | ms / step | matmul GFLOP / step | GFLOP/s | fraction of the matmul peak of its precision |")

@@ -228,15 +228,14 @@ class MultiHeadAttention(keras.layers.Layer):
     def _heads(self, x):
         return ops.reshape(x, (ops.shape(x)[0], ops.shape(x)[1], self.num_heads, self.head_size))
 
-    def call(self, x, attention_mask, cache=None, cache_index=0, query_positions=None, training=False):
-        """`attention_mask` is (batch, queries, keys); with `query_positions` (batch, n) only
-        those rows of `x` ask queries (the output is (batch, n, hidden)), all rows give keys."""
+    def call(self, x, attention_mask, cache=None, cache_index=0, queries=None, query_positions=None,
+             training=False):
+        """`attention_mask` is (batch, queries, keys). By default every row of `x` asks a
+        query; with `queries` (batch, n, hidden), the rows of `x` at `query_positions`
+        (batch, n), only those do (the output is (batch, n, hidden)). All rows give keys."""
         key_positions = cache_index + ops.arange(ops.shape(x)[1])
-        queries = x
-        if query_positions is None:
-            query_positions = key_positions
-        else:
-            queries = gather_rows(x, query_positions)
+        if queries is None:
+            queries, query_positions = x, key_positions
         q, k, v = (self._heads(dense_rows(self.query, queries)), self._heads(dense_rows(self.key, x)),
                    self._heads(dense_rows(self.value, x)))
         if self.rotary:
@@ -302,15 +301,15 @@ class TransformerBlock(keras.layers.Layer):
 
     def call(self, x, attention_mask, cache=None, cache_index=0, query_positions=None, training=False):
         """With `query_positions` (batch, n) only those rows are computed: output (batch, n, hidden)."""
-        residual = x
+        queries = None
         if query_positions is not None:
-            residual = gather_rows(x, query_positions)
+            queries = gather_rows(x, query_positions)
             attention_mask = gather_rows(attention_mask, query_positions)
-        attended = self.attention(x, attention_mask, cache=cache, cache_index=cache_index,
+        attended = self.attention(x, attention_mask, cache=cache, cache_index=cache_index, queries=queries,
                                   query_positions=query_positions, training=training)
         if cache is not None:
             attended, cache = attended
-        x = self.attention_norm(residual + self.dropout(attended, training=training))
+        x = self.attention_norm((x if queries is None else queries) + self.dropout(attended, training=training))
         feed_forward = dense_rows(self.output_dense, dense_rows(self.intermediate, x))
         x = self.output_norm(x + self.dropout(feed_forward, training=training))
         return x if cache is None else (x, cache)
