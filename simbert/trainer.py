@@ -32,6 +32,7 @@ from simbert.data import (
 )
 from simbert.losses import DistillationLoss, Seq2SeqLoss, SimilarityLoss
 from simbert.models import Transformer, build_transformer_model
+from simbert.optimizers import AdamW
 from simbert.tokenizer import SPECIAL_TOKENS, Tokenizer, load_vocab
 
 logger = logging.getLogger(__name__)
@@ -92,8 +93,8 @@ def build_training_model(backbone: Transformer, training: TrainingConfig) -> ker
     learning_rate = training.learning_rate
     if training.warmup_steps:
         learning_rate = WarmupSchedule(training.learning_rate, training.warmup_steps)
-    optimizer = keras.optimizers.AdamW(learning_rate=learning_rate, weight_decay=training.weight_decay,
-                                       clipnorm=training.clipnorm)
+    optimizer = AdamW(learning_rate=learning_rate, weight_decay=training.weight_decay,
+                      clipnorm=training.clipnorm)
     optimizer.exclude_from_weight_decay(var_names=["gamma", "beta", "bias"])
     model.compile(optimizer=optimizer, loss=losses, loss_weights=weights, jit_compile=training.jit_compile)
     return model
