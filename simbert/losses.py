@@ -15,8 +15,9 @@ NEGATIVE = -1e12
 @ops.custom_gradient
 def cross_entropy_with_logits(logits, labels):
     """Per-row `CE = logsumexp(z) - z_y` of float32 logits `z` (..., classes) and integer
-    labels (...); the gradient `softmax(z) - onehot(y)` reuses the forward pass's
-    `exp(z - max z)`, so the backward pass costs one more sweep over the logits."""
+    labels (...). The gradient `g (softmax(z) - onehot(y))` for upstream `g` is the
+    forward pass's `exp(z - max z)` times `g / sum exp` in one sweep over the logits, then
+    `g` subtracted at each row's label by a scatter."""
     peak = ops.max(logits, axis=-1, keepdims=True)
     exp = ops.exp(logits - peak)
     total = ops.sum(exp, axis=-1, keepdims=True)
@@ -24,9 +25,13 @@ def cross_entropy_with_logits(logits, labels):
     loss = ops.squeeze(ops.log(total) + peak - picked, -1)
 
     def grad(*args, upstream=None):
-        upstream = args[0] if upstream is None else upstream
-        one_hot = ops.one_hot(labels, ops.shape(logits)[-1], dtype=logits.dtype)
-        return (exp / total - one_hot) * ops.expand_dims(upstream, -1), None
+        upstream = ops.expand_dims(args[0] if upstream is None else upstream, -1)
+        rows = ops.reshape(exp * (upstream / total), (-1, ops.shape(logits)[-1]))
+        row_labels = ops.reshape(ops.cast(labels, "int32"), (-1, 1))
+        at_labels = ops.take_along_axis(rows, row_labels, axis=1) - ops.reshape(upstream, (-1, 1))
+        indices = ops.concatenate([ops.arange(ops.shape(rows)[0], dtype="int32")[:, None], row_labels], axis=1)
+        rows = ops.scatter_update(rows, indices, at_labels[:, 0])
+        return ops.reshape(rows, ops.shape(logits)), None
 
     return loss, grad
 

@@ -1,12 +1,13 @@
-"""The model tests again under KERAS_BACKEND=jax (the backend is fixed at import, so
-they run in a subprocess)."""
+"""The model, loss, optimizer, parity and generation tests again under KERAS_BACKEND=jax
+(the backend is fixed at import, so they run in a subprocess)."""
 
 import os
 import subprocess
 import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-MODEL_TESTS = ["test_models.py", "test_bert4keras_parity.py", "test_hf_parity.py", "test_generation.py"]
+MODEL_TESTS = ["test_models.py", "test_losses.py", "test_optimizers.py", "test_bert4keras_parity.py",
+               "test_hf_parity.py", "test_generation.py"]
 
 
 def test_model_tests_pass_on_jax(tmp_path):

@@ -7,6 +7,7 @@ import keras
 import numpy as np
 import pytest
 
+from autodiff import value_and_gradients
 from conftest import TINY_CONFIG, padded_batch, random_bert_values, write_model_dir
 from simbert import Transformer, build_transformer_model
 from simbert.checkpoints import load_weights, model_values, read_tf_checkpoint, save_pretrained, write_tf_checkpoint
@@ -89,26 +90,6 @@ def test_pruned_last_block_gives_the_same_rows(checkpoints, model):
     np.testing.assert_allclose(outputs["seq2seq"], np.take_along_axis(logits, positions[:, :, None], 1), atol=1e-4)
     encoded = transformer.pooled_encoder().predict([token_ids, segment_ids], verbose=0)
     np.testing.assert_allclose(encoded, pooled, atol=1e-5)
-
-
-def value_and_gradients(function, *args, upstream=None):
-    """`function(*args)` and the gradients of `sum(upstream * function(*args))` with respect
-    to each argument, on the active backend (`upstream` defaults to ones)."""
-    if keras.backend.backend() == "jax":
-        import jax
-
-        outputs, pullback = jax.vjp(function, *args)
-        weights = jax.numpy.ones_like(outputs) if upstream is None else jax.numpy.asarray(upstream, outputs.dtype)
-        return outputs, pullback(weights)
-    import tensorflow as tf
-
-    args = [tf.convert_to_tensor(arg) for arg in args]
-    with tf.GradientTape() as tape:
-        for arg in args:
-            tape.watch(arg)
-        outputs = function(*args)
-    weights = None if upstream is None else tf.cast(upstream, outputs.dtype)
-    return outputs, tape.gradient(outputs, args, output_gradients=weights)
 
 
 def test_gelu_and_its_gradient_match_the_erf_formula():
