@@ -52,6 +52,40 @@ def get_activation(name: str):
     return ACTIVATIONS[name]
 
 
+@keras.saving.register_keras_serializable(package="simbert")
+class Dropout(keras.layers.Dropout):
+    """Inverted dropout whose keep mask comes from 16-bit uniform integers drawn two per
+    32-bit random word (Keras' Dropout draws one random number per unit, in the compute
+    dtype):
+
+        keep = u >= round(rate 2^16),  u ~ U{0, ..., 2^16 - 1}
+        y = x keep / p,   p = P(keep) = 1 - round(rate 2^16) / 2^16
+
+    so `p` is `1 - rate` to within 2^-17 in any dtype (bfloat16 noise would quantise it to
+    1/128) and `E[y] = x`. `noise_shape` is not supported.
+    """
+
+    def __init__(self, rate, noise_shape=None, seed=None, **kwargs):
+        if noise_shape is not None:
+            raise ValueError(f"Dropout: noise_shape is not supported, got {noise_shape}")
+        super().__init__(rate, seed=seed, **kwargs)
+        self.threshold = round(rate * 2 ** 16)
+
+    def call(self, inputs, training=False):
+        if not training or self.threshold == 0:
+            return inputs
+        shape = tuple(ops.shape(inputs))
+        width = shape[-1]
+        # (..., ceil(width / 2), 1) words viewed as (..., ceil(width / 2), 2) halves; the
+        # trailing 1 keeps the last axis static for `view` when the widths are not.
+        words = keras.random.randint(shape[:-1] + ((width + 1) // 2, 1), -2 ** 31, 2 ** 31 - 1, dtype="int32",
+                                     seed=self.seed_generator)
+        halves = ops.reshape(ops.view(words, "uint16"), shape[:-1] + (-1,))
+        keep = halves[..., :width] >= self.threshold
+        scale = 2 ** 16 / (2 ** 16 - self.threshold)
+        return inputs * ops.where(keep, ops.cast(scale, inputs.dtype), ops.cast(0, inputs.dtype))
+
+
 def initializer(stddev: float = 0.02):
     return keras.initializers.TruncatedNormal(stddev=stddev)
 
@@ -218,7 +252,7 @@ class MultiHeadAttention(keras.layers.Layer):
         self.key = keras.layers.Dense(inner, name="key", **dense)
         self.value = keras.layers.Dense(inner, name="value", **dense)
         self.output_dense = keras.layers.Dense(hidden_size, name="output", **dense)
-        self.dropout = keras.layers.Dropout(dropout_rate)
+        self.dropout = Dropout(dropout_rate)
 
     def build(self, input_shape):
         for dense in (self.query, self.key, self.value):
@@ -290,7 +324,7 @@ class TransformerBlock(keras.layers.Layer):
                                                name="intermediate", **dense)
         self.output_dense = keras.layers.Dense(hidden_size, name="output", **dense)
         self.output_norm = LayerNorm(name="output_norm", **norm)
-        self.dropout = keras.layers.Dropout(dropout_rate)
+        self.dropout = Dropout(dropout_rate)
 
     def build(self, input_shape):
         self.attention.build(input_shape)

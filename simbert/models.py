@@ -12,6 +12,7 @@ import numpy as np
 from simbert.layers import (
     LAYER_NORM_EPSILON,
     BiasAdd,
+    Dropout,
     LayerNorm,
     PositionEmbedding,
     TokenEmbedding,
@@ -129,7 +130,7 @@ class Transformer(keras.Model):
             self.position_embedding = PositionEmbedding(
                 max_position_embeddings, initializer_range, name="position_embedding")
         self.embedding_norm = LayerNorm(epsilon=LAYER_NORM_EPSILON, name="embedding_norm")
-        self.embedding_dropout = keras.layers.Dropout(dropout_rate, name="embedding_dropout")
+        self.embedding_dropout = Dropout(dropout_rate, name="embedding_dropout")
         self.embedding_mapping = None
         if embedding_size != hidden_size:
             self.embedding_mapping = keras.layers.Dense(hidden_size, kernel_initializer=init, name="embedding_mapping")

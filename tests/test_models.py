@@ -170,6 +170,41 @@ def test_training_loss_gradient_matches_finite_differences(checkpoints, model):
     assert abs(analytic - numeric) < 1e-2 * abs(analytic)
 
 
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_dropout_keeps_one_minus_rate_and_is_unbiased(dtype):
+    """Over 2M units the kept fraction is 1 - rate within 5 standard deviations (2^-16
+    thresholds, in any dtype), kept units are x / p and dropped ones 0, the gradient is
+    the same mask, and each call draws a new mask."""
+    from simbert.layers import Dropout
+
+    layer = Dropout(0.1, seed=3, dtype="mixed_bfloat16" if dtype == "bfloat16" else "float32")
+    x = keras.ops.cast(np.random.default_rng(5).uniform(1, 2, (64, 125, 250)), dtype)
+    outputs, (gradient,) = value_and_gradients(lambda x: layer(x, training=True), x)
+    y, x = (np.asarray(keras.ops.convert_to_numpy(keras.ops.cast(t, "float32"))) for t in (outputs, x))
+    kept = y != 0
+    assert abs(kept.mean() - 0.9) < 5 * np.sqrt(0.9 * 0.1 / kept.size)
+    keep_probability = 1 - round(0.1 * 2 ** 16) / 2 ** 16
+    scale = float(keras.ops.cast(1 / keep_probability, dtype))  # the scale as the dtype holds it
+    np.testing.assert_allclose(y[kept], x[kept] * scale, rtol=2 ** -7 if dtype == "bfloat16" else 1e-6)
+    gradient = np.asarray(keras.ops.convert_to_numpy(keras.ops.cast(gradient, "float32")))
+    np.testing.assert_array_equal(gradient, np.where(kept, scale, 0.0))
+    again = keras.ops.convert_to_numpy(keras.ops.cast(layer(keras.ops.cast(x, dtype), training=True), "float32"))
+    assert 0.15 < np.mean((again != 0) != kept) < 0.2  # independent masks differ on 2 p (1 - p) = 18%
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(layer(keras.ops.cast(x, dtype))),
+                                  keras.ops.convert_to_numpy(keras.ops.cast(x, dtype)))
+
+
+def test_dropout_odd_width_and_zero_rate():
+    from simbert.layers import Dropout
+
+    x = np.ones((300, 7), "float32")
+    y = keras.ops.convert_to_numpy(Dropout(0.5, seed=1)(x, training=True))
+    assert set(np.unique(y)) == {0.0, 2.0} and 0.4 < (y == 0).mean() < 0.6
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(Dropout(0.0)(x, training=True)), x)
+    with pytest.raises(ValueError, match="noise_shape"):
+        Dropout(0.1, noise_shape=(1, 7))
+
+
 def test_tied_output_projection_is_x_times_embedding_transposed():
     from simbert.layers import TokenEmbedding
 
