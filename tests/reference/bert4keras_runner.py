@@ -70,6 +70,7 @@ def run_time_train(job):
     ops, tf_keras AdamW, one tf.function step."""
     import tensorflow as tf
 
+    tf.keras.mixed_precision.set_global_policy(job.get("precision", "float32"))
     model = build_transformer_model(job["config"], model="bert", application="unilm",
                                      with_pool="linear", with_mlm="linear")
     optimizer = tf.keras.optimizers.AdamW(learning_rate=1e-5, weight_decay=0.01)
@@ -80,6 +81,7 @@ def run_time_train(job):
     def step():
         with tf.GradientTape() as tape:
             pooled, logits = model([token_ids, segment_ids], training=True)
+            pooled, logits = tf.cast(pooled, tf.float32), tf.cast(logits, tf.float32)
             weights = tf.cast(segment_ids[:, 1:], tf.float32)
             cross_entropy = tf.keras.losses.sparse_categorical_crossentropy(
                 token_ids[:, 1:], logits[:, :-1], from_logits=True)
