@@ -66,3 +66,18 @@ def test_inside_compiled_training():
         weights.append(model.get_weights())
     for mine, reference in zip(*weights):
         np.testing.assert_allclose(mine, reference, rtol=1e-5, atol=1e-6)
+
+
+def test_compiled_model_saves_and_loads_with_its_optimizer(tmp_path):
+    """A `.keras` file of a model compiled with it restores our class, its settings and
+    its slots."""
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+    model.compile(optimizer=AdamW(learning_rate=0.003, weight_decay=0.02, beta_2=0.98), loss="mse")
+    model.train_on_batch(np.ones((4, 3), "float32"), np.zeros((4, 2), "float32"))
+    model.save(tmp_path / "model.keras")
+    restored = keras.saving.load_model(tmp_path / "model.keras")
+    assert type(restored.optimizer) is AdamW
+    assert restored.optimizer.weight_decay == 0.02 and restored.optimizer.beta_2 == 0.98
+    assert len(restored.optimizer.variables) == len(model.optimizer.variables) > 2
+    for mine, saved in zip(restored.optimizer.variables, model.optimizer.variables):
+        np.testing.assert_array_equal(keras.ops.convert_to_numpy(mine), keras.ops.convert_to_numpy(saved))
