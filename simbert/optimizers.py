@@ -5,6 +5,8 @@ the variable); on TensorFlow this class does the Adam step with TensorFlow's fus
 kernel and the decoupled decay with its fused gradient-descent kernel, one pass each.
 The maths, the slots (`momentums`, `velocities`) and hence saved optimizer state are
 Keras' own; other backends run Keras' update unchanged (JAX fuses it when it compiles).
+The trainer runs on one device; the fused update does not go through tf.distribute's
+per-replica machinery, so under a distribution strategy use `keras.optimizers.AdamW`.
 """
 
 from __future__ import annotations
