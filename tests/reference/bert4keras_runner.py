@@ -5,7 +5,8 @@ Job kinds:
   model:    build_transformer_model + load checkpoint + predict on inputs (npz) -> npz
   generate: the original gen_synonyms decoder: greedy random_sample and beam_search
   time_sample: seconds per random_sample call of that decoder (benchmarks/)
-  time_train: seconds per training step of the original recipe (benchmarks/)
+  time_train: seconds per training step of the original recipe (benchmarks/), under the
+              job's tf_keras dtype policy ("precision", float32 by default)
   tokenize: Tokenizer.encode on sentences -> JSON of tokens, ids, segment ids
   vocab:    load_vocab(simplified=True) -> JSON of token dict and keep_tokens
 """
