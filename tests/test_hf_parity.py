@@ -115,5 +115,8 @@ def test_real_minilm_hidden_states_match_hf(minilm):
     with torch.no_grad():
         outputs = hf(input_ids=torch.tensor(token_ids, dtype=torch.long),
                      attention_mask=torch.tensor(token_ids != 0, dtype=torch.long))
-    np.testing.assert_allclose(hidden, outputs.last_hidden_state.numpy(), atol=1e-4, rtol=0)
+    # Hidden states at padding positions are arbitrary on both sides; compare real tokens only.
+    real = token_ids != 0
+    assert (~real).any()  # the batch does hold padding
+    np.testing.assert_allclose(hidden[real], outputs.last_hidden_state.numpy()[real], atol=1e-4, rtol=0)
     np.testing.assert_allclose(pooled, outputs.pooler_output.numpy(), atol=1e-4, rtol=0)
