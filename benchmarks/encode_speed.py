@@ -1,7 +1,7 @@
 """Sentence encoding throughput on the real all-MiniLM-L6-v2 weights: SimBERT.encode
 against sentence-transformers, the same function on both sides, one run.
 
-    python benchmarks/encode_speed.py [--data ../shared/data/afqmc/train.txt] [--count 8000]
+    python -m benchmarks.encode_speed [--data ../shared/data/afqmc/train.txt] [--count 8000]
 
 Both sides compute `W h_[CLS] + b` (CLS pooling followed by the checkpoint's pooler
 dense, no activation: SimBERT's 'linear' pooler), batch 64, texts up to 256 tokens,
@@ -38,7 +38,7 @@ def read_sentences(path, count):
 def ours(path, maxlen):
     backbone = build_transformer_model(os.path.join(path, "config.json"), path, application="unilm",
                                        with_pool="linear", with_mlm=False)
-    return SimBERT(backbone, Tokenizer(os.path.join(path, "vocab.txt")), maxlen=maxlen)
+    return SimBERT(backbone, Tokenizer(os.path.join(path, "vocab.txt")), max_tokens=maxlen)
 
 
 def theirs(path, maxlen, pooler_kernel, pooler_bias):

@@ -1,7 +1,7 @@
 """gen_synonyms sampling speed: our KV-cached sampler against bert4keras' original
 `AutoRegressiveDecoder.random_sample` (full recompute every step), same weights, one run.
 
-    python benchmarks/gen_synonyms_speed.py [--n 100] [--maxlen 32] [--repeats 3]
+    python -m benchmarks.gen_synonyms_speed [--n 100] [--maxlen 32] [--repeats 3]
 
 Model: 6 layers, hidden 384, 12 heads, FFN 1536, vocabulary 13685 (random weights,
 written as a TF checkpoint that both sides load). Source: 16 tokens. Both sides draw n
@@ -12,17 +12,15 @@ not depend on when random weights happen to end a sample).
 import argparse
 import os
 import platform
-import sys
 import tempfile
 import time
 
 import numpy as np
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests"))
-from reference.invoke import run_job  # noqa: E402
+from reference.invoke import run_job
 
 from simbert import build_transformer_model
-from simbert.checkpoints import save_pretrained
+from simbert.directories import save_pretrained
 from simbert.generation import CachedDecoder
 
 CONFIG = {"vocab_size": 13685, "hidden_size": 384, "num_hidden_layers": 6, "num_attention_heads": 12,

@@ -1,7 +1,7 @@
 """most_similar search: latency, memory and recall@10 of SimilarityIndex backends over
 100k and 1M vectors of dimension 768 (SimBERT base), one run.
 
-    python benchmarks/retrieval_speed.py [--sizes 100000 1000000] [--queries 100]
+    python -m benchmarks.retrieval_speed [--sizes 100000 1000000] [--queries 100]
 
 Vectors are synthetic but clustered like sentence embeddings (a mixture of 2000 Gaussian
 clusters); queries are perturbed corpus vectors. Recall@10 is measured against exact

@@ -1,7 +1,7 @@
 """Training step speed: our trainer's compiled model against the original recipe on
 bert4keras (UniLM model, both losses written with TF ops, tf_keras AdamW), one run.
 
-    python benchmarks/train_step_speed.py [--steps 30]
+    python -m benchmarks.train_step_speed [--steps 30]
 
 Model L4/H256/A4/V13000 (FFN 1024), batch 32, length 64 (32 source + 32 target tokens).
 The anchor runs in float32 and under tf_keras' mixed_bfloat16 policy; each of ours is
@@ -14,15 +14,13 @@ import argparse
 import json
 import os
 import platform
-import sys
 import tempfile
 import time
 
 import keras
 import numpy as np
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests"))
-from reference.invoke import run_job  # noqa: E402
+from reference.invoke import run_job
 
 from simbert import build_transformer_model
 from simbert.config import TrainingConfig

@@ -1,13 +1,13 @@
-"""Weights in and out: Google-BERT TF checkpoints (bert4keras, SimBERT, RoFormer-Sim
-releases) and Hugging Face directories.
+"""Weight formats: Google-BERT TF checkpoints (bert4keras, SimBERT, RoFormer-Sim
+releases), Hugging Face weight files, and a run's training state.
 
-Every format is translated to the Google checkpoint names below, and those names are
-mapped to the model's variables by attribute path. Kernels are stored (in, out).
+Every weight format is translated to the Google checkpoint names below, and those names
+are mapped to the model's variables by attribute path. Kernels are stored (in, out).
+Training state (optimizer slots, random generators) is stored keyed by variable path.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import re
@@ -16,11 +16,11 @@ from typing import Sequence
 import numpy as np
 
 from simbert.models import Transformer
-from simbert.tokenizer import save_vocab
 
 logger = logging.getLogger(__name__)
 
 CHECKPOINT_NAME = "bert_model.ckpt"
+HF_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 
 # Google name -> attribute path on `Transformer`.
 EMBEDDING_VARIABLES = {
@@ -162,6 +162,16 @@ def read_tf_checkpoint(path: str | os.PathLike) -> dict[str, np.ndarray]:
     return {name: reader.get_tensor(name) for name in reader.get_variable_to_shape_map()}
 
 
+def read_variable_names(path: str | os.PathLike) -> set[str] | None:
+    """The variable names of a TF checkpoint (prefix or directory), or None if there is none."""
+    import tensorflow as tf
+
+    try:
+        return set(tf.train.load_checkpoint(resolve_checkpoint(path)).get_variable_to_shape_map())
+    except FileNotFoundError:
+        return None
+
+
 def write_tf_checkpoint(values: dict[str, np.ndarray], prefix: str | os.PathLike) -> None:
     """Write name-based TF checkpoint files `prefix.index` / `prefix.data-*`."""
     import tensorflow as tf
@@ -176,25 +186,7 @@ def model_values(model: Transformer) -> dict[str, np.ndarray]:
     return {name: np.asarray(variable.numpy(), dtype="float32") for name, variable in {**backbone, **heads}.items()}
 
 
-def save_pretrained(model: Transformer, directory: str | os.PathLike, token_dict: dict[str, int]) -> None:
-    """Write the released layout: bert_config.json, vocab.txt, bert_model.ckpt.*"""
-    os.makedirs(directory, exist_ok=True)
-    if len(token_dict) != model.vocab_size:
-        raise ValueError(f"vocab has {len(token_dict)} tokens but the model's vocab_size is {model.vocab_size}")
-    with open(os.path.join(directory, "bert_config.json"), "w", encoding="utf-8") as writer:
-        json.dump(model.bert_config(), writer, indent=2)
-    save_vocab(os.path.join(directory, "vocab.txt"), token_dict)
-    write_tf_checkpoint(model_values(model), os.path.join(directory, CHECKPOINT_NAME))
-    with open(os.path.join(directory, "checkpoint"), "w", encoding="utf-8") as writer:
-        writer.write(f'model_checkpoint_path: "{CHECKPOINT_NAME}"\n')
-
-
 # ------------------------------------------------------------------ Hugging Face
-def is_hf_directory(path: str | os.PathLike) -> bool:
-    return os.path.isdir(path) and os.path.isfile(os.path.join(path, "config.json")) and any(
-        os.path.isfile(os.path.join(path, f)) for f in ("model.safetensors", "pytorch_model.bin"))
-
-
 def hf_to_google(name: str) -> tuple[str, bool] | None:
     """Translate one HF tensor name; None for tensors without a Google counterpart."""
     name = re.sub(r"^(bert|roformer)\.", "", name)
@@ -209,7 +201,7 @@ def hf_to_google(name: str) -> tuple[str, bool] | None:
 def read_hf_directory(path: str | os.PathLike) -> dict[str, np.ndarray]:
     """Google-named arrays from `model.safetensors` (or `pytorch_model.bin`, loaded with
     `torch.load(weights_only=True)`, never unpickling arbitrary objects)."""
-    safetensors_path = os.path.join(path, "model.safetensors")
+    safetensors_path = os.path.join(path, HF_WEIGHT_FILES[0])
     if os.path.isfile(safetensors_path):
         from safetensors.numpy import load_file
 
@@ -217,7 +209,7 @@ def read_hf_directory(path: str | os.PathLike) -> dict[str, np.ndarray]:
     else:
         import torch
 
-        state = torch.load(os.path.join(path, "pytorch_model.bin"), map_location="cpu", weights_only=True)
+        state = torch.load(os.path.join(path, HF_WEIGHT_FILES[1]), map_location="cpu", weights_only=True)
         tensors = {k: v.float().numpy() for k, v in state.items()}
     values = {}
     for name, tensor in tensors.items():
@@ -228,15 +220,14 @@ def read_hf_directory(path: str | os.PathLike) -> dict[str, np.ndarray]:
     return values
 
 
-def read_hf_config(path: str | os.PathLike) -> dict:
-    with open(os.path.join(path, "config.json"), encoding="utf-8") as reader:
-        return json.load(reader)
-
-
 # --------------------------------------------------------------------- dispatch
+def holds_hf_weights(path: str | os.PathLike) -> bool:
+    return os.path.isdir(path) and any(os.path.isfile(os.path.join(path, name)) for name in HF_WEIGHT_FILES)
+
+
 def read_weights(path: str | os.PathLike) -> dict[str, np.ndarray]:
     """Google-named arrays from a TF checkpoint (prefix or directory) or an HF directory."""
-    if is_hf_directory(path):
+    if holds_hf_weights(path):
         return read_hf_directory(path)
     return read_tf_checkpoint(path)
 
@@ -244,3 +235,31 @@ def read_weights(path: str | os.PathLike) -> dict[str, np.ndarray]:
 def load_weights(model: Transformer, path: str | os.PathLike,
                  keep_tokens: Sequence[int] | None = None) -> None:
     assign_weights(model, read_weights(path), str(path), keep_tokens)
+
+
+# --------------------------------------------------------------- training state
+def write_training_state(path: str | os.PathLike, variables) -> None:
+    """Save `variables` (e.g. optimizer slots, dropout generator states) to an npz file
+    keyed by variable path."""
+    values = {}
+    for variable in variables:
+        if variable.path in values:
+            raise ValueError(f"two training-state variables share the path {variable.path}")
+        values[variable.path] = np.asarray(variable.numpy())
+    np.savez(path, **values)
+
+
+def read_training_state(path: str | os.PathLike, variables) -> None:
+    """Assign each of `variables` the value saved under its path; a variable missing from
+    the file, or saved with another shape, raises naming it (the model or optimizer
+    changed since the file was written)."""
+    with np.load(path, allow_pickle=False) as saved:
+        for variable in variables:
+            if variable.path not in saved.files:
+                raise ValueError(f"{path} holds no value for {variable.path} (the model or optimizer changed "
+                                 f"since it was saved?)")
+            value = saved[variable.path]
+            if tuple(variable.shape) != value.shape:
+                raise ValueError(f"{path}: {variable.path} has shape {value.shape} in the file but "
+                                 f"{tuple(variable.shape)} here")
+            variable.assign(value)

@@ -1,4 +1,5 @@
-"""The `simbert` command.
+"""The `simbert` command. Heavy modules (TensorFlow, Keras, the model code) are
+imported inside the commands, so `--help` and argument errors answer at once.
 
     simbert train --config FILE [--steps N] [--output-dir DIR] [--resume] [--seed S]
     simbert generate MODEL_DIR "text" [-n 100] [-k 20]
@@ -14,10 +15,17 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
+import signal
 import sys
+
+# TensorFlow's C++ start-up log level, unless the user set one: warnings and errors only.
+TF_LOG_LEVEL = "1"
 
 
 def _train(args) -> int:
+    import dataclasses
+
     from simbert.config import TrainConfig
     from simbert.trainer import Trainer
 
@@ -28,15 +36,23 @@ def _train(args) -> int:
         config.output.dir = args.output_dir
     if args.seed is not None:
         config.training.seed = args.seed
-    result = Trainer(config).fit(resume=args.resume)
-    print(json.dumps(result, ensure_ascii=False))
-    return 1 if result.get("nan_step") else 0
+    trainer = Trainer(config)
+    # Ctrl-C or SIGTERM: save a checkpoint after the current step and stop.
+    previous = {sig: signal.signal(sig, lambda signum, frame: trainer.request_stop())
+                for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        result = trainer.fit(resume=args.resume)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    print(json.dumps(dataclasses.asdict(result), ensure_ascii=False))
+    return 1 if result.nan_step else 0
 
 
 def _generate(args) -> int:
     from simbert.api import SimBERT
 
-    model = SimBERT.from_pretrained(args.model_dir, maxlen=args.maxlen)
+    model = SimBERT.from_pretrained(args.model_dir, max_tokens=args.max_tokens)
     for text, score in model.gen_synonyms(args.text, n=args.n, k=args.k, with_scores=True,
                                           topk=args.topk, seed=args.seed):
         print(f"{score:.4f}\t{text}")
@@ -49,7 +65,7 @@ def _encode(args) -> int:
     from simbert.api import SimBERT
     from simbert.retrieval import read_lines
 
-    model = SimBERT.from_pretrained(args.model_dir, maxlen=args.maxlen)
+    model = SimBERT.from_pretrained(args.model_dir, max_tokens=args.max_tokens)
     vectors = model.encode(list(read_lines(args.input)), batch_size=args.batch_size, progress=True)
     np.save(args.output, vectors)
     print(f"wrote {vectors.shape[0]} vectors of dimension {vectors.shape[1]} to {args.output}")
@@ -60,7 +76,7 @@ def _index(args) -> int:
     from simbert.api import SimBERT
     from simbert.retrieval import read_lines
 
-    model = SimBERT.from_pretrained(args.model_dir, maxlen=args.maxlen)
+    model = SimBERT.from_pretrained(args.model_dir, max_tokens=args.max_tokens)
     index = model.build_index(list(read_lines(args.input)), batch_size=args.batch_size, progress=True,
                               dtype=args.dtype, backend=args.backend)
     index.save(args.output)
@@ -71,7 +87,7 @@ def _index(args) -> int:
 def _search(args) -> int:
     from simbert.api import SimBERT
 
-    model = SimBERT.from_pretrained(args.model_dir, maxlen=args.maxlen)
+    model = SimBERT.from_pretrained(args.model_dir, max_tokens=args.max_tokens)
     model.load_index(args.index_dir)
     for text, score in model.most_similar(args.query, topn=args.topn):
         print(f"{score:.4f}\t{text}")
@@ -87,7 +103,7 @@ def _eval(args) -> int:
     from simbert.evaluation import evaluate_files, format_table, jaccard_similarity, plot_histograms
     from simbert.retrieval import read_lines
 
-    model = SimBERT.from_pretrained(args.model_dir, maxlen=args.maxlen)
+    model = SimBERT.from_pretrained(args.model_dir, max_tokens=args.max_tokens)
 
     def cosine(first, second):
         return np.sum(model.encode(first, args.batch_size) * model.encode(second, args.batch_size), axis=1)
@@ -133,7 +149,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     def model_command(name, help_text, run):
         command = commands.add_parser(name, help=help_text)
-        command.add_argument("--maxlen", type=int, default=64, help="tokens kept per text (default 64)")
+        command.add_argument("--maxlen", dest="max_tokens", type=int, default=64,
+                             help="tokens kept per text, and per generated text (default 64)")
         command.set_defaults(run=run)
         return command
 
@@ -181,8 +198,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", TF_LOG_LEVEL)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     return args.run(args)
 
 

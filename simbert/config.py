@@ -1,6 +1,7 @@
-"""Training recipes: YAML files validated into dataclasses.
+"""Configuration dataclasses, validated with errors that name the key.
 
-Unknown keys and wrong types are errors that name the key, e.g.
+`BackboneConfig`: the network's sizes, read from bert_config.json / HF config.json.
+`TrainConfig`: a training recipe read from YAML, e.g.
 `configs/tiny.yaml: training.learning_rate should be float, got 'fast'`.
 """
 
@@ -11,16 +12,109 @@ import os
 import types
 import typing
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import yaml
+
+from simbert.layers import ACTIVATIONS, LAYER_NORM_EPSILON
+
+MODEL_TYPES = ("bert", "roformer")
+
+
+@dataclass(frozen=True)
+class BackboneConfig:
+    """A BERT / RoFormer backbone, in bert_config.json's field names (Hugging Face's
+    config.json uses the same ones for BERT and RoFormer).
+
+    `embedding_size` None means `hidden_size` (otherwise a Dense maps embeddings to the
+    hidden width); `model_type` "bert" has learned absolute positions, "roformer" rotary
+    q/k and no position table (`max_position_embeddings` then only bounds the inputs).
+    """
+
+    vocab_size: int
+    hidden_size: int
+    num_hidden_layers: int
+    num_attention_heads: int
+    intermediate_size: int
+    hidden_act: str = "gelu"
+    max_position_embeddings: int = 512
+    type_vocab_size: int = 2
+    embedding_size: int | None = None
+    hidden_dropout_prob: float = 0.1
+    attention_probs_dropout_prob: float = 0.1
+    initializer_range: float = 0.02
+    model_type: str = "bert"
+
+    # Hugging Face settings we do not implement, with the value we do.
+    HF_FIXED: ClassVar[dict] = {"layer_norm_eps": LAYER_NORM_EPSILON, "position_embedding_type": "absolute",
+                                "rotary_value": False}
+
+    def __post_init__(self):
+        source = "config"
+        for item in dataclasses.fields(self):
+            value = getattr(self, item.name)
+            if item.type in ("int", "int | None") and value is not None and value <= 0:
+                raise ValueError(f"{source}: {item.name} should be a positive integer, got {value}")
+        if self.hidden_size % self.num_attention_heads:
+            raise ValueError(f"{source}: hidden_size {self.hidden_size} is not divisible by "
+                             f"num_attention_heads {self.num_attention_heads}")
+        if self.hidden_act not in ACTIVATIONS:
+            raise ValueError(f"{source}: hidden_act {self.hidden_act!r} is not supported; "
+                             f"expected one of {sorted(ACTIVATIONS)}")
+        if self.model_type not in MODEL_TYPES:
+            raise ValueError(f"{source}: model_type {self.model_type!r} is not supported; expected one of {MODEL_TYPES}")
+
+    @property
+    def head_size(self) -> int:
+        return self.hidden_size // self.num_attention_heads
+
+    @property
+    def embedding_width(self) -> int:
+        return self.embedding_size or self.hidden_size
+
+    @classmethod
+    def from_dict(cls, values: dict, source: str = "config", **overrides) -> "BackboneConfig":
+        """From a bert_config.json or HF config.json mapping; keys we do not use are
+        ignored, HF settings we do not implement (`HF_FIXED`) must hold our value, and
+        `overrides` (e.g. `model_type`, `vocab_size`) replace what the mapping says."""
+        if not isinstance(values, dict):
+            raise ValueError(f"{source}: should be a JSON object, got {type(values).__name__}")
+        for key, supported in cls.HF_FIXED.items():
+            if key in values and values[key] != supported:
+                raise ValueError(f"{source}: {key} {values[key]!r} is not supported (only {supported!r})")
+        names = {item.name for item in dataclasses.fields(cls)}
+        known = {key: value for key, value in values.items() if key in names and value is not None}
+        if known.get("model_type") not in (None, *MODEL_TYPES) and "model_type" not in overrides:
+            raise ValueError(f"{source}: model_type {known['model_type']!r} is not supported; "
+                             f"expected one of {MODEL_TYPES}")
+        known.update(overrides)
+        try:
+            return _build(cls, known, source, "")
+        except ValueError as error:
+            raise ValueError(str(error).replace("config: ", f"{source}: ", 1)) from None
+
+    def to_dict(self) -> dict[str, Any]:
+        """bert_config.json (bert4keras and the releases read it; `model_type` is ours)."""
+        values = dataclasses.asdict(self)
+        if values["embedding_size"] in (None, self.hidden_size):
+            del values["embedding_size"]
+        return values
+
+    def to_hf_config(self) -> dict[str, Any]:
+        """Hugging Face config.json for `BertModel` / `RoFormerModel`."""
+        values = {**self.to_dict(), "layer_norm_eps": LAYER_NORM_EPSILON, "pad_token_id": 0}
+        if self.model_type == "bert":
+            values["position_embedding_type"] = "absolute"
+        else:
+            values.update(embedding_size=self.embedding_width, rotary_value=False)
+        return values
 
 
 @dataclass
 class ModelConfig:
     """Which network to train and where its starting weights come from."""
 
-    type: str = "bert"  # bert | roformer
+    model_type: str = "bert"  # bert | roformer
     pretrained: str | None = None  # released directory: bert_config.json, vocab.txt, bert_model.ckpt*
     simplify_vocab: bool = True  # keep_tokens as the original when starting from `pretrained`
     config: dict | None = None  # bert_config fields for a randomly initialised model
@@ -32,12 +126,20 @@ class ModelConfig:
 class DataConfig:
     train: str = "data_sample.json"
     format: str = "groups"  # groups ({"text", "synonyms"}) | pairs (JSONL / TSV / CSV)
-    maxlen: int = 32  # characters a text keeps (cut at punctuation first)
+    max_chars: int = 32  # characters a text keeps (cut at punctuation first)
     on_error: str = "raise"  # raise | skip
     pair_threshold: float = 1.0  # pairs: a label below this is not a similar pair
     shuffle_buffer: int = 100_000  # groups held in memory for shuffling a streamed file
     mask_source: bool = False  # RoFormer-Sim whole-word masking of the source (p = 0.5)
     pad_to_multiple: int = 1  # round batch lengths up (e.g. 8 on JAX: fewer recompilations)
+
+    @property
+    def max_tokens(self) -> int:
+        """Tokens a training row `[CLS] a [SEP] b [SEP]` keeps, and the token limit of one
+        text elsewhere in training (teacher, samples): `2 * max_chars`, as the original
+        script's `maxlen * 2`. A character vocabulary gives about one token a character,
+        so two texts of `max_chars` and their three special tokens nearly always fit."""
+        return 2 * self.max_chars
 
 
 @dataclass
@@ -55,7 +157,7 @@ class TrainingConfig:
     similarity_weight: float = 1.0
     mask_duplicates: bool = True
     seed: int = 42
-    teacher: str | None = None  # released directory of a teacher for distillation
+    teacher: str | None = None  # model directory of a teacher for distillation
     distillation_weight: float = 100.0
 
 
@@ -76,8 +178,8 @@ class TrainConfig:
     training: TrainingConfig = field(default_factory=TrainingConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
 
-    CHOICES = {
-        "model.type": ("bert", "roformer"),
+    CHOICES: ClassVar[dict] = {
+        "model.model_type": MODEL_TYPES,
         "data.format": ("groups", "pairs"),
         "data.on_error": ("raise", "skip"),
         "training.precision": ("float32", "mixed_float16", "mixed_bfloat16"),
@@ -123,6 +225,8 @@ def _matches(value: Any, annotation) -> bool:
 
 
 def _build(cls, data: Any, source: str, prefix: str):
+    """`cls(**data)` with each value checked against its annotation; unknown keys and
+    missing required fields are errors. Nested dataclasses come from nested mappings."""
     if not isinstance(data, dict):
         raise ValueError(f"{source}: {prefix.rstrip('.') or 'the file'} should be a mapping, got {data!r}")
     hints = typing.get_type_hints(cls)
@@ -130,6 +234,11 @@ def _build(cls, data: Any, source: str, prefix: str):
     unknown = sorted(set(data) - fields)
     if unknown:
         raise ValueError(f"{source}: unknown key {prefix}{unknown[0]} (known: {sorted(fields)})")
+    required = {f.name for f in dataclasses.fields(cls)
+                if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING}
+    missing = sorted(required - set(data))
+    if missing:
+        raise ValueError(f"{source}: required field {prefix}{missing[0]} is missing")
     values = {}
     for name, value in data.items():
         annotation = hints[name]

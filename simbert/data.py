@@ -1,26 +1,37 @@
-"""Training data: robust readers, SimBERT pair sampling, source masking and batching.
+"""Data: robust readers (SimBERT groups, labelled pair files), pair sampling, source
+masking and batching.
 
-Flow: file -> `read_groups` / `read_pairs` (records of similar texts, streamed) ->
-`PairSampler` (seeded: pick a group, shuffle it, take two, cut to maxlen) ->
-`make_batch` (rows `a -> b`, `b -> a` adjacent, padded to the longest row).
+Flow: file -> `read_groups` / `read_pairs` (records of similar texts, streamed; pair files
+through the one pair reader `read_pair_rows`, which evaluation uses too) -> `PairSampler`
+(seeded: pick a group, shuffle it, take two, cut to `max_chars`) -> `make_batch` (rows
+`a -> b`, `b -> a` adjacent, padded to the longest row) -> `training_batches`.
 """
 
 from __future__ import annotations
 
 import csv
-import io
+import functools
 import json
+import os
 import random
 import re
 import unicodedata
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Iterator, Sequence
 
+import keras
 import numpy as np
 
+from simbert.config import DataConfig
 from simbert.tokenizer import SPECIAL_TOKENS, Tokenizer, is_cjk_character, is_dropped, is_punctuation, normalize
 
 SENTENCE_SEPARATORS = "\n。！？!?；;，,"
+PAIR_FORMATS = ("tsv", "atec", "sts", "csv", "jsonl")
+# Column names of the two texts in CSV headers and JSON records.
+TEXT_COLUMNS = (("sentence1", "sentence2"), ("text1", "text2"), ("text_a", "text_b"), ("query1", "query2"),
+                ("question1", "question2"), ("s1", "s2"))
+# Tab-separated layouts: the fields holding text1, text2 and the label.
+TAB_FIELDS = {"tsv": (0, 1, 2), "atec": (1, 2, 3), "sts": (1, 3, 4)}
 
 
 class DataError(ValueError):
@@ -39,6 +50,18 @@ class ReadReport:
         self.skipped_records += 1
         if len(self.reasons) < 20:
             self.reasons.append(reason)
+
+
+def problem_handler(on_error: str, report: ReadReport | None) -> Callable[[str], None]:
+    """What a reader does with a record it cannot read: `on_error` "raise" raises a
+    DataError with the message, "skip" counts it in `report`."""
+    def fail(message: str) -> None:
+        if on_error != "skip":
+            raise DataError(message)
+        if report is not None:
+            report.skip(message)
+
+    return fail
 
 
 def clean_text(text: str) -> str:
@@ -60,11 +83,11 @@ def _physical_lines(path: str) -> Iterator[tuple[int, str]]:
             yield number, line.rstrip("\r\n")
 
 
-def read_json_records(path: str, on_error: str = "raise", report: ReadReport | None = None,
+def read_json_records(path: str, fail: Callable[[str], None],
                       max_lines_per_record: int = 8) -> Iterator[tuple[int, dict]]:
     """JSON objects one a line; a string holding a raw newline makes a record span several
-    physical lines, which are joined back. Yields `(first_line_number, record)`."""
-    report = report if report is not None else ReadReport()
+    physical lines, which are joined back. Yields `(first_line_number, record)`; a record
+    that cannot be read goes to `fail(message)` (see `problem_handler`)."""
     buffer, start = "", 0
     for number, line in _physical_lines(path):
         if not buffer and not line.strip():
@@ -78,25 +101,16 @@ def read_json_records(path: str, on_error: str = "raise", report: ReadReport | N
             lines_held = number - start + 1
             if lines_held < max_lines_per_record and "Unterminated string" in error.msg:
                 continue
-            message = f"{path}, line {start}: not a JSON record ({error.msg})"
             buffer = ""
-            if on_error == "skip":
-                report.skip(message)
-                continue
-            raise DataError(message) from None
+            fail(f"{path}, line {start}: not a JSON record ({error.msg})")
+            continue
         buffer = ""
         if not isinstance(record, dict):
-            message = f"{path}, line {start}: expected a JSON object, got {type(record).__name__}"
-            if on_error == "skip":
-                report.skip(message)
-                continue
-            raise DataError(message)
+            fail(f"{path}, line {start}: expected a JSON object, got {type(record).__name__}")
+            continue
         yield start, record
     if buffer:
-        message = f"{path}, line {start}: record is not closed at the end of the file"
-        if on_error != "skip":
-            raise DataError(message)
-        report.skip(message)
+        fail(f"{path}, line {start}: record is not closed at the end of the file")
 
 
 def read_groups(path: str, on_error: str = "raise", report: ReadReport | None = None) -> Iterator[list[str]]:
@@ -105,16 +119,14 @@ def read_groups(path: str, on_error: str = "raise", report: ReadReport | None = 
     Groups with fewer than two distinct non-empty texts are skipped and counted.
     """
     report = report if report is not None else ReadReport()
-    for line, record in read_json_records(path, on_error, report):
+    fail = problem_handler(on_error, report)
+    for line, record in read_json_records(path, fail):
         text, synonyms = record.get("text"), record.get("synonyms", [])
         if not isinstance(text, str) or not isinstance(synonyms, list) or not all(
                 isinstance(s, str) for s in synonyms):
-            message = (f"{path}, line {line}: expected fields \"text\" (string) and \"synonyms\" "
-                       f"(list of strings), got keys {sorted(record)}")
-            if on_error == "skip":
-                report.skip(message)
-                continue
-            raise DataError(message)
+            fail(f"{path}, line {line}: expected fields \"text\" (string) and \"synonyms\" "
+                 f"(list of strings), got keys {sorted(record)}")
+            continue
         group = list(dict.fromkeys(t for t in map(clean_text, [text, *synonyms]) if t))
         if len(group) < 2:
             report.skipped_groups += 1
@@ -122,67 +134,148 @@ def read_groups(path: str, on_error: str = "raise", report: ReadReport | None = 
         yield group
 
 
+def detect_pair_format(path: str) -> str:
+    """The layout of a pair file: jsonl (extension or a leading `{`); tsv for a `.tsv`
+    file; by the tab-separated fields of the first line, 2 or 3 -> tsv
+    (`text1<TAB>text2[<TAB>label]`), 4 -> atec (id first), 5 -> sts
+    (`id1<TAB>text1<TAB>id2<TAB>text2<TAB>score`); else csv when a header names two text
+    columns or the file is a `.csv`."""
+    if path.endswith((".jsonl", ".json")):
+        return "jsonl"
+    if path.endswith(".tsv"):
+        return "tsv"
+    with open(path, encoding="utf-8-sig") as reader:
+        first = next((line for line in reader if line.strip()), "")
+    if first.lstrip().startswith("{"):
+        return "jsonl"
+    fields = first.rstrip("\r\n").split("\t")
+    if len(fields) in (2, 3, 4, 5):
+        return {2: "tsv", 3: "tsv", 4: "atec", 5: "sts"}[len(fields)]
+    if _text_columns(next(csv.reader([first]), [])) is not None or path.endswith(".csv"):
+        return "csv"
+    raise ValueError(f"{path}: cannot tell the layout from its first line {first[:80]!r}; expected "
+                     "text1<TAB>text2[<TAB>label], id<TAB>text1<TAB>text2<TAB>label, "
+                     "id1<TAB>text1<TAB>id2<TAB>text2<TAB>score, CSV, or JSONL")
+
+
+def _text_columns(names: Sequence[str]) -> tuple[str, str] | None:
+    names = [str(name).strip().lower() for name in names]
+    return next(((a, b) for a, b in TEXT_COLUMNS if a in names and b in names), None)
+
+
+def read_pair_rows(path: str, fail: Callable[[str], None],
+                   format: str | None = None) -> Iterator[tuple[int, str, str, float | None]]:
+    """`(line, text1, text2, label)` of each row of a pair file (UTF-8, BOM and CRLF
+    tolerated; layout from `detect_pair_format` unless given); `label` is None where the
+    row has none. A row that cannot be read goes to `fail(message)`."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"pair file {path} does not exist")
+    format = format or detect_pair_format(path)
+    if format not in PAIR_FORMATS:
+        raise ValueError(f"format should be one of {PAIR_FORMATS}, got {format!r}")
+    if format == "jsonl":
+        rows = ((line, _record_fields(record)) for line, record in read_json_records(path, fail))
+    elif format == "csv":
+        rows = _csv_rows(path)
+    else:
+        rows = ((number, text.split("\t")) for number, text in _physical_lines(path) if text.strip())
+    first_field, second_field, label_field = TAB_FIELDS.get(format, (0, 1, 2))
+    label_required = format in ("atec", "sts")
+    for line, fields in rows:
+        if len(fields) <= (label_field if label_required else second_field):
+            fail(f"{path}, line {line}: {len(fields)} fields, expected "
+                 f"{label_field + 1 if label_required else 'text1, text2[, label]'}")
+            continue
+        first, second = fields[first_field], fields[second_field]
+        label = fields[label_field] if len(fields) > label_field else None
+        if not isinstance(first, str) or not isinstance(second, str):
+            fail(f"{path}, line {line}: expected two texts, got {first!r} and {second!r}")
+            continue
+        try:
+            label = None if label is None else float(label)
+        except (TypeError, ValueError):
+            fail(f"{path}, line {line}: label {label!r} is not a number")
+            continue
+        yield line, first, second, label
+
+
+def _record_fields(record: dict) -> list:
+    """`[text1, text2, label]` of a JSON pair record (text keys as in `TEXT_COLUMNS`)."""
+    first, second = _text_columns(list(record)) or ("text_a", "text_b")
+    fields = [record.get(first), record.get(second)]
+    return fields + [record["label"]] if "label" in record else fields
+
+
+def _csv_rows(path: str) -> Iterator[tuple[int, list]]:
+    """Rows of a CSV pair file: with a header naming two text columns (and `label`), by
+    name; without one, `text1,text2[,label]`."""
+    with open(path, encoding="utf-8-sig", newline="") as reader:
+        rows = csv.reader(reader)
+        header = next(rows, None)
+        if header is None:
+            return
+        columns = _text_columns(header)
+        names = [name.strip().lower() for name in header]
+        if columns is None:
+            yield rows.line_num, header
+        for row in rows:
+            if not any(cell.strip() for cell in row):
+                continue
+            if columns is not None:
+                values = dict(zip(names, row))
+                row = [values.get(columns[0]), values.get(columns[1])] + (
+                    [values["label"]] if "label" in values else [])
+            yield rows.line_num, row
+
+
 def read_pairs(path: str, on_error: str = "raise", report: ReadReport | None = None,
                threshold: float = 1.0) -> Iterator[list[str]]:
-    """Similar pairs as two-text groups.
-
-    JSONL `{"text_a", "text_b"[, "label"]}` or TSV/CSV `text1<TAB>text2[<TAB>label]`;
-    rows with a label below `threshold` (e.g. 0, or an STS score under 4) are skipped.
-    """
+    """Similar pairs of a pair file (any layout of `read_pair_rows`) as two-text groups;
+    a row without a label counts as similar, one with a label below `threshold` (e.g. 0,
+    or an STS score under 4) is left out."""
     report = report if report is not None else ReadReport()
-    if path.endswith((".json", ".jsonl")):
-        rows = ((line, [r.get("text_a"), r.get("text_b"), r.get("label", threshold)])
-                for line, r in read_json_records(path, on_error, report))
-    else:
-        delimiter = "," if path.endswith(".csv") else "\t"
-        rows = ((number, next(csv.reader(io.StringIO(text), delimiter=delimiter)) if text.strip() else [])
-                for number, text in _physical_lines(path))
-    for line, fields in rows:
-        if not fields:
+    for _, first, second, label in read_pair_rows(path, problem_handler(on_error, report)):
+        if label is not None and label < threshold:
             continue
-        label = fields[2] if len(fields) > 2 else threshold
-        try:
-            if len(fields) < 2 or not isinstance(fields[0], str) or not isinstance(fields[1], str):
-                raise ValueError("expected two texts")
-            label = float(label)
-        except (TypeError, ValueError):
-            message = f"{path}, line {line}: expected text1, text2[, numeric label], got {fields!r}"
-            if on_error == "skip":
-                report.skip(message)
-                continue
-            raise DataError(message) from None
-        if label < threshold:
-            continue
-        group = list(dict.fromkeys(t for t in (clean_text(fields[0]), clean_text(fields[1])) if t))
+        group = list(dict.fromkeys(t for t in (clean_text(first), clean_text(second)) if t))
         if len(group) < 2:
             report.skipped_groups += 1
             continue
         yield group
 
 
-def cut_text(text: str, maxlen: int, separators: str = SENTENCE_SEPARATORS) -> str:
-    """Cut `text` to at most `maxlen` characters, at sentence punctuation when one falls
+def read_training_groups(data: DataConfig, report: ReadReport) -> Iterator[list[str]]:
+    """The groups of `data.train` in its `data.format`."""
+    if not os.path.isfile(data.train):
+        raise FileNotFoundError(f"training file {data.train} does not exist")
+    if data.format == "groups":
+        return read_groups(data.train, data.on_error, report)
+    return read_pairs(data.train, data.on_error, report, data.pair_threshold)
+
+
+def cut_text(text: str, max_chars: int, separators: str = SENTENCE_SEPARATORS) -> str:
+    """Cut `text` to at most `max_chars` characters, at sentence punctuation when one falls
     inside the limit (keeping the punctuation), else hard."""
-    if len(text) <= maxlen:
+    if len(text) <= max_chars:
         return text
-    head = text[:maxlen]
+    head = text[:max_chars]
     cut = max(head.rfind(sep) for sep in separators)
     return head[: cut + 1].strip() if cut > 0 else head
 
 
 class PairSampler:
     """Endless seeded stream of similar text pairs, as the original SimBERT script: pick a
-    group, shuffle it, take the first two, cut each to `maxlen` characters.
+    group, shuffle it, take the first two, cut each to `max_chars` characters.
 
     Groups are streamed from `read_group_stream()` through a shuffle buffer of
     `buffer_size` groups, so files larger than memory work; small files fit whole in the
     buffer and each draw is uniform over all groups.
     """
 
-    def __init__(self, read_group_stream: Callable[[], Iterable[list[str]]], maxlen: int,
+    def __init__(self, read_group_stream: Callable[[], Iterable[list[str]]], max_chars: int,
                  seed: int = 0, buffer_size: int = 100_000):
         self.read_group_stream = read_group_stream
-        self.maxlen = maxlen
+        self.max_chars = max_chars
         self.buffer_size = buffer_size
         self.rng = random.Random(seed)
 
@@ -207,7 +300,7 @@ class PairSampler:
         for group in self._groups():
             group = list(group)
             self.rng.shuffle(group)
-            yield cut_text(group[0], self.maxlen), cut_text(group[1], self.maxlen)
+            yield cut_text(group[0], self.max_chars), cut_text(group[1], self.max_chars)
 
 
 class SourceMasker:
@@ -215,31 +308,31 @@ class SourceMasker:
 
     The text is segmented with jieba; `rate` of the words are picked and all tokens of a
     picked word become `[MASK]` (80%), stay (10%) or become random tokens (10%).
-    Calling returns the masked ids of `[CLS] text [SEP]`, or None when left unmasked.
+    Calling with a text and the random generator to draw from returns the masked ids of
+    `[CLS] text [SEP]`, or None when left unmasked.
     """
 
-    def __init__(self, tokenizer: Tokenizer, seed: int = 0, probability: float = 0.5, rate: float = 0.15):
+    def __init__(self, tokenizer: Tokenizer, probability: float = 0.5, rate: float = 0.15):
         if tokenizer.mask_id is None:
             raise ValueError("source masking needs a [MASK] token in the vocabulary")
         self.tokenizer = tokenizer
-        self.rng = random.Random(seed)
         self.probability = probability
         self.rate = rate
 
-    def __call__(self, text: str) -> list[int] | None:
+    def __call__(self, text: str, rng: random.Random) -> list[int] | None:
         import jieba
 
-        if self.rng.random() >= self.probability:
+        if rng.random() >= self.probability:
             return None
         ids = [self.tokenizer.cls_id]
         for word in jieba.cut(text, HMM=False):
             word_ids = self.tokenizer.encode(word)[0][1:-1]
-            draw, picked = self.rng.random(), self.rng.random() < self.rate
+            draw, picked = rng.random(), rng.random() < self.rate
             for token_id in word_ids:
                 if picked and draw < 0.8:
                     token_id = self.tokenizer.mask_id
                 elif picked and draw >= 0.9:
-                    token_id = self.rng.randrange(self.tokenizer.vocab_size)
+                    token_id = rng.randrange(self.tokenizer.vocab_size)
                 ids.append(token_id)
         return ids + [self.tokenizer.sep_id]
 
@@ -276,24 +369,25 @@ def target_positions(token_ids: np.ndarray, segment_ids: np.ndarray,
     return positions, targets
 
 
-def make_batch(pairs: Sequence[tuple[str, str]], tokenizer: Tokenizer, maxlen: int,
+def make_batch(pairs: Sequence[tuple[str, str]], tokenizer: Tokenizer, max_tokens: int,
                mask_source: Callable[[str], list[int] | None] | None = None, pad_to_multiple: int = 1):
     """Model inputs and loss targets for a batch of pairs.
 
     Each pair (a, b) gives rows `[CLS] a [SEP] b [SEP]` and `[CLS] b [SEP] a [SEP]` at
-    2k and 2k+1, padded with 0 to the batch's longest row. Returns
-    `(token_ids, segment_ids, positions), targets` with `positions` and
-    `targets["seq2seq"]` from `target_positions`, and `targets["similarity"]` the
-    source-text id of each row (equal ids = identical sources, for duplicate masking).
-    `mask_source(text)`, when given, returns masked `[CLS] text [SEP]` ids for the source
-    or None (see `SourceMasker`); a masked source replaces the row's source only when its
-    length matches (word-by-word tokenization can differ at word joins). Lengths are
-    rounded up to `pad_to_multiple` (fewer distinct shapes for compiled backends).
+    2k and 2k+1, each cut to `max_tokens` tokens (see `DataConfig.max_tokens`), padded
+    with 0 to the batch's longest row. Returns `(token_ids, segment_ids, positions),
+    targets` with `positions` and `targets["seq2seq"]` from `target_positions`, and
+    `targets["similarity"]` the source-text id of each row (equal ids = identical
+    sources, for duplicate masking). `mask_source(text)`, when given, returns masked
+    `[CLS] text [SEP]` ids for the source or None (see `SourceMasker`); a masked source
+    replaces the row's source only when its length matches (word-by-word tokenization
+    can differ at word joins). Lengths are rounded up to `pad_to_multiple` (fewer
+    distinct shapes for compiled backends).
     """
     rows, segments, sources = [], [], []
     for a, b in pairs:
         for source, target in ((a, b), (b, a)):
-            ids, segs = tokenizer.encode(source, target, maxlen=maxlen * 2)
+            ids, segs = tokenizer.encode(source, target, maxlen=max_tokens)
             source_length = segs.index(1) if 1 in segs else len(segs)
             sources.append(ids[:source_length])
             if mask_source is not None:
@@ -303,14 +397,55 @@ def make_batch(pairs: Sequence[tuple[str, str]], tokenizer: Tokenizer, maxlen: i
             rows.append(ids)
             segments.append(segs)
     length = round_up(max(map(len, rows)), pad_to_multiple)
-    token_ids = np.zeros((len(rows), length), "int32")
-    segment_ids = np.zeros((len(rows), length), "int32")
-    for i, (ids, segs) in enumerate(zip(rows, segments)):
-        token_ids[i, : len(ids)] = ids
-        segment_ids[i, : len(segs)] = segs
+    token_ids = keras.utils.pad_sequences(rows, maxlen=length, dtype="int32", padding="post")
+    segment_ids = keras.utils.pad_sequences(segments, maxlen=length, dtype="int32", padding="post")
     positions, seq2seq_targets = target_positions(token_ids, segment_ids, pad_to_multiple)
     targets = {"seq2seq": seq2seq_targets, "similarity": source_text_ids(sources)}
     return (token_ids, segment_ids, positions), targets
+
+
+def training_batches(read_group_stream: Callable[[], Iterable[list[str]]], tokenizer: Tokenizer,
+                     data: DataConfig, batch_size: int, seed: int, start_step: int = 0,
+                     teacher_similarities: Callable[[list[str]], np.ndarray] | None = None):
+    """Endless `(inputs, targets)` batches of `batch_size` rows (see `make_batch`); the
+    stream after `start_step` steps is the same as in an uninterrupted run with the same
+    `seed` (step k's source masking draws from a generator seeded with `seed` and k).
+    `teacher_similarities(texts)`, when given, is the teacher's cosine matrix of the rows'
+    sources, the distillation target."""
+    pairs_per_batch = batch_size // 2
+    pairs = iter(PairSampler(read_group_stream, data.max_chars, seed, data.shuffle_buffer))
+    for _ in range(start_step * pairs_per_batch):
+        next(pairs)
+    masker = SourceMasker(tokenizer) if data.mask_source else None
+    step = start_step
+    while True:
+        batch_pairs = [next(pairs) for _ in range(pairs_per_batch)]
+        mask_source = None
+        if masker is not None:
+            mask_source = functools.partial(masker, rng=random.Random(seed * 1_000_003 + step))
+        inputs, targets = make_batch(batch_pairs, tokenizer, data.max_tokens, mask_source, data.pad_to_multiple)
+        if teacher_similarities is not None:
+            targets["distillation"] = teacher_similarities([text for pair in batch_pairs for text in pair])
+        step += 1
+        yield inputs, targets
+
+
+def batch_dataset(make_batches: Callable[[], Iterator], with_distillation: bool):
+    """The batches of `make_batches()` as a tf.data pipeline for `fit` on TensorFlow, with
+    every length dimension declared variable (Keras would otherwise guess fixed sizes from
+    the first two batches) and tf.data's autotuning off: with it on, the iterator's
+    teardown at the end of `fit` waited ~15 s for the autotuning thread in about one run
+    in three of the tiny config (throughput is the same without it)."""
+    import tensorflow as tf
+
+    ids = tf.TensorSpec((None, None), tf.int32)
+    targets = {"seq2seq": tf.TensorSpec((None, None, 2), tf.int32), "similarity": tf.TensorSpec((None,), tf.int32)}
+    if with_distillation:
+        targets["distillation"] = tf.TensorSpec((None, None), tf.float32)
+    dataset = tf.data.Dataset.from_generator(make_batches, output_signature=((ids, ids, ids), targets))
+    options = tf.data.Options()
+    options.autotune.enabled = False
+    return dataset.with_options(options)
 
 
 def build_char_vocab(texts: Iterable[str]) -> dict[str, int]:

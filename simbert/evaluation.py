@@ -1,16 +1,12 @@
-"""Evaluation on sentence-pair sets (LCQMC, AFQMC, ATEC, BQ, PAWSX, STS-B layouts) and
-BERT-whitening.
+"""Evaluation on sentence-pair sets (LCQMC, AFQMC, ATEC, BQ, PAWSX, STS-B layouts).
 
-Flow: `read_pair_file` (format detected) -> scores (cosine of the model's vectors, or the
+Flow: `read_pair_file` (layout detected, `simbert.data`'s pair reader) -> scores (cosine of the model's vectors, or the
 char-Jaccard baseline) -> `pair_metrics` (Spearman, Pearson, accuracy/F1 at the best and
 at a fixed threshold) -> table / JSON / histogram plots.
 """
 
 from __future__ import annotations
 
-import csv
-import io
-import json
 import os
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
@@ -18,9 +14,7 @@ from typing import Callable, Sequence
 import numpy as np
 from scipy import stats
 
-FORMATS = ("tsv", "atec", "sts", "csv", "jsonl")
-TEXT_COLUMNS = (("sentence1", "sentence2"), ("text1", "text2"), ("text_a", "text_b"), ("query1", "query2"),
-                ("question1", "question2"), ("s1", "s2"))
+from simbert.data import detect_pair_format, read_pair_rows
 
 
 @dataclass
@@ -34,80 +28,24 @@ class PairSet:
     labels: list[float] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
 
-    def add(self, line: int, a, b, label) -> None:
-        try:
-            value = float(label)
-        except (TypeError, ValueError):
-            self.skipped.append(f"line {line}: label {label!r} is not a number")
-            return
-        if not isinstance(a, str) or not isinstance(b, str) or not a.strip() or not b.strip():
-            self.skipped.append(f"line {line}: empty text")
-            return
-        self.first.append(a.strip())
-        self.second.append(b.strip())
-        self.labels.append(value)
-
-
-def detect_format(path: str) -> str:
-    """jsonl by extension or a leading `{`; csv with a header naming two text columns; else
-    by field count of the first line: 3 -> tsv, 4 -> atec (id first), 5 -> sts."""
-    with open(path, encoding="utf-8-sig") as reader:
-        first = next((line for line in reader if line.strip()), "")
-    if path.endswith((".jsonl", ".json")) or first.lstrip().startswith("{"):
-        return "jsonl"
-    tabs = first.rstrip("\r\n").split("\t")
-    if len(tabs) == 3:
-        return "tsv"
-    if len(tabs) == 4:
-        return "atec"
-    if len(tabs) == 5:
-        return "sts"
-    header = [h.strip().lower() for h in next(csv.reader([first]))]
-    if any(a in header and b in header for a, b in TEXT_COLUMNS):
-        return "csv"
-    raise ValueError(f"{path}: cannot tell the layout from its first line {first[:80]!r}; expected "
-                     "text1<TAB>text2<TAB>label, id<TAB>text1<TAB>text2<TAB>label, "
-                     "id1<TAB>text1<TAB>id2<TAB>text2<TAB>score, a CSV with a header, or JSONL")
+    def add(self, line: int, a: str, b: str, label: float | None) -> None:
+        if label is None:
+            self.skipped.append(f"{self.path}, line {line}: no label")
+        elif not a.strip() or not b.strip():
+            self.skipped.append(f"{self.path}, line {line}: empty text")
+        else:
+            self.first.append(a.strip())
+            self.second.append(b.strip())
+            self.labels.append(label)
 
 
 def read_pair_file(path: str, format: str | None = None) -> PairSet:
-    """Read a labelled pair file (UTF-8, BOM and CRLF tolerated)."""
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"pair file {path} does not exist")
-    format = format or detect_format(path)
-    if format not in FORMATS:
-        raise ValueError(f"format should be one of {FORMATS}, got {format!r}")
+    """The labelled pairs of a pair file (any layout of `simbert.data.read_pair_rows`);
+    rows without a label or with an empty text are skipped and listed with why."""
+    format = format or detect_pair_format(path)
     pairs = PairSet(path, format)
-    with open(path, encoding="utf-8-sig", newline="") as reader:
-        text = reader.read()
-    if format == "csv":
-        rows = csv.DictReader(io.StringIO(text))
-        header = [h.strip().lower() for h in rows.fieldnames or []]
-        columns = next(((a, b) for a, b in TEXT_COLUMNS if a in header and b in header), None)
-        if columns is None or "label" not in header:
-            raise ValueError(f"{path}: the CSV header {rows.fieldnames} needs two text columns "
-                             f"(one of {TEXT_COLUMNS}) and a label column")
-        for number, row in enumerate(rows, 2):
-            row = {k.strip().lower(): v for k, v in row.items() if k}
-            pairs.add(number, row.get(columns[0]), row.get(columns[1]), row.get("label"))
-        return pairs
-    for number, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        if format == "jsonl":
-            try:
-                record = json.loads(line, strict=False)
-            except json.JSONDecodeError as error:
-                pairs.skipped.append(f"line {number}: not JSON ({error.msg})")
-                continue
-            pairs.add(number, record.get("sentence1"), record.get("sentence2"), record.get("label"))
-            continue
-        fields = line.split("\t")
-        wanted = {"tsv": (0, 1, 2), "atec": (1, 2, 3), "sts": (1, 3, 4)}[format]
-        if len(fields) <= max(wanted):
-            pairs.skipped.append(f"line {number}: {len(fields)} fields, expected {max(wanted) + 1}")
-            continue
-        pairs.add(number, *(fields[i] for i in wanted))
+    for line, a, b, label in read_pair_rows(path, pairs.skipped.append, format):
+        pairs.add(line, a, b, label)
     return pairs
 
 
@@ -173,50 +111,6 @@ def jaccard_similarity(a: str, b: str) -> float:
     return len(first & second) / max(len(first | second), 1)
 
 
-@dataclass
-class Whitening:
-    """BERT-whitening: `y = (x - mean) @ transform`, then l2-normalised.
-
-    With `cov = (X - mean)^T (X - mean) / n = U diag(s) U^T`, `transform = U diag(s)^(-1/2)`
-    (first `dim` columns), so the whitened vectors have identity covariance.
-    """
-
-    mean: np.ndarray
-    transform: np.ndarray
-
-    @property
-    def dim(self) -> int:
-        return self.transform.shape[1]
-
-    def __call__(self, vectors: np.ndarray, normalize: bool = True) -> np.ndarray:
-        whitened = ((np.asarray(vectors, "float64") - self.mean) @ self.transform).astype("float32")
-        if normalize:
-            whitened /= np.maximum(np.linalg.norm(whitened, axis=1, keepdims=True), 1e-12)
-        return whitened
-
-    def save(self, path: str) -> None:
-        np.savez(path, mean=self.mean, transform=self.transform)
-
-    @classmethod
-    def load(cls, path: str) -> "Whitening":
-        with np.load(path, allow_pickle=False) as saved:
-            return cls(saved["mean"], saved["transform"])
-
-
-def fit_whitening(vectors: np.ndarray, dim: int | None = None) -> Whitening:
-    """Fit the whitening of `vectors` (rows), keeping `dim` dimensions (all if None)."""
-    vectors = np.asarray(vectors, "float64")
-    if vectors.ndim != 2 or len(vectors) < 2:
-        raise ValueError(f"fit_whitening needs at least two vectors (rows), got shape {vectors.shape}")
-    if dim is not None and not 0 < dim <= vectors.shape[1]:
-        raise ValueError(f"dim should be in 1..{vectors.shape[1]}, got {dim}")
-    mean = vectors.mean(axis=0, keepdims=True)
-    covariance = np.cov((vectors - mean).T, bias=True)
-    u, s, _ = np.linalg.svd(covariance)
-    transform = u / np.sqrt(np.maximum(s, 1e-12))
-    return Whitening(mean, transform[:, :dim])
-
-
 def evaluate_files(files: Sequence[str], score_pairs: Callable[[list[str], list[str]], np.ndarray],
                    threshold: float = 0.9, format: str | None = None) -> dict[str, dict]:
     """Metrics per file, scoring pairs with `score_pairs(first_texts, second_texts)`."""
@@ -248,13 +142,11 @@ def format_table(results: dict[str, dict]) -> str:
 
 def plot_histograms(metrics: dict, image_path: str, title: str) -> None:
     """Score histograms of positive and negative pairs with the best threshold marked."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
 
     positives = binary_labels(metrics["labels"])
-    figure, axis = plt.subplots(figsize=(7, 4))
+    figure = Figure(figsize=(7, 4))
+    axis = figure.subplots()
     bins = np.linspace(metrics["scores"].min(), metrics["scores"].max(), 50)
     axis.hist(metrics["scores"][positives], bins=bins, alpha=0.6, label="similar")
     axis.hist(metrics["scores"][~positives], bins=bins, alpha=0.6, label="not similar")
@@ -265,4 +157,3 @@ def plot_histograms(metrics: dict, image_path: str, title: str) -> None:
     axis.legend()
     figure.tight_layout()
     figure.savefig(image_path, dpi=100)
-    plt.close(figure)

@@ -17,6 +17,7 @@ import keras
 import numpy as np
 from keras import ops
 
+from simbert.layers import NEGATIVE_INFINITY
 from simbert.models import Transformer
 
 
@@ -80,9 +81,9 @@ class CachedDecoder:
     def __init__(self, backbone: Transformer, end_id: int, max_source_len: int, max_target_len: int):
         if backbone.mlm_dense is None:
             raise ValueError("generation needs a model built with with_mlm")
-        if max_source_len + max_target_len > backbone.max_position_embeddings:
+        if max_source_len + max_target_len > backbone.config.max_position_embeddings:
             raise ValueError(f"max_source_len {max_source_len} + max_target_len {max_target_len} exceeds "
-                             f"max_position_embeddings {backbone.max_position_embeddings}")
+                             f"max_position_embeddings {backbone.config.max_position_embeddings}")
         self.backbone = backbone
         self.end_id = end_id
         self.max_source_len = max_source_len
@@ -96,7 +97,8 @@ class CachedDecoder:
     # ------------------------------------------------------------- graph parts
     def _empty_caches(self, batch):
         """Per layer `(keys (b, h, d, T), values (b, h, T, d))`, see MultiHeadAttention."""
-        heads, size, dtype = self.backbone.num_heads, self.backbone.head_size, self.backbone.compute_dtype
+        config = self.backbone.config
+        heads, size, dtype = config.num_attention_heads, config.head_size, self.backbone.compute_dtype
         return [(ops.zeros((batch, heads, size, self.cache_len), dtype),
                  ops.zeros((batch, heads, self.cache_len, size), dtype)) for _ in self.backbone.blocks]
 
@@ -118,7 +120,8 @@ class CachedDecoder:
 
     @staticmethod
     def _without_padding(logits):
-        return ops.where(ops.arange(ops.shape(logits)[-1])[None, :] == 0, -1e9, ops.cast(logits, "float32"))
+        return ops.where(ops.arange(ops.shape(logits)[-1])[None, :] == 0, NEGATIVE_INFINITY,
+                         ops.cast(logits, "float32"))
 
     def _decode_step(self, tokens, caches, index):
         """Feed `tokens` (batch,) at position `index`; return next-token logits and caches."""
@@ -155,8 +158,7 @@ class CachedDecoder:
         """Encode one source; returns `(logits (1, vocab), caches, source_len)`."""
         if len(source_ids) > self.max_source_len:
             raise ValueError(f"source has {len(source_ids)} tokens, more than max_source_len {self.max_source_len}")
-        padded = np.zeros((1, self.max_source_len), "int32")
-        padded[0, : len(source_ids)] = source_ids
+        padded = keras.utils.pad_sequences([source_ids], maxlen=self.max_source_len, dtype="int32", padding="post")
         source_len = np.int32(len(source_ids))
         logits, caches = self._encode(ops.convert_to_tensor(padded), ops.convert_to_tensor(source_len))
         return logits, caches, source_len
@@ -167,9 +169,11 @@ class CachedDecoder:
                           ops.convert_to_tensor(np.int32(index)))
 
     def sample(self, source_ids: list[int], n: int = 1, topk: int | None = None, topp: float | None = None,
-               temperature: float = 1.0, maxlen: int | None = None, seed: int | None = None) -> list[list[int]]:
-        """n sampled targets (token ids, `[SEP]` excluded) for one source."""
-        steps = min(maxlen or self.max_target_len, self.max_target_len)
+               temperature: float = 1.0, max_new_tokens: int | None = None,
+               seed: int | None = None) -> list[list[int]]:
+        """n sampled targets (token ids, `[SEP]` excluded) for one source, each at most
+        `max_new_tokens` (default and cap: `max_target_len`) long."""
+        steps = min(max_new_tokens or self.max_target_len, self.max_target_len)
         if n <= 0:
             return []
         key = (n, steps, topk, topp, float(temperature))
@@ -186,10 +190,10 @@ class CachedDecoder:
                                                            ops.convert_to_tensor(noise)))
         return [self._until_end(row) for row in outputs]
 
-    def beam_search(self, source_ids: list[int], beam_size: int = 4, maxlen: int | None = None) -> list[int]:
+    def beam_search(self, source_ids: list[int], beam_size: int = 4, max_new_tokens: int | None = None) -> list[int]:
         """The highest-scoring target by beam search (sum of log-probabilities), as
         bert4keras: stop when the best beam ends; ended beams leave and the beam narrows."""
-        steps = min(maxlen or self.max_target_len, self.max_target_len)
+        steps = min(max_new_tokens or self.max_target_len, self.max_target_len)
         logits, caches, source_len = self.prefill(source_ids)
         caches = self._map_caches(lambda part: ops.repeat(part, beam_size, axis=0), caches)
         log_probs = self._log_softmax(logits)

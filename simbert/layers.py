@@ -7,11 +7,15 @@ see a key. The UniLM and padding masks are built by `build_attention_mask`.
 from __future__ import annotations
 
 import math
+import random
 
 import keras
 from keras import ops
 
 LAYER_NORM_EPSILON = 1e-12
+# Added where a logit or score must vanish under softmax (exp underflows to exactly 0 in
+# float32); finite, so that masked rows stay free of NaN.
+NEGATIVE_INFINITY = -1e30
 
 SQRT_HALF = 0.7071067811865476
 INVERSE_SQRT_TWO_PI = 0.3989422804014327
@@ -53,7 +57,7 @@ def get_activation(name: str):
 
 
 @keras.saving.register_keras_serializable(package="simbert")
-class Dropout(keras.layers.Dropout):
+class Dropout(keras.layers.Layer):
     """Inverted dropout whose keep mask comes from 16-bit uniform integers drawn two per
     32-bit random word (Keras' Dropout draws one random number per unit, in the compute
     dtype):
@@ -62,14 +66,28 @@ class Dropout(keras.layers.Dropout):
         y = x keep / p,   p = P(keep) = 1 - round(rate 2^16) / 2^16
 
     so `p` is `1 - rate` to within 2^-17 in any dtype (bfloat16 noise would quantise it to
-    1/128) and `E[y] = x`. `noise_shape` is not supported.
+    1/128) and `E[y] = x`. The random generator is created when the layer is built, so its
+    state variable has a path under the enclosing layers (a resumed run finds it by path).
+    `noise_shape` is not supported.
     """
 
-    def __init__(self, rate, noise_shape=None, seed=None, **kwargs):
+    def __init__(self, rate: float, noise_shape=None, seed: int | None = None, **kwargs):
         if noise_shape is not None:
             raise ValueError(f"Dropout: noise_shape is not supported, got {noise_shape}")
-        super().__init__(rate, seed=seed, **kwargs)
+        super().__init__(**kwargs)
+        if not 0 <= rate < 1:
+            raise ValueError(f"Dropout: rate should be in [0, 1), got {rate}")
+        self.rate = rate
+        self.seed = seed
         self.threshold = round(rate * 2 ** 16)
+        # Drawn now, when dropping anything, as Keras' Dropout draws it (from the seed that
+        # `keras.utils.set_random_seed` set).
+        self.generator_seed = seed if seed is not None or not self.threshold else random.randint(1, int(1e9))
+        self.seed_generator = None
+
+    def build(self, input_shape=None):
+        if self.threshold:
+            self.seed_generator = keras.random.SeedGenerator(self.generator_seed, name="seed_generator")
 
     def call(self, inputs, training=False):
         if not training or self.threshold == 0:
@@ -84,6 +102,12 @@ class Dropout(keras.layers.Dropout):
         keep = halves[..., :width] >= self.threshold
         scale = 2 ** 16 / (2 ** 16 - self.threshold)
         return inputs * ops.where(keep, ops.cast(scale, inputs.dtype), ops.cast(0, inputs.dtype))
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        return {**super().get_config(), "rate": self.rate, "seed": self.seed}
 
 
 def initializer(stddev: float = 0.02):
@@ -252,7 +276,7 @@ class MultiHeadAttention(keras.layers.Layer):
         self.key = keras.layers.Dense(inner, name="key", **dense)
         self.value = keras.layers.Dense(inner, name="value", **dense)
         self.output_dense = keras.layers.Dense(hidden_size, name="output", **dense)
-        self.dropout = Dropout(dropout_rate)
+        self.dropout = Dropout(dropout_rate, name="dropout", dtype=self.dtype_policy)
 
     def build(self, input_shape):
         for dense in (self.query, self.key, self.value):
@@ -283,7 +307,7 @@ class MultiHeadAttention(keras.layers.Layer):
             cache = (keys, values)
         scores = ops.matmul(q, keys) / math.sqrt(self.head_size)
         scores = ops.cast(scores, "float32")
-        scores = ops.where(attention_mask[:, None, :, :], scores, -1e30)
+        scores = ops.where(attention_mask[:, None, :, :], scores, NEGATIVE_INFINITY)
         probs = ops.cast(ops.softmax(scores, axis=-1), self.compute_dtype)
         probs = self.dropout(probs, training=training)
         context = ops.transpose(ops.matmul(probs, values), (0, 2, 1, 3))
@@ -324,7 +348,7 @@ class TransformerBlock(keras.layers.Layer):
                                                name="intermediate", **dense)
         self.output_dense = keras.layers.Dense(hidden_size, name="output", **dense)
         self.output_norm = LayerNorm(name="output_norm", **norm)
-        self.dropout = Dropout(dropout_rate)
+        self.dropout = Dropout(dropout_rate, name="dropout", dtype=self.dtype_policy)
 
     def build(self, input_shape):
         self.attention.build(input_shape)

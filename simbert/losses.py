@@ -9,7 +9,14 @@ from __future__ import annotations
 import keras
 from keras import ops
 
-NEGATIVE = -1e12
+from simbert.layers import NEGATIVE_INFINITY
+
+NORM_EPSILON = 1e-12
+
+
+def unit_rows(vectors):
+    """`v / max(|v|, 1e-12)` per row, in float32."""
+    return ops.normalize(ops.cast(vectors, "float32"), axis=-1, epsilon=NORM_EPSILON)
 
 
 @ops.custom_gradient
@@ -84,8 +91,7 @@ class SimilarityLoss(keras.losses.Loss):
         self.mask_duplicates = mask_duplicates
 
     def call(self, y_true, y_pred):
-        vectors = ops.cast(y_pred, "float32")
-        vectors = vectors / ops.maximum(ops.norm(vectors, axis=-1, keepdims=True), 1e-12)
+        vectors = unit_rows(y_pred)
         batch = ops.shape(vectors)[0]
         partners = partner_indices(batch)
         columns = ops.arange(batch)
@@ -94,7 +100,7 @@ class SimilarityLoss(keras.losses.Loss):
             text_ids = ops.cast(y_true, "int32")
             same_as_partner = ops.equal(ops.take(text_ids, partners)[:, None], text_ids[None, :])
             masked = ops.logical_or(masked, ops.logical_and(same_as_partner, columns[None, :] != partners[:, None]))
-        logits = ops.where(masked, NEGATIVE, self.scale * ops.matmul(vectors, ops.transpose(vectors)))
+        logits = ops.where(masked, NEGATIVE_INFINITY, self.scale * ops.matmul(vectors, ops.transpose(vectors)))
         return ops.mean(cross_entropy_with_logits(logits, ops.cast(partners, "int32")))
 
     def get_config(self):
@@ -113,7 +119,6 @@ class DistillationLoss(keras.losses.Loss):
         super().__init__(name=name, **kwargs)
 
     def call(self, y_true, y_pred):
-        vectors = ops.cast(y_pred, "float32")
-        vectors = vectors / ops.maximum(ops.norm(vectors, axis=-1, keepdims=True), 1e-12)
+        vectors = unit_rows(y_pred)
         similarities = ops.matmul(vectors, ops.transpose(vectors))
         return ops.mean(ops.square(similarities - ops.cast(y_true, "float32")))

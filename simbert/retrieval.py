@@ -1,4 +1,5 @@
-"""Vector search over l2-normalised sentence vectors: exact (numpy, chunked) or faiss.
+"""Sentence vectors: l2-normalisation, BERT-whitening, and search over l2-normalised
+vectors, exact (numpy, chunked) or faiss.
 
 Scores are cosine similarities: `score(q, x) = q . x` with `|q| = |x| = 1`.
 """
@@ -7,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import dataclass
 from typing import Iterable, Sequence
 
 import numpy as np
@@ -17,9 +19,54 @@ META_FILE = "index.json"
 
 
 def l2_normalize(vectors: np.ndarray) -> np.ndarray:
+    """`v / max(|v|, 1e-12)` per row, float32."""
     vectors = np.asarray(vectors, "float32")
     norms = np.linalg.norm(vectors, axis=-1, keepdims=True)
     return vectors / np.maximum(norms, 1e-12)
+
+
+@dataclass
+class Whitening:
+    """BERT-whitening: `y = (x - mean) @ transform`, then l2-normalised.
+
+    With `cov = (X - mean)^T (X - mean) / n = U diag(s) U^T`, `transform = U diag(s)^(-1/2)`
+    (first `dim` columns), so the whitened vectors have identity covariance.
+    """
+
+    mean: np.ndarray
+    transform: np.ndarray
+
+    @property
+    def dim(self) -> int:
+        return self.transform.shape[1]
+
+    def __call__(self, vectors: np.ndarray, normalize: bool = True) -> np.ndarray:
+        whitened = ((np.asarray(vectors, "float64") - self.mean) @ self.transform).astype("float32")
+        if normalize:
+            return l2_normalize(whitened)
+        return whitened
+
+    def save(self, path: str) -> None:
+        np.savez(path, mean=self.mean, transform=self.transform)
+
+    @classmethod
+    def load(cls, path: str) -> "Whitening":
+        with np.load(path, allow_pickle=False) as saved:
+            return cls(saved["mean"], saved["transform"])
+
+
+def fit_whitening(vectors: np.ndarray, dim: int | None = None) -> Whitening:
+    """Fit the whitening of `vectors` (rows), keeping `dim` dimensions (all if None)."""
+    vectors = np.asarray(vectors, "float64")
+    if vectors.ndim != 2 or len(vectors) < 2:
+        raise ValueError(f"fit_whitening needs at least two vectors (rows), got shape {vectors.shape}")
+    if dim is not None and not 0 < dim <= vectors.shape[1]:
+        raise ValueError(f"dim should be in 1..{vectors.shape[1]}, got {dim}")
+    mean = vectors.mean(axis=0, keepdims=True)
+    covariance = np.cov((vectors - mean).T, bias=True)
+    u, s, _ = np.linalg.svd(covariance)
+    transform = u / np.sqrt(np.maximum(s, 1e-12))
+    return Whitening(mean, transform[:, :dim])
 
 
 def top_n(scores: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:

@@ -1,100 +1,10 @@
-"""Shared helpers: tiny random checkpoints in the released format, and bert4keras run in
-a subprocess (it needs tf.keras 2, so it cannot share this process)."""
+"""Session fixtures: a tiny model trained once and shared by the API, CLI and evaluation tests."""
 
-import json
 import os
 
-import numpy as np
 import pytest
 
-from reference.invoke import run_bert4keras  # noqa: F401  (re-exported for the tests)
-from simbert.checkpoints import write_tf_checkpoint
-
-HERE = os.path.dirname(os.path.abspath(__file__))
-
-# Odd sizes on purpose: 3 heads of 6, a vocabulary and FFN width that are not powers of 2.
-TINY_CONFIG = {
-    "vocab_size": 97,
-    "hidden_size": 18,
-    "num_hidden_layers": 2,
-    "num_attention_heads": 3,
-    "intermediate_size": 37,
-    "hidden_act": "gelu",
-    "max_position_embeddings": 40,
-    "type_vocab_size": 2,
-    "hidden_dropout_prob": 0.1,
-    "attention_probs_dropout_prob": 0.1,
-    "initializer_range": 0.02,
-}
-
-
-def random_bert_values(config, model="bert", seed=0, heads=True):
-    """Google-named random arrays for a BERT/RoFormer checkpoint of `config`."""
-    rng = np.random.default_rng(seed)
-    hidden, inner = config["hidden_size"], config["intermediate_size"]
-
-    def normal(*shape):
-        return rng.normal(0.0, 0.2, shape).astype("float32")
-
-    values = {
-        "bert/embeddings/word_embeddings": normal(config["vocab_size"], hidden),
-        "bert/embeddings/token_type_embeddings": normal(config["type_vocab_size"], hidden),
-        "bert/embeddings/LayerNorm/gamma": 1 + normal(hidden),
-        "bert/embeddings/LayerNorm/beta": normal(hidden),
-    }
-    if model == "bert":
-        values["bert/embeddings/position_embeddings"] = normal(config["max_position_embeddings"], hidden)
-    for i in range(config["num_hidden_layers"]):
-        prefix = f"bert/encoder/layer_{i}/"
-        for name in ("attention/self/query", "attention/self/key", "attention/self/value", "attention/output/dense"):
-            values[prefix + name + "/kernel"] = normal(hidden, hidden)
-            values[prefix + name + "/bias"] = normal(hidden)
-        values[prefix + "intermediate/dense/kernel"] = normal(hidden, inner)
-        values[prefix + "intermediate/dense/bias"] = normal(inner)
-        values[prefix + "output/dense/kernel"] = normal(inner, hidden)
-        values[prefix + "output/dense/bias"] = normal(hidden)
-        for name in ("attention/output/LayerNorm", "output/LayerNorm"):
-            values[prefix + name + "/gamma"] = 1 + normal(hidden)
-            values[prefix + name + "/beta"] = normal(hidden)
-    if heads:
-        values.update({
-            "bert/pooler/dense/kernel": normal(hidden, hidden),
-            "bert/pooler/dense/bias": normal(hidden),
-            "cls/predictions/transform/dense/kernel": normal(hidden, hidden),
-            "cls/predictions/transform/dense/bias": normal(hidden),
-            "cls/predictions/transform/LayerNorm/gamma": 1 + normal(hidden),
-            "cls/predictions/transform/LayerNorm/beta": normal(hidden),
-            "cls/predictions/output_bias": normal(config["vocab_size"]),
-        })
-    return values
-
-
-def write_model_dir(directory, config, model="bert", seed=0, heads=True, vocab=None):
-    """A released-layout model directory: bert_config.json, vocab.txt, bert_model.ckpt."""
-    os.makedirs(directory, exist_ok=True)
-    with open(os.path.join(directory, "bert_config.json"), "w") as writer:
-        json.dump(config, writer)
-    tokens = vocab or ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + [
-        f"w{i}" for i in range(config["vocab_size"] - 5)]
-    with open(os.path.join(directory, "vocab.txt"), "w", encoding="utf-8") as writer:
-        writer.write("\n".join(tokens) + "\n")
-    write_tf_checkpoint(random_bert_values(config, model, seed, heads), os.path.join(directory, "bert_model.ckpt"))
-    return directory
-
-
-def padded_batch(vocab_size, seed=0, batch=5, maxlen=23):
-    """`[CLS] a [SEP] b [SEP]` rows of random lengths, padded with 0."""
-    rng = np.random.default_rng(seed)
-    token_ids = np.zeros((batch, maxlen), "int32")
-    segment_ids = np.zeros((batch, maxlen), "int32")
-    for row in range(batch):
-        length = int(rng.integers(6, maxlen + 1)) if row else maxlen
-        source = int(rng.integers(2, length - 2))
-        token_ids[row, :length] = rng.integers(4, vocab_size, length)
-        token_ids[row, 0] = 2
-        token_ids[row, source] = token_ids[row, length - 1] = 3
-        segment_ids[row, source + 1:length] = 1
-    return token_ids, segment_ids
+from helpers import ROOT
 
 
 @pytest.fixture(scope="session")
@@ -108,9 +18,8 @@ def trained_tiny(session_dir):
     from simbert.config import TrainConfig
     from simbert.trainer import Trainer
 
-    root = os.path.dirname(HERE)
-    config = TrainConfig.from_yaml(os.path.join(root, "configs", "tiny.yaml"))
-    config.data.train = os.path.join(root, "data_sample.json")
+    config = TrainConfig.from_yaml(os.path.join(ROOT, "configs", "tiny.yaml"))
+    config.data.train = os.path.join(ROOT, "data_sample.json")
     config.output.dir = str(session_dir / "trained_tiny")
     config.training.steps = 100
     Trainer(config).fit()

@@ -16,19 +16,19 @@ CORPUS = ["今天气温多少度", "花呗怎么还款", "信用卡怎么提高�
 
 @pytest.fixture(scope="module")
 def model(trained_tiny):
-    return SimBERT.from_pretrained(trained_tiny, maxlen=32)
+    return SimBERT.from_pretrained(trained_tiny, max_tokens=32)
 
 
 def test_from_pretrained_reads_trainer_output_and_its_checkpoints(trained_tiny, model):
     latest = sorted(d for d in os.listdir(trained_tiny) if d.startswith("checkpoint-"))[-1]
-    direct = SimBERT.from_pretrained(os.path.join(trained_tiny, latest), maxlen=32)
+    direct = SimBERT.from_pretrained(os.path.join(trained_tiny, latest), max_tokens=32)
     np.testing.assert_array_equal(direct.encode(CORPUS), model.encode(CORPUS))
-    assert model.backbone.model_type == "bert"
+    assert model.backbone.config.model_type == "bert"
 
 
 def test_encode_keeps_order_and_normalises(model):
     vectors = model.encode(CORPUS, batch_size=3)
-    assert vectors.shape == (len(CORPUS), model.backbone.hidden_size) and vectors.dtype == np.float32
+    assert vectors.shape == (len(CORPUS), model.backbone.config.hidden_size) and vectors.dtype == np.float32
     np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
     one_by_one = np.concatenate([model.encode([t]) for t in CORPUS])
     np.testing.assert_allclose(vectors, one_by_one, atol=1e-5)
@@ -69,7 +69,7 @@ def test_save_writes_the_released_layout(model, tmp_path):
                                                       "bert_model.ckpt.index", "checkpoint", "vocab.txt"]
     assert json.loads((tmp_path / "saved" / "bert_config.json").read_text())["vocab_size"] == model.tokenizer.vocab_size
     assert "cls/predictions/output_bias" in read_tf_checkpoint(tmp_path / "saved")
-    again = SimBERT.from_pretrained(tmp_path / "saved", maxlen=32)
+    again = SimBERT.from_pretrained(tmp_path / "saved", max_tokens=32)
     np.testing.assert_allclose(again.encode(CORPUS), model.encode(CORPUS), atol=1e-6)
 
 
@@ -82,7 +82,7 @@ def test_bad_input(model, tmp_path):
     with pytest.raises(ValueError, match="list of texts"):
         model.encode("a single string")
     long_text = "明天北京会下雨吗" * 20  # longer than maxlen: truncated, still works
-    assert model.encode([long_text]).shape == (1, model.backbone.hidden_size)
+    assert model.encode([long_text]).shape == (1, model.backbone.config.hidden_size)
     assert len(model.generate(long_text, n=2, topk=5, seed=0)) == 2
     with pytest.raises(FileNotFoundError, match="nowhere"):
         SimBERT.from_pretrained(tmp_path / "nowhere")

@@ -5,9 +5,10 @@ import itertools
 import numpy as np
 import pytest
 
-from conftest import TINY_CONFIG, padded_batch, run_bert4keras, write_model_dir
+from helpers import TINY_CONFIG, padded_batch, write_model_dir
+from reference.invoke import run_bert4keras
 from simbert import build_transformer_model
-from simbert.checkpoints import save_pretrained
+from simbert.directories import save_pretrained
 
 KEEP_TOKENS = [0, 1, 2, 3] + [int(i) for i in np.random.default_rng(7).permutation(np.arange(4, 97))[:40]]
 HEADS = {"unilm": ("linear", "linear"), "encoder": (True, True)}

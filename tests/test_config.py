@@ -17,10 +17,10 @@ def test_shipped_configs_validate(name):
 
 def test_original_recipes():
     simbert = TrainConfig.from_yaml(os.path.join(ROOT, "configs", "simbert_base.yaml"))
-    assert (simbert.data.maxlen, simbert.training.batch_size, simbert.training.learning_rate,
+    assert (simbert.data.max_chars, simbert.training.batch_size, simbert.training.learning_rate,
             simbert.training.weight_decay, simbert.training.scale) == (32, 128, 2e-6, 0.01, 30)
     roformer = TrainConfig.from_yaml(os.path.join(ROOT, "configs", "roformer_sim_base.yaml"))
-    assert (roformer.model.type, roformer.data.maxlen, roformer.training.batch_size,
+    assert (roformer.model.model_type, roformer.data.max_chars, roformer.training.batch_size,
             roformer.training.learning_rate, roformer.model.dropout_rate, roformer.training.scale,
             roformer.data.mask_source) == ("roformer", 64, 96, 1e-5, 0.2, 20, True)
 
@@ -34,8 +34,8 @@ def test_bad_keys_and_types_are_named(tmp_path):
         TrainConfig.from_dict({"training": {"steps": "many"}})
     with pytest.raises(ValueError, match=r"training\.steps should be int, got 1.5"):
         TrainConfig.from_dict({"training": {"steps": 1.5}})
-    with pytest.raises(ValueError, match=r"model\.type should be one of"):
-        TrainConfig.from_dict({"model": {"type": "gpt"}})
+    with pytest.raises(ValueError, match=r"model\.model_type should be one of"):
+        TrainConfig.from_dict({"model": {"model_type": "gpt"}})
     with pytest.raises(ValueError, match="batch_size should be a positive even number"):
         TrainConfig.from_dict({"training": {"batch_size": 7}})
     with pytest.raises(ValueError, match=r"data should be a mapping"):

@@ -1,6 +1,7 @@
 """Readers on messy files, pair sampling, batch layout and source masking."""
 
 import json
+import random
 
 import numpy as np
 import pytest
@@ -124,7 +125,7 @@ def test_sampler_is_seeded_and_streams_through_a_small_buffer():
 def test_batch_layout():
     tokenizer = Tokenizer(build_char_vocab(["今天天气怎么样", "明天下雨吗", "你好"]))
     pairs = [("今天天气怎么样", "明天下雨吗"), ("你好", "你好吗")]
-    (token_ids, segment_ids, positions), targets = make_batch(pairs, tokenizer, maxlen=32)
+    (token_ids, segment_ids, positions), targets = make_batch(pairs, tokenizer, max_tokens=64)
     assert token_ids.shape == (4, 2 + 7 + 5 + 1)  # padded to the longest row only
     for row, (source, target) in enumerate([pairs[0], pairs[0][::-1], pairs[1], pairs[1][::-1]]):
         ids, segments = tokenizer.encode(source, target)
@@ -138,24 +139,24 @@ def test_batch_layout():
         assert targets["seq2seq"][row, : len(wanted), 0].tolist() == token_ids[row, np.array(wanted) + 1].tolist()
     assert positions.shape[1] == max(len(b) for pair in pairs for b in pair) + 1  # target tokens + [SEP]
     assert targets["similarity"].tolist() == [0, 1, 2, 3]
-    (rounded, _, rounded_positions), _ = make_batch(pairs, tokenizer, maxlen=32, pad_to_multiple=8)
+    (rounded, _, rounded_positions), _ = make_batch(pairs, tokenizer, max_tokens=64, pad_to_multiple=8)
     assert rounded.shape == (4, 16) and rounded_positions.shape[1] == 8
     np.testing.assert_array_equal(rounded[:, : token_ids.shape[1]], token_ids)
-    _, duplicate = make_batch([("你好", "今天"), ("明天", "你好")], tokenizer, maxlen=32)
+    _, duplicate = make_batch([("你好", "今天"), ("明天", "你好")], tokenizer, max_tokens=64)
     assert duplicate["similarity"].tolist() == [0, 1, 2, 0]
 
 
 def test_source_masking_keeps_length_and_masks_whole_words():
     texts = ["今天天气怎么样", "明天北京会下雨吗"]
     tokenizer = Tokenizer(build_char_vocab(texts))
-    masker = SourceMasker(tokenizer, seed=0, probability=1.0, rate=0.5)
+    masker, rng = SourceMasker(tokenizer, probability=1.0, rate=0.5), random.Random(0)
     masked_any = 0
     for _ in range(50):
-        ids = masker(texts[1])
+        ids = masker(texts[1], rng)
         plain = tokenizer.encode(texts[1])[0]
         assert len(ids) == len(plain) and ids[0] == plain[0] and ids[-1] == plain[-1]
         masked_any += ids.count(tokenizer.mask_id) > 0
     assert masked_any > 20
-    assert SourceMasker(tokenizer, probability=0.0)(texts[0]) is None
-    rng_counts = sum(SourceMasker(tokenizer, seed=s)(texts[0]) is None for s in range(200))
+    assert SourceMasker(tokenizer, probability=0.0)(texts[0], rng) is None
+    rng_counts = sum(SourceMasker(tokenizer)(texts[0], random.Random(s)) is None for s in range(200))
     assert 60 < rng_counts < 140  # masked with probability 0.5

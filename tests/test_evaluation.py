@@ -9,15 +9,9 @@ import pytest
 from scipy import stats
 
 from simbert import SimBERT
-from simbert.evaluation import (
-    accuracy_f1,
-    best_threshold,
-    detect_format,
-    fit_whitening,
-    jaccard_similarity,
-    pair_metrics,
-    read_pair_file,
-)
+from simbert.data import detect_pair_format
+from simbert.evaluation import accuracy_f1, best_threshold, jaccard_similarity, pair_metrics, read_pair_file
+from simbert.retrieval import fit_whitening
 
 
 def test_metrics_match_scipy_and_a_direct_count():
@@ -65,7 +59,7 @@ def test_format_detection_and_reading_on_each_layout(tmp_path):
     expected = {tsv: ("tsv", 2, 1), atec: ("atec", 2, 1), sts: ("sts", 2, 0), csv_file: ("csv", 2, 1),
                 jsonl: ("jsonl", 2, 1)}
     for path, (format, count, skipped) in expected.items():
-        assert detect_format(path) == format
+        assert detect_pair_format(path) == format
         pairs = read_pair_file(path)
         assert (pairs.format, len(pairs.labels), len(pairs.skipped)) == (format, count, skipped), path
     assert read_pair_file(csv_file).first[0] == "咳嗽,怎么办"
@@ -74,7 +68,7 @@ def test_format_detection_and_reading_on_each_layout(tmp_path):
     assert "line 3" in read_pair_file(atec).skipped[0]
     unknown = write(tmp_path / "odd.txt", "only-one-field\n")
     with pytest.raises(ValueError, match="odd.txt: cannot tell the layout"):
-        detect_format(unknown)
+        detect_pair_format(unknown)
 
 
 def test_whitening_gives_identity_covariance_and_keeps_dim():
@@ -92,7 +86,7 @@ def test_whitening_gives_identity_covariance_and_keeps_dim():
 
 
 def test_model_whitening_applies_in_encode_and_index_and_is_saved(trained_tiny, tmp_path):
-    model = SimBERT.from_pretrained(trained_tiny, maxlen=32)
+    model = SimBERT.from_pretrained(trained_tiny, max_tokens=32)
     corpus = [json.loads(line)["text"] for line in open("data_sample.json", encoding="utf-8")]
     model.fit_whitening(corpus, dim=16)
     vectors = model.encode(corpus[:5])
@@ -100,7 +94,7 @@ def test_model_whitening_applies_in_encode_and_index_and_is_saved(trained_tiny, 
     model.build_index(corpus)
     assert model.most_similar(corpus[3], topn=1)[0][0] == corpus[3]
     model.save(tmp_path / "whitened")
-    again = SimBERT.from_pretrained(tmp_path / "whitened", maxlen=32)
+    again = SimBERT.from_pretrained(tmp_path / "whitened", max_tokens=32)
     np.testing.assert_allclose(again.encode(corpus[:5]), vectors, atol=1e-5)
 
 

@@ -5,7 +5,8 @@ import json
 import numpy as np
 import pytest
 
-from conftest import TINY_CONFIG, random_bert_values, run_bert4keras
+from helpers import TINY_CONFIG, random_bert_values
+from reference.invoke import run_bert4keras
 from simbert import build_transformer_model
 from simbert.checkpoints import write_tf_checkpoint
 from simbert.generation import CachedDecoder, pick_tokens

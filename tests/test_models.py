@@ -7,11 +7,10 @@ import keras
 import numpy as np
 import pytest
 
-from autodiff import value_and_gradients
-from conftest import TINY_CONFIG, padded_batch, random_bert_values, write_model_dir
+from helpers import TINY_CONFIG, padded_batch, random_bert_values, value_and_gradients, write_model_dir
 from simbert import Transformer, build_transformer_model
-from simbert.checkpoints import load_weights, model_values, read_tf_checkpoint, save_pretrained, write_tf_checkpoint
-from simbert.models import read_config
+from simbert.checkpoints import load_weights, model_values, read_tf_checkpoint, write_tf_checkpoint
+from simbert.directories import read_config, save_pretrained
 
 MODELS = ["bert", "roformer"]
 
@@ -216,7 +215,7 @@ def test_tied_output_projection_is_x_times_embedding_transposed():
 
 
 def test_output_order_follows_bert4keras():
-    token_ids, segment_ids = padded_batch(97, seed=1, batch=2, maxlen=9)
+    token_ids, segment_ids = padded_batch(97, seed=1, batch=2, length=9)
     outputs = {
         (False, False): (2, 9, 18),
         ("linear", False): (2, 18),
@@ -309,7 +308,7 @@ def test_bad_configs(tmp_path):
         read_config(str(tmp_path / "bad.json"))
     with pytest.raises(FileNotFoundError, match="absent.json"):
         read_config(str(tmp_path / "absent.json"))
-    with pytest.raises(ValueError, match="model 'gpt'.*'bert', 'roformer'"):
+    with pytest.raises(ValueError, match="model_type 'gpt'.*'bert', 'roformer'"):
         build_transformer_model(TINY_CONFIG, model="gpt")
     with pytest.raises(ValueError, match="application 'lm'.*'encoder', 'unilm'"):
         build_transformer_model(TINY_CONFIG, application="lm")

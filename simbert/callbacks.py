@@ -1,0 +1,161 @@
+"""Keras callbacks of a training run, each given the values it uses (paths, a save
+function, a stop event, the model to sample from), never the trainer itself.
+
+Steps are counted from the run's start: `start_step + batch + 1` after a batch.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from typing import Callable, Sequence
+
+import keras
+import numpy as np
+from tqdm import tqdm
+
+from simbert.api import SimBERT
+
+
+class ProgressLogger(keras.callbacks.Callback):
+    """tqdm bar (step, losses, samples/s) and a metrics file (JSON lines), one line per
+    logged step holding the mean of each loss over the steps since the previous line.
+
+    Keras reports running means since the start of `fit`, `m_n`; the mean over steps
+    (k, n] is `(n m_n - k m_k) / (n - k)`. A line is also written at the last step and
+    when a stop is requested. A NaN or inf loss is recorded as `nan_step` (stopping is
+    `keras.callbacks.TerminateOnNaN`'s job).
+    """
+
+    KEYS = ("loss", "seq2seq_loss", "similarity_loss", "distillation_loss")
+
+    def __init__(self, metrics_path: str, start_step: int, total_steps: int, batch_size: int, log_every: int,
+                 stop_event: threading.Event):
+        super().__init__()
+        self.metrics_path = metrics_path
+        self.start_step = self.step = start_step
+        self.total_steps = total_steps
+        self.batch_size = batch_size
+        self.log_every = max(log_every, 1)
+        self.stop_event = stop_event
+        self.bar = tqdm(total=total_steps, initial=start_step, desc="training", unit="step", dynamic_ncols=True)
+        self.previous_sums = {}
+        self.previous_count = 0
+        self.first = self.last = None
+        self.nan_step = None
+        self.started = None
+
+    def on_train_batch_begin(self, batch, logs=None):
+        if self.started is None and batch == 1:
+            self.started = time.perf_counter()  # after the first (compiling) step
+
+    def samples_per_second(self) -> float | None:
+        steps = self.step - self.start_step - 1
+        if self.started is None or steps <= 0:
+            return None
+        return steps * self.batch_size / (time.perf_counter() - self.started)
+
+    def on_train_batch_end(self, batch, logs=None):
+        count = batch + 1
+        self.step = self.start_step + count
+        if not np.isfinite(logs["loss"]):
+            self.nan_step = self.step
+            tqdm.write(f"loss became {logs['loss']} at step {self.step}; training stopped. The last good "
+                       f"checkpoint is kept.")
+            return
+        self.bar.update(1)
+        if self.step % self.log_every and self.step != self.total_steps and not self.stop_event.is_set():
+            return
+        sums = {key: logs[key] * count for key in self.KEYS if key in logs}
+        window = count - self.previous_count
+        means = {key: (sums[key] - self.previous_sums.get(key, 0.0)) / window for key in sums}
+        self.previous_sums, self.previous_count = sums, count
+        record = {"step": self.step, **{k: round(float(v), 6) for k, v in means.items()},
+                  "lr": float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))}
+        self.first = self.first or record
+        self.last = record
+        with open(self.metrics_path, "a", encoding="utf-8") as writer:
+            writer.write(json.dumps(record) + "\n")
+        rate = self.samples_per_second()
+        self.bar.set_postfix(seq2seq=f"{means['seq2seq_loss']:.3f}", similarity=f"{means['similarity_loss']:.3f}",
+                             samples_per_s=f"{rate:.1f}" if rate else "-")
+
+    def on_train_end(self, logs=None):
+        self.bar.close()
+
+
+class CheckpointSaver(keras.callbacks.Callback):
+    """Calls `save(step)` every `save_every` steps before the last (which the caller saves
+    after `fit`), and when a stop is requested: saves, then stops training. Steps with a
+    NaN or inf loss are not saved."""
+
+    def __init__(self, save: Callable[[int], str], start_step: int, total_steps: int, save_every: int,
+                 stop_event: threading.Event):
+        super().__init__()
+        self.save = save
+        self.start_step = start_step
+        self.total_steps = total_steps
+        self.save_every = save_every
+        self.stop_event = stop_event
+
+    def on_train_batch_end(self, batch, logs=None):
+        step = self.start_step + batch + 1
+        if not np.isfinite(logs.get("loss", 0.0)):
+            return
+        due = self.save_every and step % self.save_every == 0 and step < self.total_steps
+        if due or self.stop_event.is_set():
+            self.save(step)
+        if self.stop_event.is_set():
+            self.model.stop_training = True
+
+
+class SamplePrinter(keras.callbacks.Callback):
+    """Every `every` steps, prints `model.gen_synonyms` of each of `texts`."""
+
+    def __init__(self, model: SimBERT, texts: Sequence[str], every: int, start_step: int):
+        super().__init__()
+        self.simbert = model
+        self.texts = list(texts)
+        self.every = every
+        self.start_step = start_step
+
+    def on_train_batch_end(self, batch, logs=None):
+        step = self.start_step + batch + 1
+        if step % self.every:
+            return
+        for text in self.texts:
+            samples = self.simbert.gen_synonyms(text, n=20, k=3, seed=step)
+            tqdm.write(f"step {step} | {text} -> {' / '.join(samples)}")
+
+
+class LossCurve(keras.callbacks.Callback):
+    """At the end of training, draws each loss of the metrics file against step into
+    `image_path` (matplotlib's Figure API: no global backend or pyplot state)."""
+
+    LOSSES = ("seq2seq_loss", "similarity_loss", "distillation_loss")
+
+    def __init__(self, metrics_path: str, image_path: str):
+        super().__init__()
+        self.metrics_path = metrics_path
+        self.image_path = image_path
+
+    def on_train_end(self, logs=None):
+        if not os.path.isfile(self.metrics_path):
+            return
+        from matplotlib.figure import Figure
+
+        with open(self.metrics_path, encoding="utf-8") as reader:
+            records = [json.loads(line) for line in reader if line.strip()]
+        figure = Figure(figsize=(7, 4))
+        axis = figure.subplots()
+        for key in self.LOSSES:
+            points = [(r["step"], r[key]) for r in records if key in r]
+            if points:
+                axis.plot(*zip(*points), label=key)
+        axis.set_xlabel("step")
+        axis.set_ylabel("loss")
+        axis.legend()
+        figure.tight_layout()
+        figure.savefig(self.image_path, dpi=100)

@@ -1,0 +1,200 @@
+"""Model and run directories: their file names, reading a directory into a tokenizer and
+a backbone (`load_pretrained`, `build_transformer_model`), writing one
+(`save_pretrained`), and finding the checkpoints of a training run.
+
+A model directory is either the released layout (bert_config.json, vocab.txt,
+bert_model.ckpt.*: Google BERT, SimBERT, RoFormer-Sim, our checkpoints) or a Hugging
+Face one (config.json, vocab.txt, model.safetensors or pytorch_model.bin). A training
+output directory holds `checkpoint-<step>/` model directories.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Callable, Iterable, Sequence
+
+from simbert.checkpoints import (
+    CHECKPOINT_NAME,
+    HF_WEIGHT_FILES,
+    load_weights,
+    model_values,
+    read_variable_names,
+    write_tf_checkpoint,
+)
+from simbert.config import MODEL_TYPES, BackboneConfig
+from simbert.models import Transformer
+from simbert.tokenizer import SPECIAL_TOKENS, Tokenizer, load_vocab, save_vocab
+
+CONFIG_FILE = "bert_config.json"
+HF_CONFIG_FILE = "config.json"
+VOCAB_FILE = "vocab.txt"
+WHITENING_FILE = "whitening.npz"
+# Inside a training output directory.
+CHECKPOINT_PREFIX = "checkpoint-"
+TRAINING_STATE_FILE = "training_state.npz"  # optimizer and random state, keyed by variable path
+TRAINER_STATE_FILE = "trainer_state.json"  # step, model_type, the recipe; written last
+METRICS_FILE = "metrics.jsonl"
+LOSS_PLOT_FILE = "loss.png"
+
+
+def read_config(config: str | os.PathLike | dict, **overrides) -> BackboneConfig:
+    """A `BackboneConfig` from a bert_config.json / config.json path or its mapping."""
+    if isinstance(config, dict):
+        return BackboneConfig.from_dict(config, **overrides)
+    source = str(config)
+    if not os.path.isfile(source):
+        raise FileNotFoundError(f"config file {source} does not exist")
+    with open(source, encoding="utf-8") as reader:
+        try:
+            values = json.load(reader)
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{source} is not valid JSON: {error}") from None
+    return BackboneConfig.from_dict(values, source, **overrides)
+
+
+def is_hf_directory(path: str | os.PathLike) -> bool:
+    return os.path.isdir(path) and os.path.isfile(os.path.join(path, HF_CONFIG_FILE)) and any(
+        os.path.isfile(os.path.join(path, name)) for name in HF_WEIGHT_FILES)
+
+
+def config_path(directory: str | os.PathLike) -> str:
+    """The directory's config file: config.json for an HF directory, else bert_config.json."""
+    name = HF_CONFIG_FILE if is_hf_directory(directory) else CONFIG_FILE
+    path = os.path.join(directory, name)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{directory} has no {name}")
+    return path
+
+
+def checkpoint_dirs(output_dir: str | os.PathLike) -> list[tuple[int, str]]:
+    """Complete checkpoints of a training run, oldest first, as `(step, path)`; a
+    checkpoint is complete once its trainer state is written."""
+    output_dir = str(output_dir)
+    if not os.path.isdir(output_dir):
+        return []
+    found = []
+    for name in os.listdir(output_dir):
+        path = os.path.join(output_dir, name)
+        if name.startswith(CHECKPOINT_PREFIX) and os.path.isfile(os.path.join(path, TRAINER_STATE_FILE)):
+            found.append((int(name[len(CHECKPOINT_PREFIX):]), path))
+    return sorted(found)
+
+
+def checkpoint_dir(output_dir: str | os.PathLike, step: int) -> str:
+    return os.path.join(str(output_dir), f"{CHECKPOINT_PREFIX}{step:07d}")
+
+
+def resolve_model_directory(path: str | os.PathLike) -> str:
+    """A model directory, or the latest checkpoint inside a training output directory."""
+    path = str(path)
+    if not os.path.isdir(path):
+        raise FileNotFoundError(f"model directory {path} does not exist")
+    checkpoints = checkpoint_dirs(path)
+    if checkpoints and not os.path.isfile(os.path.join(path, VOCAB_FILE)):
+        return checkpoints[-1][1]
+    return path
+
+
+def infer_model_type(directory: str | os.PathLike) -> str | None:
+    """'bert' or 'roformer': what the config files say (HF config, our bert_config.json,
+    the trainer state), else what the weights show (a released RoFormer has no position
+    table); None when neither tells."""
+    for name in (HF_CONFIG_FILE, CONFIG_FILE, TRAINER_STATE_FILE):
+        path = os.path.join(directory, name)
+        if os.path.isfile(path):
+            with open(path, encoding="utf-8") as reader:
+                try:
+                    model_type = json.load(reader).get("model_type")
+                except (json.JSONDecodeError, AttributeError):
+                    continue
+            if model_type in MODEL_TYPES:
+                return model_type
+    names = read_variable_names(directory) if not is_hf_directory(directory) else None
+    if names and "bert/embeddings/word_embeddings" in names:
+        return "bert" if "bert/embeddings/position_embeddings" in names else "roformer"
+    return None
+
+
+def build_transformer_model(
+    config: str | os.PathLike | dict,
+    checkpoint_path: str | os.PathLike | None = None,
+    model: str | None = None,
+    application: str = "encoder",
+    with_pool: bool | str = False,
+    with_mlm: bool | str = False,
+    keep_tokens: Sequence[int] | None = None,
+    dropout_rate: float | None = None,
+    dtype=None,
+) -> Transformer:
+    """Build a BERT/RoFormer from a bert_config.json (path or dict), bert4keras-style.
+
+    `model` is the architecture ("bert" or "roformer"; default: the config's `model_type`,
+    else "bert" as in bert4keras). `checkpoint_path` may be a TF checkpoint prefix
+    (`.../bert_model.ckpt`), a directory holding one, or an HF directory; `keep_tokens`
+    keeps those vocabulary rows (see `load_vocab(simplified=True)`); `dropout_rate`
+    overrides the config's hidden dropout; `dtype` is the layers' dtype policy.
+    """
+    overrides = {}
+    if model is not None:
+        overrides["model_type"] = model
+    if keep_tokens is not None:
+        overrides["vocab_size"] = len(keep_tokens)
+    if dropout_rate is not None:
+        overrides["hidden_dropout_prob"] = dropout_rate
+    transformer = Transformer(read_config(config, **overrides), application=application, with_pool=with_pool,
+                              with_mlm=with_mlm, dtype=dtype)
+    if checkpoint_path is not None:
+        load_weights(transformer, checkpoint_path, keep_tokens=keep_tokens)
+    return transformer
+
+
+def load_pretrained(
+    path: str | os.PathLike,
+    model_type: str | None = None,
+    application: str = "unilm",
+    with_pool: bool | str = "linear",
+    with_mlm: bool | str = "linear",
+    simplify_vocab: bool = False,
+    pre_tokenize: Callable[[str], Iterable[str]] | None = None,
+    dropout_rate: float | None = None,
+    dtype=None,
+) -> tuple[Tokenizer, Transformer]:
+    """The tokenizer and backbone of a model directory (released layout, HF, or a
+    training output: its latest checkpoint). Defaults build SimBERT's heads (UniLM,
+    linear pooler, MLM logits).
+
+    `model_type` defaults to what the directory shows (`infer_model_type`), else "bert".
+    `simplify_vocab` drops the tokens a char-level tokenizer can never produce and keeps
+    the matching embedding rows, as the original fine-tuning script (`keep_tokens`).
+    """
+    directory = resolve_model_directory(path)
+    vocab_path = os.path.join(directory, VOCAB_FILE)
+    if not os.path.isfile(vocab_path):
+        raise FileNotFoundError(f"{directory} has no {VOCAB_FILE}")
+    keep_tokens = None
+    if simplify_vocab:
+        token_dict, keep_tokens = load_vocab(vocab_path, simplified=True, startswith=list(SPECIAL_TOKENS))
+    else:
+        token_dict = load_vocab(vocab_path)
+    tokenizer = Tokenizer(token_dict, do_lower_case=True, pre_tokenize=pre_tokenize)
+    backbone = build_transformer_model(config_path(directory), directory,
+                                       model=model_type or infer_model_type(directory) or "bert",
+                                       application=application, with_pool=with_pool, with_mlm=with_mlm,
+                                       keep_tokens=keep_tokens, dropout_rate=dropout_rate, dtype=dtype)
+    return tokenizer, backbone
+
+
+def save_pretrained(model: Transformer, directory: str | os.PathLike, token_dict: dict[str, int]) -> None:
+    """Write the released layout: bert_config.json, vocab.txt, bert_model.ckpt.*"""
+    directory = str(directory)
+    if len(token_dict) != model.config.vocab_size:
+        raise ValueError(f"vocab has {len(token_dict)} tokens but the model's vocab_size is "
+                         f"{model.config.vocab_size}")
+    os.makedirs(directory, exist_ok=True)
+    with open(os.path.join(directory, CONFIG_FILE), "w", encoding="utf-8") as writer:
+        json.dump(model.config.to_dict(), writer, indent=2)
+    save_vocab(os.path.join(directory, VOCAB_FILE), token_dict)
+    write_tf_checkpoint(model_values(model), os.path.join(directory, CHECKPOINT_NAME))
+    with open(os.path.join(directory, "checkpoint"), "w", encoding="utf-8") as writer:
+        writer.write(f'model_checkpoint_path: "{CHECKPOINT_NAME}"\n')
