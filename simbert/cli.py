@@ -149,7 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     def model_command(name, help_text, run):
         command = commands.add_parser(name, help=help_text)
-        command.add_argument("--maxlen", dest="max_tokens", type=int, default=64,
+        command.add_argument("--maxlen", dest="max_tokens", metavar="TOKENS", type=int, default=64,
                              help="tokens kept per text, and per generated text (default 64)")
         command.set_defaults(run=run)
         return command

@@ -204,24 +204,6 @@ class LayerNorm(keras.layers.LayerNormalization):
 
 
 @keras.saving.register_keras_serializable(package="simbert")
-class TokenEmbedding(keras.layers.Embedding):
-    """Token embedding `E` that also serves as the tied MLM output projection:
-    `call(h, reverse=True) = h E^T`, one einsum, so neither pass copies `E` transposed."""
-
-    def call(self, inputs, reverse=False):
-        if not reverse:
-            return super().call(inputs)
-        rows = ops.reshape(inputs, (-1, ops.shape(inputs)[-1]))
-        logits = ops.einsum("td,vd->tv", rows, ops.cast(self.embeddings, inputs.dtype))
-        return ops.reshape(logits, tuple(ops.shape(inputs)[:-1]) + (self.input_dim,))
-
-    def compute_output_spec(self, inputs, reverse=False):
-        if not reverse:
-            return super().compute_output_spec(inputs)
-        return keras.KerasTensor(tuple(inputs.shape[:-1]) + (self.input_dim,), dtype=self.compute_dtype)
-
-
-@keras.saving.register_keras_serializable(package="simbert")
 class PositionEmbedding(keras.layers.Layer):
     """Adds learned absolute position vectors: `x + P[start : start + len]`."""
 

@@ -13,7 +13,6 @@ from simbert.layers import (
     Dropout,
     LayerNorm,
     PositionEmbedding,
-    TokenEmbedding,
     TransformerBlock,
     build_attention_mask,
     get_activation,
@@ -55,8 +54,9 @@ class Transformer(keras.Model):
         init = initializer(config.initializer_range)
         width = config.embedding_width
         # Layers.
-        self.token_embedding = TokenEmbedding(config.vocab_size, width, embeddings_initializer=init,
-                                              dtype=dtype, name="token_embedding")
+        # Also the tied MLM output projection: `token_embedding(h, reverse=True) = h E^T`.
+        self.token_embedding = keras.layers.ReversibleEmbedding(config.vocab_size, width, embeddings_initializer=init,
+                                                                dtype=dtype, name="token_embedding")
         self.segment_embedding = keras.layers.Embedding(config.type_vocab_size, width, embeddings_initializer=init,
                                                         dtype=dtype, name="segment_embedding")
         self.position_embedding = None

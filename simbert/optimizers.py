@@ -13,6 +13,11 @@ from __future__ import annotations
 
 import keras
 
+# What `AdamW` uses of Keras' AdamW beyond its public API (setup.py pins Keras to the minor
+# version the tests check them on).
+PRIVATE_KERAS_ATTRIBUTES = ("_momentums", "_velocities", "_get_variable_index", "_use_weight_decay",
+                            "_apply_weight_decay")
+
 
 def _resource(variable):
     """The TensorFlow resource handle of a Keras or TensorFlow variable."""

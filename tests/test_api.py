@@ -63,6 +63,15 @@ def test_most_similar_finds_the_query_first(model):
     assert most_similar(model, CORPUS[2], CORPUS, topn=1)[0][0] == CORPUS[2]
 
 
+def test_most_similar_helper_leaves_the_model_index_alone(model):
+    """With a corpus, the helper searches a temporary index; `model.index` stays."""
+    index = model.build_index(CORPUS[:4])
+    assert most_similar(model, TEXT, ["花呗怎么还款", TEXT], topn=1)[0][0] == TEXT
+    assert model.index is index and len(model.index) == 4
+    assert model.most_similar(TEXT, topn=1)[0][0] in CORPUS[:4]
+    assert most_similar(model, CORPUS[1], topn=1)[0][0] == CORPUS[1]  # no corpus: the model's index
+
+
 def test_save_writes_the_released_layout(model, tmp_path):
     model.save(tmp_path / "saved")
     assert sorted(os.listdir(tmp_path / "saved")) == ["bert_config.json", "bert_model.ckpt.data-00000-of-00001",

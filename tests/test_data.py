@@ -102,6 +102,19 @@ def test_pair_readers(tmp_path):
     assert report.skipped_records == 2
 
 
+def test_one_pair_reader_for_training_and_evaluation(tmp_path):
+    """An LCQMC-style labelled file: training takes its similar pairs, evaluation every
+    labelled pair; both through `read_pair_rows`, so they agree on the rows."""
+    from simbert.evaluation import read_pair_file
+
+    path = tmp_path / "dev.txt"
+    path.write_text("甲\t乙\t1\n丙\t丁\t0\n戊\t己\tx\n庚\t辛\t1\n", encoding="utf-8")
+    assert list(read_pairs(str(path), on_error="skip")) == [["甲", "乙"], ["庚", "辛"]]
+    pairs = read_pair_file(str(path))
+    assert (pairs.first, pairs.labels) == (["甲", "丙", "庚"], [1.0, 0.0, 1.0])
+    assert len(pairs.skipped) == 1 and "dev.txt, line 3: label 'x' is not a number" in pairs.skipped[0]
+
+
 def test_clean_and_cut_text():
     assert clean_text(" a\tb\r\nc\x08d\u200b ") == "a b cd"
     assert cut_text("短句", 10) == "短句"

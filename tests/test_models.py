@@ -205,13 +205,22 @@ def test_dropout_odd_width_and_zero_rate():
 
 
 def test_tied_output_projection_is_x_times_embedding_transposed():
-    from simbert.layers import TokenEmbedding
-
-    layer = TokenEmbedding(13, 5)
+    """Keras' ReversibleEmbedding, the model's tied MLM projection: `h E^T`, with
+    gradients `g E` for h and `g^T h` for E."""
+    layer = keras.layers.ReversibleEmbedding(13, 5)
     layer.build((None,))
     x = np.random.default_rng(4).normal(size=(2, 3, 5)).astype("float32")
-    expected = x @ np.asarray(layer.embeddings).T
-    np.testing.assert_allclose(np.asarray(layer(x, reverse=True)), expected, atol=1e-5)
+    upstream = np.random.default_rng(5).normal(size=(2, 3, 13)).astype("float32")
+    embeddings = keras.ops.convert_to_numpy(layer.embeddings)
+
+    def project(x, embeddings):
+        return layer.stateless_call([embeddings], [], x, reverse=True)[0]
+
+    outputs, (d_x, d_embeddings) = value_and_gradients(project, x, embeddings, upstream=upstream)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(outputs), x @ embeddings.T, atol=1e-5)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(d_x), upstream @ embeddings, atol=1e-5)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(d_embeddings),
+                               upstream.reshape(-1, 13).T @ x.reshape(-1, 5), atol=1e-5)
 
 
 def test_output_order_follows_bert4keras():

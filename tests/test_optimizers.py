@@ -4,7 +4,7 @@ import keras
 import numpy as np
 import pytest
 
-from simbert.optimizers import AdamW
+from simbert.optimizers import PRIVATE_KERAS_ATTRIBUTES, AdamW
 
 
 def run_steps(optimizer, steps=6, seed=0):
@@ -81,3 +81,18 @@ def test_compiled_model_saves_and_loads_with_its_optimizer(tmp_path):
     assert len(restored.optimizer.variables) == len(model.optimizer.variables) > 2
     for mine, saved in zip(restored.optimizer.variables, model.optimizer.variables):
         np.testing.assert_array_equal(keras.ops.convert_to_numpy(mine), keras.ops.convert_to_numpy(saved))
+
+
+def test_the_private_keras_attributes_it_uses_exist():
+    """Fails, naming the attribute and the Keras version, when Keras' AdamW no longer has
+    what ours overrides or reads (then update `simbert.optimizers` and the pin in setup.py)."""
+    optimizer = keras.optimizers.AdamW(learning_rate=0.1)
+    variable = keras.Variable(np.ones((2, 3), "float32"), name="kernel")
+    optimizer.build([variable])
+    for name in PRIVATE_KERAS_ATTRIBUTES:
+        assert hasattr(optimizer, name), (f"keras {keras.__version__}: keras.optimizers.AdamW has no {name}, "
+                                          "which simbert.optimizers.AdamW relies on")
+    index = optimizer._get_variable_index(variable)
+    assert optimizer._momentums[index].shape == optimizer._velocities[index].shape == variable.shape, (
+        f"keras {keras.__version__}: AdamW's _momentums / _velocities are no longer per-variable slots")
+    assert optimizer._use_weight_decay(variable), f"keras {keras.__version__}: _use_weight_decay changed meaning"

@@ -3,6 +3,11 @@ checkpoints that bert4keras loads."""
 
 import json
 import os
+import signal
+import subprocess
+import sys
+import threading
+import time
 
 import keras
 import numpy as np
@@ -13,7 +18,7 @@ from reference.invoke import run_bert4keras
 from simbert import build_transformer_model
 from simbert.config import TrainConfig
 from simbert.directories import checkpoint_dirs
-from simbert.trainer import Trainer
+from simbert.trainer import Trainer, linear_warmup
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -144,3 +149,51 @@ def test_samples_are_printed_during_training(tmp_path, capsys):
     printed = [line for line in capsys.readouterr().out.splitlines() if line.startswith("step ")]
     assert [line.split(" | ")[0] for line in printed] == ["step 10", "step 20"]
     assert all(line.split(" | ")[1].startswith("花呗怎么还款 -> ") for line in printed)
+
+
+@pytest.mark.parametrize("warmup_steps", [1, 4, 10])
+def test_linear_warmup_is_the_hand_written_formula(warmup_steps):
+    """Keras' CosineDecay as configured by `linear_warmup` equals `lr min(1, (t + 1) / w)`."""
+    schedule = linear_warmup(0.002, warmup_steps)
+    for step in range(3 * warmup_steps + 2):
+        expected = 0.002 * min(1.0, (step + 1) / warmup_steps)
+        assert abs(float(schedule(step)) - expected) < 1e-9, step
+
+
+def test_fit_runs_outside_the_main_thread(tmp_path):
+    """The library installs no signal handlers, so `fit` works in a worker thread (a
+    notebook or a server); `request_stop` from another thread stops it with a checkpoint."""
+    trainer = Trainer(tiny_config(tmp_path, 1000))
+    results, errors = [], []
+
+    def run():
+        try:
+            results.append(trainer.fit())
+        except Exception as error:  # noqa: BLE001 (reported below)
+            errors.append(error)
+
+    worker = threading.Thread(target=run)
+    worker.start()
+    while not os.path.isfile(tmp_path / "metrics.jsonl") and worker.is_alive():
+        time.sleep(0.2)
+    trainer.request_stop()
+    worker.join(120)
+    assert not errors and not worker.is_alive()
+    assert results[0].stopped == "requested" and 10 <= results[0].step < 1000
+    assert [step for step, _ in checkpoint_dirs(str(tmp_path))] == [results[0].step]
+
+
+def test_ctrl_c_on_the_train_command_saves_and_stops(tmp_path):
+    """`simbert train` turns SIGINT into a stop request: a checkpoint, exit code 0."""
+    command = [sys.executable, "-m", "simbert.cli", "train", "--config", os.path.join(ROOT, "configs", "tiny.yaml"),
+               "--output-dir", str(tmp_path), "--steps", "5000"]
+    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 180
+    while not os.path.isfile(tmp_path / "metrics.jsonl") and time.time() < deadline and process.poll() is None:
+        time.sleep(0.2)
+    process.send_signal(signal.SIGINT)
+    stdout, stderr = process.communicate(timeout=120)
+    assert process.returncode == 0, stderr[-3000:]
+    result = json.loads(stdout.strip().splitlines()[-1])
+    assert result["stopped"] == "requested" and 10 <= result["step"] < 5000
+    assert [step for step, _ in checkpoint_dirs(str(tmp_path))] == [result["step"]]

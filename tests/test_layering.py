@@ -1,0 +1,78 @@
+"""The import order of simbert's modules: each module imports only modules of lower
+layers, so the dependency graph has no cycles (read from the source with `ast`, imports
+inside functions included)."""
+
+import ast
+import os
+
+from helpers import ROOT
+
+PACKAGE = os.path.join(ROOT, "simbert")
+
+# Lowest first. A module may import modules of strictly lower layers only.
+LAYERS = [
+    {"tokenizer", "layers"},
+    {"config"},
+    {"models"},
+    {"checkpoints"},
+    {"directories", "data", "losses", "optimizers", "generation", "retrieval"},
+    {"evaluation"},
+    {"api"},
+    {"callbacks"},
+    {"trainer"},
+    {"cli"},
+]
+RANK = {module: rank for rank, layer in enumerate(LAYERS) for module in layer}
+
+
+def simbert_imports(path):
+    """`(line, module)` for each `simbert.<module>` this file imports."""
+    with open(path, encoding="utf-8") as reader:
+        tree = ast.parse(reader.read(), path)
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "simbert":
+            names = [node.module] if node.module != "simbert" else [f"simbert.{a.name}" for a in node.names]
+            for name in names:
+                yield node.lineno, name.split(".")[1]
+        elif isinstance(node, ast.Import):
+            for alias in node.names:
+                if alias.name.startswith("simbert."):
+                    yield node.lineno, alias.name.split(".")[1]
+
+
+def violations():
+    found = []
+    for name in sorted(os.listdir(PACKAGE)):
+        module, extension = os.path.splitext(name)
+        if extension != ".py" or module == "__init__":
+            continue
+        assert module in RANK, f"simbert/{name} has no place in LAYERS; add it to the layer it belongs to"
+        for line, imported in simbert_imports(os.path.join(PACKAGE, name)):
+            if imported not in RANK or RANK[imported] >= RANK[module]:
+                found.append(f"simbert/{name}:{line} imports simbert.{imported} "
+                             f"(layer {RANK.get(imported, '?')}), not below {module} (layer {RANK[module]})")
+    return found
+
+
+def test_modules_import_only_lower_layers():
+    assert violations() == []
+
+
+def test_the_check_names_an_offending_import(tmp_path, monkeypatch):
+    """The check itself fails, naming file, line and modules, on an upward import."""
+    fake = tmp_path / "simbert"
+    fake.mkdir()
+    (fake / "models.py").write_text("import keras\n\nfrom simbert.api import SimBERT\n")
+    (fake / "api.py").write_text("from simbert import models\n")
+    monkeypatch.setattr(__import__(__name__), "PACKAGE", str(fake))
+    assert violations() == ["simbert/models.py:3 imports simbert.api (layer 6), not below models (layer 2)"]
+
+
+def test_importing_simbert_starts_no_tensorflow():
+    """`import simbert` (as `simbert --help` does) loads neither TensorFlow nor Keras."""
+    import subprocess
+    import sys
+
+    code = "import sys, simbert, simbert.cli; print('tensorflow' in sys.modules, 'keras' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert result.stdout.split() == ["False", "False"], result.stderr[-2000:]
