@@ -16,6 +16,7 @@ _EXPORTS = {
     "BackboneConfig": "simbert.config",
     "TrainConfig": "simbert.config",
     "Transformer": "simbert.models",
+    "build_backbone": "simbert.directories",
     "build_transformer_model": "simbert.directories",
     "load_pretrained": "simbert.directories",
     "save_pretrained": "simbert.directories",

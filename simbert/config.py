@@ -62,7 +62,8 @@ class BackboneConfig:
             raise ValueError(f"{source}: hidden_act {self.hidden_act!r} is not supported; "
                              f"expected one of {sorted(ACTIVATIONS)}")
         if self.model_type not in MODEL_TYPES:
-            raise ValueError(f"{source}: model_type {self.model_type!r} is not supported; expected one of {MODEL_TYPES}")
+            raise ValueError(f"{source}: model_type {self.model_type!r} is not supported; "
+                             f"expected one of {MODEL_TYPES}")
 
     @property
     def head_size(self) -> int:
@@ -114,7 +115,7 @@ class BackboneConfig:
 class ModelConfig:
     """Which network to train and where its starting weights come from."""
 
-    model_type: str = "bert"  # bert | roformer
+    model_type: str | None = None  # bert | roformer; default: what `pretrained` shows, else bert
     pretrained: str | None = None  # released directory: bert_config.json, vocab.txt, bert_model.ckpt*
     simplify_vocab: bool = True  # keep_tokens as the original when starting from `pretrained`
     config: dict | None = None  # bert_config fields for a randomly initialised model
@@ -179,7 +180,7 @@ class TrainConfig:
     output: OutputConfig = field(default_factory=OutputConfig)
 
     CHOICES: ClassVar[dict] = {
-        "model.model_type": MODEL_TYPES,
+        "model.model_type": (None, *MODEL_TYPES),
         "data.format": ("groups", "pairs"),
         "data.on_error": ("raise", "skip"),
         "training.precision": ("float32", "mixed_float16", "mixed_bfloat16"),

@@ -116,6 +116,40 @@ def infer_model_type(directory: str | os.PathLike) -> str | None:
     return None
 
 
+def build_backbone(
+    config: str | os.PathLike | dict,
+    checkpoint_path: str | os.PathLike | None = None,
+    model_type: str | None = None,
+    application: str = "encoder",
+    with_pool: bool | str = False,
+    with_mlm: bool | str = False,
+    keep_tokens: Sequence[int] | None = None,
+    dropout_rate: float | None = None,
+    dtype=None,
+) -> Transformer:
+    """A BERT/RoFormer from a bert_config.json / config.json (path or dict), with weights
+    from `checkpoint_path` when given.
+
+    `model_type` is the architecture ("bert" or "roformer"; default: the config's, else
+    "bert" as in bert4keras). `checkpoint_path` may be a TF checkpoint prefix
+    (`.../bert_model.ckpt`), a directory holding one, or an HF directory; `keep_tokens`
+    keeps those vocabulary rows (see `load_vocab(simplified=True)`); `dropout_rate`
+    overrides the config's hidden dropout; `dtype` is the layers' dtype policy.
+    """
+    overrides = {}
+    if model_type is not None:
+        overrides["model_type"] = model_type
+    if keep_tokens is not None:
+        overrides["vocab_size"] = len(keep_tokens)
+    if dropout_rate is not None:
+        overrides["hidden_dropout_prob"] = dropout_rate
+    transformer = Transformer(read_config(config, **overrides), application=application, with_pool=with_pool,
+                              with_mlm=with_mlm, dtype=dtype)
+    if checkpoint_path is not None:
+        load_weights(transformer, checkpoint_path, keep_tokens=keep_tokens)
+    return transformer
+
+
 def build_transformer_model(
     config: str | os.PathLike | dict,
     checkpoint_path: str | os.PathLike | None = None,
@@ -127,26 +161,10 @@ def build_transformer_model(
     dropout_rate: float | None = None,
     dtype=None,
 ) -> Transformer:
-    """Build a BERT/RoFormer from a bert_config.json (path or dict), bert4keras-style.
-
-    `model` is the architecture ("bert" or "roformer"; default: the config's `model_type`,
-    else "bert" as in bert4keras). `checkpoint_path` may be a TF checkpoint prefix
-    (`.../bert_model.ckpt`), a directory holding one, or an HF directory; `keep_tokens`
-    keeps those vocabulary rows (see `load_vocab(simplified=True)`); `dropout_rate`
-    overrides the config's hidden dropout; `dtype` is the layers' dtype policy.
-    """
-    overrides = {}
-    if model is not None:
-        overrides["model_type"] = model
-    if keep_tokens is not None:
-        overrides["vocab_size"] = len(keep_tokens)
-    if dropout_rate is not None:
-        overrides["hidden_dropout_prob"] = dropout_rate
-    transformer = Transformer(read_config(config, **overrides), application=application, with_pool=with_pool,
-                              with_mlm=with_mlm, dtype=dtype)
-    if checkpoint_path is not None:
-        load_weights(transformer, checkpoint_path, keep_tokens=keep_tokens)
-    return transformer
+    """bert4keras' `build_transformer_model`: `build_backbone` with the architecture
+    spelled `model`, as in the original scripts."""
+    return build_backbone(config, checkpoint_path, model, application, with_pool, with_mlm, keep_tokens,
+                          dropout_rate, dtype)
 
 
 def load_pretrained(
@@ -178,10 +196,8 @@ def load_pretrained(
     else:
         token_dict = load_vocab(vocab_path)
     tokenizer = Tokenizer(token_dict, do_lower_case=True, pre_tokenize=pre_tokenize)
-    backbone = build_transformer_model(config_path(directory), directory,
-                                       model=model_type or infer_model_type(directory) or "bert",
-                                       application=application, with_pool=with_pool, with_mlm=with_mlm,
-                                       keep_tokens=keep_tokens, dropout_rate=dropout_rate, dtype=dtype)
+    backbone = build_backbone(config_path(directory), directory, model_type or infer_model_type(directory) or "bert",
+                              application, with_pool, with_mlm, keep_tokens, dropout_rate, dtype)
     return tokenizer, backbone
 
 

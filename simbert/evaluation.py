@@ -1,8 +1,8 @@
 """Evaluation on sentence-pair sets (LCQMC, AFQMC, ATEC, BQ, PAWSX, STS-B layouts).
 
-Flow: `read_pair_file` (layout detected, `simbert.data`'s pair reader) -> scores (cosine of the model's vectors, or the
-char-Jaccard baseline) -> `pair_metrics` (Spearman, Pearson, accuracy/F1 at the best and
-at a fixed threshold) -> table / JSON / histogram plots.
+Flow: `read_pair_file` (layout detected, `simbert.data`'s pair reader) -> scores (cosine
+of the model's vectors, or the char-Jaccard baseline) -> `pair_metrics` (Spearman,
+Pearson, accuracy/F1 at the best and at a fixed threshold) -> table / JSON / histograms.
 """
 
 from __future__ import annotations

@@ -29,7 +29,7 @@ from simbert.directories import (
     METRICS_FILE,
     TRAINER_STATE_FILE,
     TRAINING_STATE_FILE,
-    build_transformer_model,
+    build_backbone,
     checkpoint_dir,
     checkpoint_dirs,
     load_pretrained,
@@ -146,9 +146,9 @@ class Trainer:
             token_dict = load_vocab(model.vocab)
         else:
             token_dict = build_char_vocab(text for group in self.read_groups() for text in group)
-        backbone = build_transformer_model({**model.config, "vocab_size": len(token_dict)}, model=model.model_type,
-                                           application="unilm", with_pool="linear", with_mlm="linear",
-                                           dropout_rate=model.dropout_rate, dtype=precision)
+        backbone = build_backbone({**model.config, "vocab_size": len(token_dict)},
+                                  model_type=model.model_type or "bert", application="unilm", with_pool="linear",
+                                  with_mlm="linear", dropout_rate=model.dropout_rate, dtype=precision)
         return Tokenizer(token_dict, do_lower_case=True), backbone
 
     # ---------------------------------------------------------------- batches
