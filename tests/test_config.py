@@ -4,9 +4,8 @@ import os
 
 import pytest
 
+from helpers import ROOT
 from simbert.config import TrainConfig
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.mark.parametrize("name", ["tiny.yaml", "simbert_base.yaml", "roformer_sim_base.yaml"])

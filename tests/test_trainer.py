@@ -13,14 +13,12 @@ import keras
 import numpy as np
 import pytest
 
-from helpers import padded_batch
+from helpers import ROOT, padded_batch
 from reference.invoke import run_bert4keras
 from simbert import build_transformer_model
 from simbert.config import TrainConfig
 from simbert.directories import checkpoint_dirs
 from simbert.trainer import Trainer, linear_warmup
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def tiny_config(output_dir, steps, **training):
