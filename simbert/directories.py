@@ -150,21 +150,12 @@ def build_backbone(
     return transformer
 
 
-def build_transformer_model(
-    config: str | os.PathLike | dict,
-    checkpoint_path: str | os.PathLike | None = None,
-    model: str | None = None,
-    application: str = "encoder",
-    with_pool: bool | str = False,
-    with_mlm: bool | str = False,
-    keep_tokens: Sequence[int] | None = None,
-    dropout_rate: float | None = None,
-    dtype=None,
-) -> Transformer:
+def build_transformer_model(config: str | os.PathLike | dict, checkpoint_path: str | os.PathLike | None = None,
+                            model: str | None = None, **options) -> Transformer:
     """bert4keras' `build_transformer_model`: `build_backbone` with the architecture
-    spelled `model`, as in the original scripts."""
-    return build_backbone(config, checkpoint_path, model, application, with_pool, with_mlm, keep_tokens,
-                          dropout_rate, dtype)
+    spelled `model`, as in the original scripts; `options` are `build_backbone`'s
+    (application, with_pool, with_mlm, keep_tokens, dropout_rate, dtype)."""
+    return build_backbone(config, checkpoint_path, model_type=model, **options)
 
 
 def load_pretrained(
