@@ -15,10 +15,12 @@ import keras
 import numpy as np
 from tqdm import tqdm
 
+from simbert.compiled import CompiledFunction
 from simbert.directories import WHITENING_FILE, load_pretrained, resolve_model_directory, save_pretrained
 from simbert.generation import CachedDecoder
 from simbert.models import Transformer
 from simbert.retrieval import SimilarityIndex, Whitening, fit_whitening, l2_normalize
+from simbert.shapes import ShapeBuckets
 from simbert.tokenizer import Tokenizer
 
 
@@ -46,6 +48,11 @@ class SimBERT:
         self.max_tokens = max_tokens
         self.name = name
         self.encoder = backbone.pooled_encoder()
+        # Encoded batches are padded to these shapes (see `simbert.shapes`); on TensorFlow
+        # one graph serves them all, on JAX each is compiled once.
+        self.shapes = ShapeBuckets(max_length=min(max_tokens, backbone.config.max_position_embeddings))
+        self._encode = CompiledFunction(self._pooled, self.encoder.variables, jit_compile=False,
+                                        dynamic_inputs=[(2, "int32")])
         self._decoder: CachedDecoder | None = None
         self.index: SimilarityIndex | None = None
         self.whitening: Whitening | None = None
@@ -78,6 +85,12 @@ class SimBERT:
         return self.whitening
 
     @property
+    def compiled_programs(self) -> int:
+        """Programs compiled so far by `encode` and the sampler (each distinct input shape
+        of a compiled function is one; see `simbert.shapes` for how few there are)."""
+        return self._encode.traces + (self._decoder.compiled_programs if self._decoder is not None else 0)
+
+    @property
     def dimension(self) -> int:
         """Width of the vectors `encode` returns."""
         return self.whitening.dim if self.whitening is not None else self.backbone.config.hidden_size
@@ -92,13 +105,18 @@ class SimBERT:
         """`[CLS] text [SEP]`, cut to `max_tokens`."""
         return self.tokenizer.encode(self._check_text(text), maxlen=self.max_tokens)[0]
 
+    def _pooled(self, token_ids):
+        return self.encoder([token_ids, keras.ops.zeros_like(token_ids)], training=False)
+
     def encode(self, texts: Sequence[str], batch_size: int = 64, normalize: bool = True,
                progress: bool = False) -> np.ndarray:
         """Pooled [CLS] vectors of `[CLS] text [SEP]`, one float32 row per text, in order.
 
         Texts longer than `max_tokens` tokens are truncated from the end. Batches are
-        formed from texts of similar length to cut padding. With a whitening set, vectors
-        are whitened (then normalised if `normalize`).
+        formed from texts of similar length to cut padding, then padded to the buckets of
+        `self.shapes` (padding is masked, padded rows are dropped: the vectors are those
+        of the texts alone). With a whitening set, vectors are whitened (then normalised
+        if `normalize`).
         """
         if isinstance(texts, str):
             raise ValueError("encode expects a list of texts; wrap a single text in a list")
@@ -107,10 +125,10 @@ class SimBERT:
         order = np.argsort([len(ids) for ids in encoded], kind="stable")
         batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
         for batch in tqdm(batches, desc="encoding", disable=not progress):
-            token_ids = keras.utils.pad_sequences([encoded[i] for i in batch], dtype="int32", padding="post")
-            segment_ids = np.zeros_like(token_ids)
-            self.backbone.check_inputs(token_ids, segment_ids)
-            vectors[batch] = np.asarray(self.encoder.predict_on_batch([token_ids, segment_ids]), "float32")
+            token_ids = self.shapes.pad([encoded[i] for i in batch], batch_size)
+            self.backbone.check_inputs(token_ids, np.zeros_like(token_ids))
+            pooled = keras.ops.convert_to_numpy(self._encode(token_ids))
+            vectors[batch] = np.asarray(pooled[: len(batch)], "float32")
         if self.whitening is not None:
             return self.whitening(vectors, normalize)
         return l2_normalize(vectors) if normalize else vectors

@@ -5,7 +5,8 @@ first slots of a fixed-size cache that the n samples share (tiled). Each step fe
 the newest token of each sample (segment 1, position `source_len + t`), writes its keys
 and values at that slot and attends to every slot `<= source_len + t`, which is exactly
 the UniLM mask of the full sequence. The sampling loop is one `while_loop`
-compiled by XLA (tf.function(jit_compile=True) on TensorFlow, jax.jit on JAX).
+compiled by XLA (`simbert.compiled.CompiledFunction`: tf.function(jit_compile=True) on
+TensorFlow, jax.jit on JAX).
 
 `[PAD]` (id 0) is never emitted: a full recompute would treat it as padding, so it has
 no place in a target (training never targets it either).
@@ -17,29 +18,9 @@ import keras
 import numpy as np
 from keras import ops
 
+from simbert.compiled import CompiledFunction
 from simbert.layers import NEGATIVE_INFINITY
 from simbert.models import Transformer
-
-
-def compile_function(function, variables):
-    """XLA-compile `function(*args)` (its shapes are fixed, so it compiles once; XLA also
-    updates the cache in place). On JAX the model's variables are passed in as arguments
-    (through a StatelessScope), so later weight updates are seen."""
-    backend = keras.backend.backend()
-    if backend == "tensorflow":
-        import tensorflow as tf
-
-        return tf.function(function, jit_compile=True)
-    if backend == "jax":
-        import jax
-
-        def stateless(values, *args):
-            with keras.StatelessScope(state_mapping=list(zip(variables, values))):
-                return function(*args)
-
-        jitted = jax.jit(stateless)
-        return lambda *args: jitted([v.value for v in variables], *args)
-    return function
 
 
 def pick_tokens(logits, uniform, topk=None, topp=None, temperature=1.0):
@@ -90,9 +71,15 @@ class CachedDecoder:
         self.max_target_len = max_target_len
         self.cache_len = max_source_len + max_target_len
         self.variables = backbone.variables
-        self._encode = compile_function(self._encode_source, self.variables)
-        self._step = compile_function(self._decode_step, self.variables)
+        self._encode = CompiledFunction(self._encode_source, self.variables)
+        self._step = CompiledFunction(self._decode_step, self.variables)
         self._samplers = {}
+
+    @property
+    def compiled_programs(self) -> int:
+        """Programs compiled so far: the source encoder, the step, one sampling loop per
+        (n, steps, topk, topp, temperature)."""
+        return sum(f.traces for f in (self._encode, self._step, *self._samplers.values()))
 
     # ------------------------------------------------------------- graph parts
     def _empty_caches(self, batch):
@@ -181,7 +168,7 @@ class CachedDecoder:
             def run(logits, caches, source_len, noise):
                 return self._sample_loop(logits, caches, source_len, noise, topk, topp, temperature, steps)
 
-            self._samplers[key] = compile_function(run, self.variables)
+            self._samplers[key] = CompiledFunction(run, self.variables)
         logits, caches, source_len = self.prefill(source_ids)
         logits = ops.repeat(logits, n, axis=0)
         caches = self._map_caches(lambda part: ops.repeat(part, n, axis=0), caches)

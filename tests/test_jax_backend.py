@@ -6,7 +6,7 @@ import subprocess
 import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-MODEL_TESTS = ["test_models.py", "test_losses.py", "test_optimizers.py", "test_bert4keras_parity.py",
+MODEL_TESTS = ["test_models.py", "test_losses.py", "test_optimizers.py", "test_bert4keras_parity.py", "test_shapes.py",
                "test_hf_parity.py", "test_generation.py"]
 
 

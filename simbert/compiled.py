@@ -1,0 +1,58 @@
+"""Functions of a model's variables compiled once per input shape, counting the programs
+they build.
+
+On JAX the function is `jax.jit`-ed with the variables passed in as arguments (through a
+StatelessScope), so later weight updates are seen; each new input shape traces and
+compiles a new program. On TensorFlow it is a `tf.function`, XLA-compiled unless told
+otherwise; with `dynamic_inputs` it is traced once, for inputs of any shape.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import keras
+
+
+class CompiledFunction:
+    """`function(*args)` compiled for the active backend; `traces` counts the programs
+    built (a Python counter the function body increments, which runs only when tracing).
+
+    Args:
+        function: takes and returns tensors; may read `variables`.
+        variables: the Keras variables it reads.
+        jit_compile: XLA on TensorFlow (JAX always compiles with XLA).
+        dynamic_inputs: TensorFlow only: `(rank, dtype)` of each argument; the function is
+            then traced once with every dimension unknown, and serves inputs of any shape.
+    """
+
+    def __init__(self, function: Callable, variables: Sequence, jit_compile: bool = True,
+                 dynamic_inputs: Sequence[tuple[int, str]] | None = None):
+        self.traces = 0
+
+        def counted(*args):
+            self.traces += 1
+            return function(*args)
+
+        backend = keras.backend.backend()
+        if backend == "tensorflow":
+            import tensorflow as tf
+
+            signature = None
+            if dynamic_inputs is not None:
+                signature = [tf.TensorSpec((None,) * rank, dtype) for rank, dtype in dynamic_inputs]
+            self._call = tf.function(counted, jit_compile=jit_compile, input_signature=signature)
+        elif backend == "jax":
+            import jax
+
+            def stateless(values, *args):
+                with keras.StatelessScope(state_mapping=list(zip(variables, values))):
+                    return counted(*args)
+
+            jitted = jax.jit(stateless)
+            self._call = lambda *args: jitted([v.value for v in variables], *args)
+        else:
+            self._call = counted
+
+    def __call__(self, *args):
+        return self._call(*args)

@@ -1,0 +1,54 @@
+"""The padded shapes of compiled paths.
+
+A compiled function builds one program per distinct input shape (XLA on JAX; a trace on
+TensorFlow without an input signature), so the paths that compile round their shapes up
+to a few buckets, decided here: lengths to multiples of `length_step` (at most
+`max_length`), batch rows to powers of two (at most the batch size). Padded positions
+are token id 0 (masked as padding); padded rows are cut off by the caller.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class ShapeBuckets:
+    length_step: int = 16
+    max_length: int = 512
+
+    def __post_init__(self):
+        if self.length_step < 1 or self.max_length < 1:
+            raise ValueError(f"length_step and max_length should be positive, got {self.length_step}, "
+                             f"{self.max_length}")
+
+    def length(self, length: int) -> int:
+        """`length` rounded up to a multiple of `length_step`, capped at `max_length`."""
+        if length > self.max_length:
+            raise ValueError(f"length {length} exceeds the longest bucket {self.max_length}")
+        return min(-(-max(length, 1) // self.length_step) * self.length_step, self.max_length)
+
+    @staticmethod
+    def rows(rows: int, batch_size: int) -> int:
+        """`rows` rounded up to a power of two, at most `batch_size` (a full batch as it is)."""
+        if rows >= batch_size:
+            return rows
+        return min(1 << max(rows - 1, 0).bit_length(), batch_size)
+
+    def count(self, batch_size: int) -> int:
+        """How many (rows, length) shapes `pad` can produce for batches of `batch_size`."""
+        row_counts = {self.rows(n, batch_size) for n in range(1, batch_size + 1)}
+        lengths = {self.length(n) for n in range(1, self.max_length + 1)}
+        return len(row_counts) * len(lengths)
+
+    def pad(self, sequences: Sequence[Sequence[int]], batch_size: int) -> np.ndarray:
+        """int32 `(rows(len(sequences)), length(longest))` array: each sequence at the
+        start of its row, zeros after it and in the padding rows."""
+        length = self.length(max(map(len, sequences)))
+        padded = np.zeros((self.rows(len(sequences), batch_size), length), "int32")
+        for row, ids in enumerate(sequences):
+            padded[row, : len(ids)] = ids
+        return padded

@@ -1,0 +1,49 @@
+"""Bucketed shapes: the buckets themselves, and `SimBERT.encode` on them: the same
+vectors as each text alone, with a bounded number of compiled programs (TensorFlow and,
+through test_jax_backend, JAX)."""
+
+import keras
+import numpy as np
+import pytest
+
+from helpers import TINY_CONFIG, write_model_dir
+from simbert import SimBERT
+from simbert.shapes import ShapeBuckets
+
+
+def test_buckets_round_lengths_and_rows():
+    shapes = ShapeBuckets(length_step=16, max_length=40)
+    assert [shapes.length(n) for n in (1, 16, 17, 32, 33, 40)] == [16, 16, 32, 32, 40, 40]
+    with pytest.raises(ValueError, match="length 41 exceeds the longest bucket 40"):
+        shapes.length(41)
+    assert [ShapeBuckets.rows(n, 64) for n in (1, 2, 3, 5, 33, 64, 70)] == [1, 2, 4, 8, 64, 64, 70]
+    assert shapes.count(8) == 4 * 3  # rows 1, 2, 4, 8 x lengths 16, 32, 40
+    padded = shapes.pad([[2, 5, 3], [2, 3]], batch_size=8)
+    np.testing.assert_array_equal(padded, [[2, 5, 3] + [0] * 13, [2, 3] + [0] * 14])
+    assert padded.dtype == np.int32
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    directory = write_model_dir(str(tmp_path_factory.mktemp("model")), TINY_CONFIG, seed=3)
+    return SimBERT.from_pretrained(directory, max_tokens=TINY_CONFIG["max_position_embeddings"])
+
+
+def test_encode_on_buckets_equals_each_text_alone(model):
+    """Texts of 1 to 38 tokens: vectors equal the pooled [CLS] of each text unpadded
+    (1e-5), and encode compiles one program on TensorFlow (a signature of unknown
+    dimensions), one per distinct padded shape on JAX, at most the bucket count."""
+    rng = np.random.default_rng(0)
+    texts = [" ".join(f"w{i}" for i in rng.integers(0, 90, length)) for length in range(1, 39)]
+    vectors = model.encode(texts, batch_size=8, normalize=False)
+    for text, vector in zip(texts, vectors):
+        token_ids = np.array([model.tokenizer.encode(text)[0]], "int32")
+        alone = model.backbone.predict([token_ids, np.zeros_like(token_ids)], verbose=0)[0]
+        np.testing.assert_allclose(vector, alone[0], atol=1e-5, rtol=0)
+    order = np.argsort([len(model.tokenizer.encode(t)[0]) for t in texts], kind="stable")
+    shapes = {model.shapes.pad([model.tokenizer.encode(texts[i])[0] for i in order[s:s + 8]], 8).shape
+              for s in range(0, len(texts), 8)}
+    expected = 1 if keras.backend.backend() == "tensorflow" else len(shapes)
+    assert model.compiled_programs == expected <= model.shapes.count(8)
+    model.encode(texts[::-1], batch_size=8)  # the same shapes again: nothing new compiles
+    assert model.compiled_programs == expected
