@@ -85,9 +85,6 @@ class BackboneConfig:
                 raise ValueError(f"{source}: {key} {values[key]!r} is not supported (only {supported!r})")
         names = {item.name for item in dataclasses.fields(cls)}
         known = {key: value for key, value in values.items() if key in names and value is not None}
-        if known.get("model_type") not in (None, *MODEL_TYPES) and "model_type" not in overrides:
-            raise ValueError(f"{source}: model_type {known['model_type']!r} is not supported; "
-                             f"expected one of {MODEL_TYPES}")
         known.update(overrides)
         try:
             return _build(cls, known, source, "")

@@ -214,8 +214,8 @@ def _csv_rows(path: str) -> Iterator[tuple[int, list]]:
         header = next(rows, None)
         if header is None:
             return
-        columns = _text_columns(header)
         names = [name.strip().lower() for name in header]
+        columns = _text_columns(names)
         if columns is None:
             yield rows.line_num, header
         for row in rows:

@@ -16,7 +16,7 @@ from typing import Callable, Iterable, Sequence
 
 from simbert.checkpoints import (
     CHECKPOINT_NAME,
-    HF_WEIGHT_FILES,
+    holds_hf_weights,
     load_weights,
     model_values,
     read_variable_names,
@@ -54,8 +54,7 @@ def read_config(config: str | os.PathLike | dict, **overrides) -> BackboneConfig
 
 
 def is_hf_directory(path: str | os.PathLike) -> bool:
-    return os.path.isdir(path) and os.path.isfile(os.path.join(path, HF_CONFIG_FILE)) and any(
-        os.path.isfile(os.path.join(path, name)) for name in HF_WEIGHT_FILES)
+    return holds_hf_weights(path) and os.path.isfile(os.path.join(path, HF_CONFIG_FILE))
 
 
 def config_path(directory: str | os.PathLike) -> str:

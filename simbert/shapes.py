@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Sequence
 
+import keras
 import numpy as np
 
 
@@ -47,8 +48,6 @@ class ShapeBuckets:
     def pad(self, sequences: Sequence[Sequence[int]], batch_size: int) -> np.ndarray:
         """int32 `(rows(len(sequences)), length(longest))` array: each sequence at the
         start of its row, zeros after it and in the padding rows."""
-        length = self.length(max(map(len, sequences)))
-        padded = np.zeros((self.rows(len(sequences), batch_size), length), "int32")
-        for row, ids in enumerate(sequences):
-            padded[row, : len(ids)] = ids
-        return padded
+        padding_rows = [[]] * (self.rows(len(sequences), batch_size) - len(sequences))
+        return keras.utils.pad_sequences([*sequences, *padding_rows], maxlen=self.length(max(map(len, sequences))),
+                                         dtype="int32", padding="post")
