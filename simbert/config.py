@@ -129,7 +129,8 @@ class DataConfig:
     pair_threshold: float = 1.0  # pairs: a label below this is not a similar pair
     shuffle_buffer: int = 100_000  # groups held in memory for shuffling a streamed file
     mask_source: bool = False  # RoFormer-Sim whole-word masking of the source (p = 0.5)
-    pad_to_multiple: int = 1  # round batch lengths up (e.g. 8 on JAX: fewer recompilations)
+    length_step: int | None = None  # batch lengths and target widths rounded up to multiples; None: 16 when the step is XLA-compiled, else 1
+    workers: int | None = None  # processes building batches ahead; None: cpu_count // 4 (at most 8), 0: in the training process
 
     @property
     def max_tokens(self) -> int:
@@ -149,7 +150,7 @@ class TrainingConfig:
     warmup_steps: int = 0
     clipnorm: float | None = None
     precision: str = "float32"  # float32 | mixed_float16 | mixed_bfloat16
-    jit_compile: bool = False  # XLA-compile the step (recompiles per new batch shape; slower on CPU)
+    jit_compile: bool | str = "auto"  # XLA-compile the step; auto: on JAX yes, on TensorFlow no (its graph path is faster on CPU)
     scale: float = 30.0  # similarity logits scale (30 SimBERT, 20 RoFormer-Sim)
     seq2seq_weight: float = 1.0
     similarity_weight: float = 1.0
@@ -181,6 +182,7 @@ class TrainConfig:
         "data.format": ("groups", "pairs"),
         "data.on_error": ("raise", "skip"),
         "training.precision": ("float32", "mixed_float16", "mixed_bfloat16"),
+        "training.jit_compile": (True, False, "auto"),
     }
 
     @classmethod
@@ -191,6 +193,10 @@ class TrainConfig:
             value = getattr(getattr(config, section), name)
             if value not in choices:
                 raise ValueError(f"{source}: {key} should be one of {choices}, got {value!r}")
+        if config.data.length_step is not None and config.data.length_step < 1:
+            raise ValueError(f"{source}: data.length_step should be a positive integer, got {config.data.length_step}")
+        if config.data.workers is not None and config.data.workers < 0:
+            raise ValueError(f"{source}: data.workers should be 0 or more, got {config.data.workers}")
         if config.training.batch_size % 2 or config.training.batch_size < 2:
             raise ValueError(f"{source}: training.batch_size should be a positive even number "
                              f"(rows come in a->b, b->a pairs), got {config.training.batch_size}")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import functools
+import itertools
 import json
 import os
 import random
@@ -23,7 +24,9 @@ import keras
 import numpy as np
 
 from simbert.config import DataConfig
+from simbert.shapes import ShapeBuckets
 from simbert.tokenizer import SPECIAL_TOKENS, Tokenizer, is_cjk_character, is_dropped, is_punctuation, normalize
+from simbert.workers import ordered_map
 
 SENTENCE_SEPARATORS = "\n。！？!?；;，,"
 PAIR_FORMATS = ("tsv", "atec", "sts", "csv", "jsonl")
@@ -343,22 +346,20 @@ def source_text_ids(rows: Sequence[Sequence[int]]) -> np.ndarray:
     return np.array([seen.setdefault(tuple(r), len(seen)) for r in rows], "int32")
 
 
-def round_up(value: int, multiple: int) -> int:
-    return -(-value // multiple) * multiple
-
-
 def target_positions(token_ids: np.ndarray, segment_ids: np.ndarray,
-                     pad_to_multiple: int = 1) -> tuple[np.ndarray, np.ndarray]:
+                     buckets: ShapeBuckets | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Where the seq2seq loss looks: position p predicts token p + 1, which counts when it
     is a (non-padding) target token, segment 1.
 
     Returns `positions (batch, T)` (row-local, padded with 0) and `targets (batch, T, 2)`
     = (token id at p + 1, weight 1; padding 0, 0), T the most target tokens of a row. The
-    MLM projection is then computed at these positions only. T is rounded up to
-    `pad_to_multiple`.
+    MLM projection is then computed at these positions only. With `buckets`, T is
+    rounded up to a bucket length (padding weighs 0).
     """
     counts = (segment_ids[:, 1:] == 1).sum(axis=1)
-    width = round_up(max(int(counts.max()), 1), pad_to_multiple)
+    width = max(int(counts.max()), 1)
+    if buckets is not None:
+        width = buckets.length(width)
     positions = np.zeros((len(token_ids), width), "int32")
     targets = np.zeros((len(token_ids), width, 2), "int32")
     for row in range(len(token_ids)):
@@ -370,7 +371,7 @@ def target_positions(token_ids: np.ndarray, segment_ids: np.ndarray,
 
 
 def make_batch(pairs: Sequence[tuple[str, str]], tokenizer: Tokenizer, max_tokens: int,
-               mask_source: Callable[[str], list[int] | None] | None = None, pad_to_multiple: int = 1):
+               mask_source: Callable[[str], list[int] | None] | None = None, buckets: ShapeBuckets | None = None):
     """Model inputs and loss targets for a batch of pairs.
 
     Each pair (a, b) gives rows `[CLS] a [SEP] b [SEP]` and `[CLS] b [SEP] a [SEP]` at
@@ -381,8 +382,8 @@ def make_batch(pairs: Sequence[tuple[str, str]], tokenizer: Tokenizer, max_token
     sources, for duplicate masking). `mask_source(text)`, when given, returns masked
     `[CLS] text [SEP]` ids for the source or None (see `SourceMasker`); a masked source
     replaces the row's source only when its length matches (word-by-word tokenization
-    can differ at word joins). Lengths are rounded up to `pad_to_multiple` (fewer
-    distinct shapes for compiled backends).
+    can differ at word joins). With `buckets`, the length and the target width are
+    rounded up to bucket lengths (a bounded set of shapes for compiled steps).
     """
     rows, segments, sources = [], [], []
     for a, b in pairs:
@@ -396,37 +397,54 @@ def make_batch(pairs: Sequence[tuple[str, str]], tokenizer: Tokenizer, max_token
                     ids = masked + ids[source_length:]
             rows.append(ids)
             segments.append(segs)
-    length = round_up(max(map(len, rows)), pad_to_multiple)
+    length = max(map(len, rows))
+    if buckets is not None:
+        length = buckets.length(length)
     token_ids = keras.utils.pad_sequences(rows, maxlen=length, dtype="int32", padding="post")
     segment_ids = keras.utils.pad_sequences(segments, maxlen=length, dtype="int32", padding="post")
-    positions, seq2seq_targets = target_positions(token_ids, segment_ids, pad_to_multiple)
+    positions, seq2seq_targets = target_positions(token_ids, segment_ids, buckets)
     targets = {"seq2seq": seq2seq_targets, "similarity": source_text_ids(sources)}
     return (token_ids, segment_ids, positions), targets
 
 
+def build_training_batch(numbered_pairs: tuple[int, list[tuple[str, str]]], tokenizer: Tokenizer,
+                         max_tokens: int, mask_seed: int | None, buckets: ShapeBuckets | None):
+    """`make_batch` of step k's pairs `(k, pairs)`; with `mask_seed`, the sources are
+    masked (`SourceMasker`) from a generator seeded with `mask_seed` and k, so that the
+    batch depends on k alone, whichever process builds it."""
+    step, pairs = numbered_pairs
+    mask_source = None
+    if mask_seed is not None:
+        mask_source = functools.partial(SourceMasker(tokenizer), rng=random.Random(mask_seed * 1_000_003 + step))
+    return make_batch(pairs, tokenizer, max_tokens, mask_source, buckets)
+
+
 def training_batches(read_group_stream: Callable[[], Iterable[list[str]]], tokenizer: Tokenizer,
                      data: DataConfig, batch_size: int, seed: int, start_step: int = 0,
-                     teacher_similarities: Callable[[list[str]], np.ndarray] | None = None):
-    """Endless `(inputs, targets)` batches of `batch_size` rows (see `make_batch`); the
-    stream after `start_step` steps is the same as in an uninterrupted run with the same
-    `seed` (step k's source masking draws from a generator seeded with `seed` and k).
-    `teacher_similarities(texts)`, when given, is the teacher's cosine matrix of the rows'
-    sources, the distillation target."""
+                     teacher_similarities: Callable[[list[str]], np.ndarray] | None = None,
+                     buckets: ShapeBuckets | None = None, workers: int = 0):
+    """Endless `(inputs, targets)` batches of `batch_size` rows (see `make_batch`, padded
+    to `buckets`); the stream after `start_step` steps is the same as in an
+    uninterrupted run with the same `seed`, and the same for any number of `workers`
+    (processes that tokenize and pad ahead, `simbert.workers.ordered_map`; the pairs are
+    sampled here). `teacher_similarities(texts)`, when given, is the teacher's cosine
+    matrix of the rows' sources, the distillation target. Close the generator to stop
+    the workers."""
     pairs_per_batch = batch_size // 2
     pairs = iter(PairSampler(read_group_stream, data.max_chars, seed, data.shuffle_buffer))
     for _ in range(start_step * pairs_per_batch):
         next(pairs)
-    masker = SourceMasker(tokenizer) if data.mask_source else None
-    step = start_step
-    while True:
-        batch_pairs = [next(pairs) for _ in range(pairs_per_batch)]
-        mask_source = None
-        if masker is not None:
-            mask_source = functools.partial(masker, rng=random.Random(seed * 1_000_003 + step))
-        inputs, targets = make_batch(batch_pairs, tokenizer, data.max_tokens, mask_source, data.pad_to_multiple)
+    if data.mask_source:
+        SourceMasker(tokenizer)  # fails here, not in a worker, without a [MASK] token
+    numbered = ((step, [next(pairs) for _ in range(pairs_per_batch)]) for step in itertools.count(start_step))
+    if teacher_similarities is not None:
+        numbered, with_teacher = itertools.tee(numbered)
+    build = functools.partial(build_training_batch, tokenizer=tokenizer, max_tokens=data.max_tokens,
+                              mask_seed=seed if data.mask_source else None, buckets=buckets)
+    for inputs, targets in ordered_map(build, numbered, workers):
         if teacher_similarities is not None:
+            _, batch_pairs = next(with_teacher)
             targets["distillation"] = teacher_similarities([text for pair in batch_pairs for text in pair])
-        step += 1
         yield inputs, targets
 
 

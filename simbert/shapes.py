@@ -45,6 +45,12 @@ class ShapeBuckets:
         lengths = {self.length(n) for n in range(1, self.max_length + 1)}
         return len(row_counts) * len(lengths)
 
+    def training_shapes(self) -> int:
+        """How many (length, target width) shapes training batches can take: a bucket
+        length and a bucket width no longer than it."""
+        lengths = sorted({self.length(n) for n in range(1, self.max_length + 1)})
+        return sum(1 for length in lengths for width in lengths if width <= length)
+
     def pad(self, sequences: Sequence[Sequence[int]], batch_size: int) -> np.ndarray:
         """int32 `(rows(len(sequences)), length(longest))` array: each sequence at the
         start of its row, zeros after it and in the padding rows."""

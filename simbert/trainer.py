@@ -22,7 +22,7 @@ import numpy as np
 from simbert.api import SimBERT
 from simbert.callbacks import CheckpointSaver, LossCurve, ProgressLogger, SamplePrinter
 from simbert.checkpoints import assign_weights, read_tf_checkpoint, read_training_state, write_training_state
-from simbert.config import TrainConfig, TrainingConfig
+from simbert.config import DataConfig, TrainConfig, TrainingConfig
 from simbert.data import ReadReport, batch_dataset, build_char_vocab, read_training_groups, training_batches
 from simbert.directories import (
     LOSS_PLOT_FILE,
@@ -38,6 +38,7 @@ from simbert.directories import (
 from simbert.losses import DistillationLoss, Seq2SeqLoss, SimilarityLoss
 from simbert.models import Transformer
 from simbert.optimizers import AdamW
+from simbert.shapes import ShapeBuckets
 from simbert.tokenizer import Tokenizer, load_vocab
 
 logger = logging.getLogger(__name__)
@@ -52,6 +53,42 @@ def linear_warmup(learning_rate: float, warmup_steps: int) -> keras.optimizers.s
     return keras.optimizers.schedules.CosineDecay(
         initial_learning_rate=learning_rate / warmup_steps, decay_steps=1, alpha=1.0,
         warmup_target=learning_rate, warmup_steps=warmup_steps - 1)
+
+
+def compiles_step(jit_compile: bool | str) -> bool:
+    """`training.jit_compile` for the active backend: "auto" is XLA on JAX (Keras would
+    otherwise run the JAX step eagerly, op by op) and TensorFlow's graph path on
+    TensorFlow (faster than XLA on CPU, see docs/benchmarks.md)."""
+    if jit_compile == "auto":
+        return keras.backend.backend() == "jax"
+    return bool(jit_compile)
+
+
+def batch_buckets(data: DataConfig, step_compiled: bool) -> ShapeBuckets:
+    """Training batch shapes: lengths and target widths rounded up to `data.length_step`
+    (default 16 when the step is compiled per shape, else 1: no padding), at most
+    `data.max_tokens`."""
+    length_step = data.length_step or (16 if step_compiled else 1)
+    return ShapeBuckets(length_step, max_length=data.max_tokens)
+
+
+def default_workers() -> int:
+    """Batch-building processes when `data.workers` is not set: a quarter of the CPU
+    cores, at most 8 (none on a 2-core machine, where they would take the step's cores)."""
+    return min(8, (os.cpu_count() or 1) // 4)
+
+
+class TrainingModel(keras.Model):
+    """A functional `keras.Model` that counts how often its training step is traced:
+    once per compiled program on JAX and TensorFlow, once per step when run eagerly."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.step_traces = 0
+
+    def train_step(self, *args, **kwargs):
+        self.step_traces += 1
+        return super().train_step(*args, **kwargs)
 
 
 def build_training_model(backbone: Transformer, training: TrainingConfig) -> keras.Model:
@@ -73,7 +110,7 @@ def build_training_model(backbone: Transformer, training: TrainingConfig) -> ker
         outputs["distillation"] = pooled
         losses["distillation"] = DistillationLoss()
         weights["distillation"] = training.distillation_weight
-    model = keras.Model([token_ids, segment_ids, positions], outputs, name="simbert_training")
+    model = TrainingModel([token_ids, segment_ids, positions], outputs, name="simbert_training")
     learning_rate = training.learning_rate
     if training.warmup_steps:
         learning_rate = linear_warmup(training.learning_rate, training.warmup_steps)
@@ -82,7 +119,7 @@ def build_training_model(backbone: Transformer, training: TrainingConfig) -> ker
     optimizer = AdamW(learning_rate=learning_rate, weight_decay=training.weight_decay,
                       clipnorm=training.clipnorm, name="adamw")
     optimizer.exclude_from_weight_decay(var_names=["gamma", "beta", "bias"])
-    model.compile(optimizer=optimizer, loss=losses, loss_weights=weights, jit_compile=training.jit_compile)
+    model.compile(optimizer=optimizer, loss=losses, loss_weights=weights, jit_compile=compiles_step(training.jit_compile))
     return model
 
 
@@ -91,7 +128,8 @@ class FitResult:
     """What `Trainer.fit` did: the steps it started and ended at, the step whose loss was
     NaN or inf (training stopped there), why it stopped early ("requested",
     "already complete") if it did, the first and last metrics lines written, and the
-    throughput after the first (compiling) step."""
+    throughput after the first (compiling) step, and how many training-step programs were
+    compiled (traces; at most `batch_shapes`, the shapes the batch buckets allow)."""
 
     start_step: int
     step: int
@@ -100,6 +138,8 @@ class FitResult:
     first: dict | None = None
     last: dict | None = None
     samples_per_second: float | None = None
+    compiled_programs: int = 0
+    batch_shapes: int = 0
 
 
 class Trainer:
@@ -125,6 +165,8 @@ class Trainer:
         if training.teacher:
             self.teacher = SimBERT.from_pretrained(training.teacher, max_tokens=config.data.max_tokens)
         self.training_model = build_training_model(self.backbone, training)
+        self.buckets = batch_buckets(config.data, compiles_step(training.jit_compile))
+        self.workers = default_workers() if config.data.workers is None else config.data.workers
         self.optimizer = self.training_model.optimizer
 
     def request_stop(self) -> None:
@@ -160,13 +202,14 @@ class Trainer:
     def _batches(self, start_step: int):
         data, training = self.config.data, self.config.training
         return training_batches(self.read_groups, self.tokenizer, data, training.batch_size, training.seed,
-                                start_step, self._teacher_similarities if self.teacher is not None else None)
+                                start_step, self._teacher_similarities if self.teacher is not None else None,
+                                self.buckets, self.workers)
 
-    def _stream(self, start_step: int):
-        """`_batches` for `fit`: a tf.data pipeline on TensorFlow, the generator elsewhere."""
+    def _fit_input(self, batches):
+        """The batch generator as `fit` takes it: a tf.data pipeline on TensorFlow, as it is elsewhere."""
         if keras.backend.backend() != "tensorflow":
-            return self._batches(start_step)
-        return batch_dataset(lambda: self._batches(start_step), with_distillation=self.teacher is not None)
+            return batches
+        return batch_dataset(lambda: batches, with_distillation=self.teacher is not None)
 
     # ------------------------------------------------------------ checkpoints
     def _state_variables(self) -> list:
@@ -227,8 +270,16 @@ class Trainer:
             texts = output.sample_texts or [group[0] for _, group in zip(range(3), self.read_groups())]
             sampler = SimBERT(self.backbone, self.tokenizer, max_tokens=self.config.data.max_tokens)
             callbacks.append(SamplePrinter(sampler, texts, output.sample_every, start_step))
-        self.training_model.fit(self._stream(start_step), steps_per_epoch=total - start_step, epochs=1,
-                                shuffle=False, verbose=0, callbacks=callbacks)
+        traces_before = self.training_model.step_traces
+        batches = self._batches(start_step)
+        try:
+            self.training_model.fit(self._fit_input(batches), steps_per_epoch=total - start_step, epochs=1,
+                                    shuffle=False, verbose=0, callbacks=callbacks)
+        finally:
+            batches.close()  # stops the batch workers
+        programs = self.training_model.step_traces - traces_before
+        shapes = self.buckets.training_shapes()
+        logger.info("compiled %d training step program(s) (batch buckets allow %d shapes)", programs, shapes)
         if progress.nan_step is None:
             self.save_checkpoint(progress.step)
         if self.report.skipped_records or self.report.skipped_groups:
@@ -236,4 +287,4 @@ class Trainer:
                            self.report.skipped_records, self.report.skipped_groups)
         return FitResult(start_step, progress.step, progress.nan_step,
                          "requested" if self.stop_event.is_set() else None, progress.first, progress.last,
-                         progress.samples_per_second())
+                         progress.samples_per_second(), programs, shapes)

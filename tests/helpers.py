@@ -8,6 +8,7 @@ import keras
 import numpy as np
 
 from simbert.checkpoints import write_tf_checkpoint
+from simbert.config import TrainConfig
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -114,3 +115,15 @@ def value_and_gradients(function, *args, upstream=None):
         outputs = function(*args)
     weights = None if upstream is None else tf.cast(upstream, outputs.dtype)
     return outputs, tape.gradient(outputs, args, output_gradients=weights)
+
+
+def tiny_config(output_dir, steps, **training):
+    """configs/tiny.yaml on data_sample.json into `output_dir`, `steps` long, with
+    `training` fields replaced."""
+    config = TrainConfig.from_yaml(os.path.join(ROOT, "configs", "tiny.yaml"))
+    config.data.train = os.path.join(ROOT, "data_sample.json")
+    config.output.dir = str(output_dir)
+    config.training.steps = steps
+    for key, value in training.items():
+        setattr(config.training, key, value)
+    return config

@@ -18,6 +18,7 @@ from simbert.data import (
     read_groups,
     read_pairs,
 )
+from simbert.shapes import ShapeBuckets
 from simbert.tokenizer import Tokenizer
 
 GROUPS = [
@@ -152,9 +153,15 @@ def test_batch_layout():
         assert targets["seq2seq"][row, : len(wanted), 0].tolist() == token_ids[row, np.array(wanted) + 1].tolist()
     assert positions.shape[1] == max(len(b) for pair in pairs for b in pair) + 1  # target tokens + [SEP]
     assert targets["similarity"].tolist() == [0, 1, 2, 3]
-    (rounded, _, rounded_positions), _ = make_batch(pairs, tokenizer, max_tokens=64, pad_to_multiple=8)
-    assert rounded.shape == (4, 16) and rounded_positions.shape[1] == 8
+    (rounded, rounded_segments, rounded_positions), rounded_targets = make_batch(
+        pairs, tokenizer, max_tokens=64, buckets=ShapeBuckets(length_step=16, max_length=64))
+    assert rounded.shape == (4, 16) and rounded_positions.shape[1] == 16
     np.testing.assert_array_equal(rounded[:, : token_ids.shape[1]], token_ids)
+    assert not rounded[:, token_ids.shape[1]:].any() and not rounded_segments[:, token_ids.shape[1]:].any()
+    width = positions.shape[1]
+    np.testing.assert_array_equal(rounded_positions[:, :width], positions)
+    np.testing.assert_array_equal(rounded_targets["seq2seq"][:, :width], targets["seq2seq"])
+    assert not rounded_targets["seq2seq"][:, width:].any()  # padded targets weigh 0
     _, duplicate = make_batch([("你好", "今天"), ("明天", "你好")], tokenizer, max_tokens=64)
     assert duplicate["similarity"].tolist() == [0, 1, 2, 0]
 

@@ -11,7 +11,7 @@ PACKAGE = os.path.join(ROOT, "simbert")
 
 # Lowest first. A module may import modules of strictly lower layers only.
 LAYERS = [
-    {"tokenizer", "layers", "shapes", "compiled"},
+    {"tokenizer", "layers", "shapes", "compiled", "workers"},
     {"config"},
     {"models"},
     {"checkpoints"},

@@ -13,22 +13,11 @@ import keras
 import numpy as np
 import pytest
 
-from helpers import ROOT, padded_batch
+from helpers import ROOT, padded_batch, tiny_config
 from reference.invoke import run_bert4keras
 from simbert import build_transformer_model
-from simbert.config import TrainConfig
 from simbert.directories import checkpoint_dirs
 from simbert.trainer import Trainer, linear_warmup
-
-
-def tiny_config(output_dir, steps, **training):
-    config = TrainConfig.from_yaml(os.path.join(ROOT, "configs", "tiny.yaml"))
-    config.data.train = os.path.join(ROOT, "data_sample.json")
-    config.output.dir = str(output_dir)
-    config.training.steps = steps
-    for key, value in training.items():
-        setattr(config.training, key, value)
-    return config
 
 
 def read_metrics(output_dir):

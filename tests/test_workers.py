@@ -1,0 +1,80 @@
+"""Batches built ahead in worker processes: the same stream as the serial loop, resumable,
+and no worker left behind however the consumer stops."""
+
+import os
+
+import numpy as np
+import pytest
+
+from simbert.config import DataConfig
+from simbert.data import build_char_vocab, training_batches
+from simbert.shapes import ShapeBuckets
+from simbert.tokenizer import Tokenizer
+from simbert.workers import ordered_map
+
+GROUPS = [[f"第{i}个问题怎么办", f"第{i}个问题如何处理", f"问题{i}该怎么解决"] for i in range(40)]
+
+
+def child_processes() -> list[int]:
+    """PIDs of this process's children (from /proc, so exited-but-unreaped ones count),
+    but multiprocessing's resource tracker, one per parent, which exits with it."""
+    children = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as reader:
+                    fields = reader.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == os.getpid():
+                with open(f"/proc/{entry}/cmdline", "rb") as reader:
+                    if b"resource_tracker" not in reader.read():
+                        children.append(int(entry))
+    return children
+
+
+def fail_on_three(value: int) -> int:
+    if value == 3:
+        raise ValueError("item 3 is bad")
+    return value * value
+
+
+def take(batches, count):
+    taken = [next(batches) for _ in range(count)]
+    batches.close()
+    return taken
+
+
+def assert_same_batches(first, second):
+    assert len(first) == len(second)
+    for (inputs, targets), (other_inputs, other_targets) in zip(first, second):
+        for array, other in zip(inputs, other_inputs):
+            np.testing.assert_array_equal(array, other)
+        for name in targets:
+            np.testing.assert_array_equal(targets[name], other_targets[name])
+
+
+def test_ordered_map_keeps_order_and_stops_its_workers_on_error():
+    assert list(ordered_map(fail_on_three, range(3), workers=2)) == [0, 1, 4]
+    results = ordered_map(fail_on_three, range(10), workers=2, ahead=3)
+    assert [next(results), next(results), next(results)] == [0, 1, 4]
+    with pytest.raises(ValueError, match="item 3 is bad"):
+        next(results)
+    assert child_processes() == []
+
+
+@pytest.mark.parametrize("mask_source", [False, True])
+def test_worker_stream_equals_the_serial_stream_and_resumes(mask_source):
+    tokenizer = Tokenizer(build_char_vocab(text for group in GROUPS for text in group))
+    data = DataConfig(max_chars=16, shuffle_buffer=16, mask_source=mask_source)
+    buckets = ShapeBuckets(16, data.max_tokens)
+
+    def batches(start_step, workers):
+        return training_batches(lambda: iter(GROUPS), tokenizer, data, batch_size=8, seed=3, start_step=start_step,
+                                buckets=buckets, workers=workers)
+
+    serial = take(batches(0, workers=0), 6)
+    assert_same_batches(take(batches(0, workers=2), 6), serial)
+    assert_same_batches(take(batches(4, workers=2), 2), serial[4:])  # resumed after step 4
+    assert {inputs[0].shape[1] % 16 for inputs, _ in serial} == {0}
+    assert child_processes() == []
