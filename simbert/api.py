@@ -15,7 +15,7 @@ import keras
 import numpy as np
 from tqdm import tqdm
 
-from simbert.compiled import CompiledFunction
+from simbert.compiled import DEFAULT_CACHE, CompiledFunction, use_compilation_cache
 from simbert.directories import WHITENING_FILE, load_pretrained, resolve_model_directory, save_pretrained
 from simbert.generation import CachedDecoder
 from simbert.models import Transformer
@@ -59,10 +59,14 @@ class SimBERT:
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, model_type: str | None = None, max_tokens: int = 64,
-                        pre_tokenize: Callable[[str], Iterable[str]] | None = None) -> "SimBERT":
+                        pre_tokenize: Callable[[str], Iterable[str]] | None = None,
+                        compilation_cache: str | None = DEFAULT_CACHE) -> "SimBERT":
         """Load a released TF-checkpoint directory, a trainer output (its latest checkpoint)
         or an HF directory. `model_type` ('bert'/'roformer') defaults to what the files
-        say, else 'bert'. A whitening.npz beside the weights is applied."""
+        say, else 'bert'. A whitening.npz beside the weights is applied.
+        `compilation_cache`: where compiled programs are kept for later processes
+        (`simbert.compiled.use_compilation_cache`; default under ~/.cache/simbert, None: off)."""
+        use_compilation_cache(compilation_cache)
         directory = resolve_model_directory(path)
         tokenizer, backbone = load_pretrained(directory, model_type, pre_tokenize=pre_tokenize)
         simbert = cls(backbone, tokenizer, max_tokens, name=os.path.basename(os.path.normpath(str(path))))
@@ -71,7 +75,7 @@ class SimBERT:
         return simbert
 
     def save(self, path: str | os.PathLike) -> None:
-        """Write the released layout: bert_config.json, vocab.txt, bert_model.ckpt.*, and
+        """Write a model directory (`simbert.directories.save_pretrained`), and
         whitening.npz when a whitening is set."""
         save_pretrained(self.backbone, path, self.tokenizer.token_dict)
         if self.whitening is not None:

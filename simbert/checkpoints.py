@@ -1,5 +1,6 @@
 """Weight formats: Google-BERT TF checkpoints (bert4keras, SimBERT, RoFormer-Sim
-releases), Hugging Face weight files, and a run's training state.
+releases), the same tensors in safetensors (`bert_model.safetensors`: written and read
+without TensorFlow), Hugging Face weight files, and a run's training state.
 
 Every weight format is translated to the Google checkpoint names below, and those names
 are mapped to the model's variables by attribute path. Kernels are stored (in, out).
@@ -20,6 +21,7 @@ from simbert.models import Transformer
 logger = logging.getLogger(__name__)
 
 CHECKPOINT_NAME = "bert_model.ckpt"
+SAFETENSORS_NAME = "bert_model.safetensors"  # the TF checkpoint's tensors under the same Google names
 HF_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 
 # Google name -> attribute path on `Transformer`.
@@ -163,13 +165,20 @@ def read_tf_checkpoint(path: str | os.PathLike) -> dict[str, np.ndarray]:
 
 
 def read_variable_names(path: str | os.PathLike) -> set[str] | None:
-    """The variable names of a TF checkpoint (prefix or directory), or None if there is none."""
-    import tensorflow as tf
+    """The variable names of a directory's `bert_model.safetensors` or of a TF checkpoint
+    (prefix or directory), or None if there is neither."""
+    if holds_google_safetensors(path):
+        from safetensors import safe_open
 
+        with safe_open(os.path.join(path, SAFETENSORS_NAME), "numpy") as reader:
+            return set(reader.keys())
     try:
-        return set(tf.train.load_checkpoint(resolve_checkpoint(path)).get_variable_to_shape_map())
+        prefix = resolve_checkpoint(path)
     except FileNotFoundError:
         return None
+    import tensorflow as tf
+
+    return set(tf.train.load_checkpoint(prefix).get_variable_to_shape_map())
 
 
 def write_tf_checkpoint(values: dict[str, np.ndarray], prefix: str | os.PathLike) -> None:
@@ -179,6 +188,33 @@ def write_tf_checkpoint(values: dict[str, np.ndarray], prefix: str | os.PathLike
     names = sorted(values)
     tf.raw_ops.SaveV2(prefix=str(prefix), tensor_names=names, shape_and_slices=[""] * len(names),
                       tensors=[tf.constant(values[n]) for n in names])
+
+
+def tensorflow_importable() -> bool:
+    """Whether the TF checkpoint (bert4keras' format) can be written here."""
+    try:
+        import tensorflow  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+# ------------------------------------------------------------------ safetensors
+def holds_google_safetensors(path: str | os.PathLike) -> bool:
+    return os.path.isfile(os.path.join(path, SAFETENSORS_NAME))
+
+
+def write_google_safetensors(values: dict[str, np.ndarray], path: str | os.PathLike) -> None:
+    """Google-named arrays to one safetensors file (no TensorFlow needed)."""
+    from safetensors.numpy import save_file
+
+    save_file({name: np.ascontiguousarray(value) for name, value in values.items()}, str(path))
+
+
+def read_google_safetensors(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    from safetensors.numpy import load_file
+
+    return load_file(str(path))
 
 
 def model_values(model: Transformer) -> dict[str, np.ndarray]:
@@ -226,9 +262,13 @@ def holds_hf_weights(path: str | os.PathLike) -> bool:
 
 
 def read_weights(path: str | os.PathLike) -> dict[str, np.ndarray]:
-    """Google-named arrays from a TF checkpoint (prefix or directory) or an HF directory."""
+    """Google-named arrays from an HF directory, a directory holding
+    `bert_model.safetensors` (preferred: no TensorFlow needed), or a TF checkpoint
+    (prefix or directory)."""
     if holds_hf_weights(path):
         return read_hf_directory(path)
+    if holds_google_safetensors(path):
+        return read_google_safetensors(os.path.join(path, SAFETENSORS_NAME))
     return read_tf_checkpoint(path)
 
 

@@ -8,6 +8,10 @@ imported inside the commands, so `--help` and argument errors answer at once.
     simbert search INDEX_DIR MODEL_DIR "query" [--topn 10]
     simbert eval MODEL_DIR FILE... [--threshold 0.9] [--output JSON] [--plot DIR]
                  [--whiten CORPUS --dim 256] [--baseline jaccard]
+    simbert convert MODEL_DIR --to bert4keras|safetensors
+
+Commands that load a model keep compiled programs in `--compile-cache DIR` (default
+~/.cache/simbert/xla; `--no-compile-cache` turns it off), so the next process starts faster.
 """
 
 from __future__ import annotations
@@ -23,6 +27,17 @@ import sys
 TF_LOG_LEVEL = "1"
 
 
+def _cache(args) -> str | None:
+    return None if args.no_compile_cache else args.compile_cache
+
+
+def _convert(args) -> int:
+    from simbert.directories import convert_checkpoint, resolve_model_directory
+
+    print(f"wrote {convert_checkpoint(resolve_model_directory(args.model_dir), args.to)}")
+    return 0
+
+
 def _train(args) -> int:
     import dataclasses
 
@@ -36,6 +51,10 @@ def _train(args) -> int:
         config.output.dir = args.output_dir
     if args.seed is not None:
         config.training.seed = args.seed
+    if args.no_compile_cache:
+        config.training.compilation_cache = None
+    elif args.compile_cache is not None:
+        config.training.compilation_cache = args.compile_cache
     trainer = Trainer(config)
     # Ctrl-C or SIGTERM: save a checkpoint after the current step and stop.
     previous = {sig: signal.signal(sig, lambda signum, frame: trainer.request_stop())
@@ -52,7 +71,7 @@ def _train(args) -> int:
 def _generate(args) -> int:
     from simbert.api import SimBERT
 
-    model = SimBERT.from_pretrained(args.model_dir, max_tokens=args.max_tokens)
+    model = SimBERT.from_pretrained(args.model_dir, max_tokens=args.max_tokens, compilation_cache=_cache(args))
     for text, score in model.gen_synonyms(args.text, n=args.n, k=args.k, with_scores=True,
                                           topk=args.topk, seed=args.seed):
         print(f"{score:.4f}\t{text}")
@@ -65,7 +84,7 @@ def _encode(args) -> int:
     from simbert.api import SimBERT
     from simbert.retrieval import read_lines
 
-    model = SimBERT.from_pretrained(args.model_dir, max_tokens=args.max_tokens)
+    model = SimBERT.from_pretrained(args.model_dir, max_tokens=args.max_tokens, compilation_cache=_cache(args))
     vectors = model.encode(list(read_lines(args.input)), batch_size=args.batch_size, progress=True)
     np.save(args.output, vectors)
     print(f"wrote {vectors.shape[0]} vectors of dimension {vectors.shape[1]} to {args.output}")
@@ -76,7 +95,7 @@ def _index(args) -> int:
     from simbert.api import SimBERT
     from simbert.retrieval import read_lines
 
-    model = SimBERT.from_pretrained(args.model_dir, max_tokens=args.max_tokens)
+    model = SimBERT.from_pretrained(args.model_dir, max_tokens=args.max_tokens, compilation_cache=_cache(args))
     index = model.build_index(list(read_lines(args.input)), batch_size=args.batch_size, progress=True,
                               dtype=args.dtype, backend=args.backend)
     index.save(args.output)
@@ -87,7 +106,7 @@ def _index(args) -> int:
 def _search(args) -> int:
     from simbert.api import SimBERT
 
-    model = SimBERT.from_pretrained(args.model_dir, max_tokens=args.max_tokens)
+    model = SimBERT.from_pretrained(args.model_dir, max_tokens=args.max_tokens, compilation_cache=_cache(args))
     model.load_index(args.index_dir)
     for text, score in model.most_similar(args.query, topn=args.topn):
         print(f"{score:.4f}\t{text}")
@@ -103,7 +122,7 @@ def _eval(args) -> int:
     from simbert.evaluation import evaluate_files, format_table, jaccard_similarity, plot_histograms
     from simbert.retrieval import read_lines
 
-    model = SimBERT.from_pretrained(args.model_dir, max_tokens=args.max_tokens)
+    model = SimBERT.from_pretrained(args.model_dir, max_tokens=args.max_tokens, compilation_cache=_cache(args))
 
     def cosine(first, second):
         return np.sum(model.encode(first, args.batch_size) * model.encode(second, args.batch_size), axis=1)
@@ -146,12 +165,14 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in output.dir")
     train.add_argument("--seed", type=int, help="override training.seed")
     train.set_defaults(run=_train)
+    add_cache_arguments(train, default=None)
 
     def model_command(name, help_text, run):
         command = commands.add_parser(name, help=help_text)
         command.add_argument("--maxlen", dest="max_tokens", metavar="TOKENS", type=int, default=64,
                              help="tokens kept per text, and per generated text (default 64)")
         command.set_defaults(run=run)
+        add_cache_arguments(command, default="default")
         return command
 
     generate = model_command("generate", "paraphrases of a text, ranked by similarity", _generate)
@@ -194,7 +215,20 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--dim", type=int, help="dimensions kept by whitening (default: all)")
     evaluate.add_argument("--baseline", choices=["jaccard"], help="also report a char-overlap baseline")
     evaluate.add_argument("--batch-size", type=int, default=64)
+
+    convert = commands.add_parser("convert", help="add the other weight format to a model directory")
+    convert.add_argument("model_dir", help="model directory (or a training output: its latest checkpoint)")
+    convert.add_argument("--to", required=True, choices=["bert4keras", "safetensors"],
+                         help="bert4keras: bert_model.ckpt.* (needs TensorFlow); safetensors: bert_model.safetensors")
+    convert.set_defaults(run=_convert)
     return parser
+
+
+def add_cache_arguments(command: argparse.ArgumentParser, default: str | None) -> None:
+    command.add_argument("--compile-cache", metavar="DIR", default=default,
+                         help="keep compiled programs here for later runs (default ~/.cache/simbert/xla"
+                              + (", or the recipe's training.compilation_cache)" if default is None else ")"))
+    command.add_argument("--no-compile-cache", action="store_true", help="do not keep compiled programs")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -9,9 +9,47 @@ otherwise; with `dynamic_inputs` it is traced once, for inputs of any shape.
 
 from __future__ import annotations
 
+import os
 from typing import Callable, Sequence
 
 import keras
+
+DEFAULT_CACHE = "default"  # `compilation_cache` value meaning `default_cache_directory()`
+
+
+def default_cache_directory() -> str:
+    """`$XDG_CACHE_HOME/simbert/xla`, else `~/.cache/simbert/xla`."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "simbert", "xla")
+
+
+def use_compilation_cache(directory: str | None = DEFAULT_CACHE) -> str | None:
+    """Keep the programs XLA compiles in `directory`, so a later process (a second
+    `simbert generate`, a resumed training, a restarted server) loads them instead of
+    compiling again; `None` leaves the backend's setting alone. Returns the directory.
+
+    JAX: its persistent compilation cache, every program however quick to compile.
+    TensorFlow: XLA's persistent cache (`--tf_xla_persistent_cache_directory` in
+    `TF_XLA_FLAGS`), read when XLA first compiles in the process, so it takes effect
+    only if called before then.
+    """
+    if directory is None:
+        return None
+    directory = default_cache_directory() if directory == DEFAULT_CACHE else os.path.expanduser(directory)
+    os.makedirs(directory, exist_ok=True)
+    backend = keras.backend.backend()
+    if backend == "jax":
+        import jax
+
+        jax.config.update("jax_compilation_cache_dir", directory)
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+        jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+    elif backend == "tensorflow":
+        flag = f"--tf_xla_persistent_cache_directory={directory}"
+        flags = os.environ.get("TF_XLA_FLAGS", "")
+        if "--tf_xla_persistent_cache_directory" not in flags:
+            os.environ["TF_XLA_FLAGS"] = f"{flags} {flag}".strip()
+    return directory
 
 
 class CompiledFunction:

@@ -156,6 +156,7 @@ class TrainingConfig:
     similarity_weight: float = 1.0
     mask_duplicates: bool = True
     seed: int = 42
+    compilation_cache: str | None = "default"  # directory for compiled programs (reused by a resumed run); default: ~/.cache/simbert/xla; null: off
     teacher: str | None = None  # model directory of a teacher for distillation
     distillation_weight: float = 100.0
 

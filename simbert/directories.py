@@ -3,8 +3,9 @@ a backbone (`load_pretrained`, `build_transformer_model`), writing one
 (`save_pretrained`), and finding the checkpoints of a training run.
 
 A model directory is either the released layout (bert_config.json, vocab.txt,
-bert_model.ckpt.*: Google BERT, SimBERT, RoFormer-Sim, our checkpoints) or a Hugging
-Face one (config.json, vocab.txt, model.safetensors or pytorch_model.bin). A training
+bert_model.ckpt.*: Google BERT, SimBERT, RoFormer-Sim; ours add bert_model.safetensors,
+the same tensors readable without TensorFlow, and write only that where TensorFlow is
+not installed) or a Hugging Face one (config.json, vocab.txt, model.safetensors or pytorch_model.bin). A training
 output directory holds `checkpoint-<step>/` model directories.
 """
 
@@ -14,12 +15,19 @@ import json
 import os
 from typing import Callable, Iterable, Sequence
 
+import numpy as np
+
 from simbert.checkpoints import (
     CHECKPOINT_NAME,
+    SAFETENSORS_NAME,
     holds_hf_weights,
     load_weights,
     model_values,
+    read_google_safetensors,
+    read_tf_checkpoint,
     read_variable_names,
+    tensorflow_importable,
+    write_google_safetensors,
     write_tf_checkpoint,
 )
 from simbert.config import MODEL_TYPES, BackboneConfig
@@ -192,7 +200,8 @@ def load_pretrained(
 
 
 def save_pretrained(model: Transformer, directory: str | os.PathLike, token_dict: dict[str, int]) -> None:
-    """Write the released layout: bert_config.json, vocab.txt, bert_model.ckpt.*"""
+    """Write bert_config.json, vocab.txt, bert_model.safetensors and, where TensorFlow
+    is importable, the released layout's bert_model.ckpt.* (what bert4keras loads)."""
     directory = str(directory)
     if len(token_dict) != model.config.vocab_size:
         raise ValueError(f"vocab has {len(token_dict)} tokens but the model's vocab_size is "
@@ -201,6 +210,41 @@ def save_pretrained(model: Transformer, directory: str | os.PathLike, token_dict
     with open(os.path.join(directory, CONFIG_FILE), "w", encoding="utf-8") as writer:
         json.dump(model.config.to_dict(), writer, indent=2)
     save_vocab(os.path.join(directory, VOCAB_FILE), token_dict)
-    write_tf_checkpoint(model_values(model), os.path.join(directory, CHECKPOINT_NAME))
+    values = model_values(model)
+    write_google_safetensors(values, os.path.join(directory, SAFETENSORS_NAME))
+    if tensorflow_importable():
+        write_bert4keras_checkpoint(values, directory)
+
+
+def write_bert4keras_checkpoint(values: dict[str, np.ndarray], directory: str) -> None:
+    """bert_model.ckpt.* and the `checkpoint` file naming it, as the releases have them."""
+    write_tf_checkpoint(values, os.path.join(directory, CHECKPOINT_NAME))
     with open(os.path.join(directory, "checkpoint"), "w", encoding="utf-8") as writer:
         writer.write(f'model_checkpoint_path: "{CHECKPOINT_NAME}"\n')
+
+
+CONVERSIONS = ("bert4keras", "safetensors")
+
+
+def convert_checkpoint(directory: str | os.PathLike, to: str) -> str:
+    """Add the other weight format to a model directory: "bert4keras" writes
+    bert_model.ckpt.* from bert_model.safetensors (needs TensorFlow), "safetensors" the
+    reverse. The new files are written beside the old ones, never over them; returns the
+    path written."""
+    directory = str(directory)
+    if to not in CONVERSIONS:
+        raise ValueError(f"convert: --to should be one of {CONVERSIONS}, got {to!r}")
+    if to == "safetensors":
+        target = os.path.join(directory, SAFETENSORS_NAME)
+        temporary = target + ".tmp"
+        write_google_safetensors(read_tf_checkpoint(directory), temporary)
+        os.replace(temporary, target)
+        return target
+    source = os.path.join(directory, SAFETENSORS_NAME)
+    if not os.path.isfile(source):
+        raise FileNotFoundError(f"convert: {directory} has no {SAFETENSORS_NAME}")
+    if not tensorflow_importable():
+        raise RuntimeError("convert --to bert4keras writes a TensorFlow checkpoint: install tensorflow "
+                           "(pip install tensorflow-cpu is enough)")
+    write_bert4keras_checkpoint(read_google_safetensors(source), directory)
+    return os.path.join(directory, CHECKPOINT_NAME)

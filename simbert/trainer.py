@@ -21,7 +21,8 @@ import numpy as np
 
 from simbert.api import SimBERT
 from simbert.callbacks import CheckpointSaver, LossCurve, ProgressLogger, SamplePrinter
-from simbert.checkpoints import assign_weights, read_tf_checkpoint, read_training_state, write_training_state
+from simbert.checkpoints import assign_weights, read_training_state, read_weights, write_training_state
+from simbert.compiled import use_compilation_cache
 from simbert.config import DataConfig, TrainConfig, TrainingConfig
 from simbert.data import ReadReport, batch_dataset, build_char_vocab, read_training_groups, training_batches
 from simbert.directories import (
@@ -156,6 +157,7 @@ class Trainer:
     def __init__(self, config: TrainConfig):
         training = config.training
         keras.utils.set_random_seed(training.seed)
+        use_compilation_cache(training.compilation_cache)
         self.config = config
         self.output_dir = config.output.dir
         self.report = ReadReport()
@@ -163,7 +165,8 @@ class Trainer:
         self.tokenizer, self.backbone = self._build_tokenizer_and_backbone()
         self.teacher = None
         if training.teacher:
-            self.teacher = SimBERT.from_pretrained(training.teacher, max_tokens=config.data.max_tokens)
+            self.teacher = SimBERT.from_pretrained(training.teacher, max_tokens=config.data.max_tokens,
+                                                   compilation_cache=None)
         self.training_model = build_training_model(self.backbone, training)
         self.buckets = batch_buckets(config.data, compiles_step(training.jit_compile))
         self.workers = default_workers() if config.data.workers is None else config.data.workers
@@ -236,7 +239,7 @@ class Trainer:
 
     def restore_checkpoint(self, path: str) -> int:
         """Load weights, optimizer and random state from a checkpoint directory; return its step."""
-        assign_weights(self.backbone, read_tf_checkpoint(path), path)
+        assign_weights(self.backbone, read_weights(path), path)
         self.optimizer.build(self.training_model.trainable_variables)
         read_training_state(os.path.join(path, TRAINING_STATE_FILE), self._state_variables())
         with open(os.path.join(path, TRAINER_STATE_FILE), encoding="utf-8") as reader:

@@ -2,12 +2,14 @@
 
 import json
 import os
+import shutil
 
 import numpy as np
 import pytest
 
 from simbert import SimBERT, Tokenizer, gen_synonyms, most_similar
-from simbert.checkpoints import read_tf_checkpoint
+from simbert.checkpoints import read_google_safetensors, read_tf_checkpoint
+from simbert.cli import main
 
 TEXT = "明天北京会下雨吗"
 CORPUS = ["今天气温多少度", "花呗怎么还款", "信用卡怎么提高额度", "手机充不进电怎么办", TEXT,
@@ -72,14 +74,41 @@ def test_most_similar_helper_leaves_the_model_index_alone(model):
     assert most_similar(model, CORPUS[1], topn=1)[0][0] == CORPUS[1]  # no corpus: the model's index
 
 
-def test_save_writes_the_released_layout(model, tmp_path):
+def test_save_writes_the_released_layout_and_safetensors(model, tmp_path):
     model.save(tmp_path / "saved")
-    assert sorted(os.listdir(tmp_path / "saved")) == ["bert_config.json", "bert_model.ckpt.data-00000-of-00001",
-                                                      "bert_model.ckpt.index", "checkpoint", "vocab.txt"]
+    assert sorted(os.listdir(tmp_path / "saved")) == [
+        "bert_config.json", "bert_model.ckpt.data-00000-of-00001", "bert_model.ckpt.index", "bert_model.safetensors",
+        "checkpoint", "vocab.txt"]
     assert json.loads((tmp_path / "saved" / "bert_config.json").read_text())["vocab_size"] == model.tokenizer.vocab_size
-    assert "cls/predictions/output_bias" in read_tf_checkpoint(tmp_path / "saved")
+    tf_values = read_tf_checkpoint(tmp_path / "saved")
+    safetensors_values = read_google_safetensors(tmp_path / "saved" / "bert_model.safetensors")
+    assert "cls/predictions/output_bias" in tf_values and tf_values.keys() == safetensors_values.keys()
+    for name, value in tf_values.items():
+        np.testing.assert_array_equal(safetensors_values[name], value)
     again = SimBERT.from_pretrained(tmp_path / "saved", max_tokens=32)
     np.testing.assert_allclose(again.encode(CORPUS), model.encode(CORPUS), atol=1e-6)
+
+
+def test_convert_between_safetensors_and_the_bert4keras_checkpoint(model, tmp_path):
+    model.save(tmp_path / "both")
+    expected = model.encode(CORPUS)
+    only_safetensors, only_tf = tmp_path / "safetensors", tmp_path / "tf"
+    shutil.copytree(tmp_path / "both", only_safetensors, ignore=shutil.ignore_patterns("bert_model.ckpt*", "checkpoint"))
+    shutil.copytree(tmp_path / "both", only_tf, ignore=shutil.ignore_patterns("*.safetensors"))
+    for directory in (only_safetensors, only_tf):  # either format alone loads
+        np.testing.assert_allclose(SimBERT.from_pretrained(directory, max_tokens=32).encode(CORPUS), expected,
+                                   atol=1e-6)
+    assert main(["convert", str(only_safetensors), "--to", "bert4keras"]) == 0
+    assert main(["convert", str(only_tf), "--to", "safetensors"]) == 0
+    reference = read_tf_checkpoint(tmp_path / "both")
+    for converted in (read_tf_checkpoint(only_safetensors),
+                      read_google_safetensors(only_tf / "bert_model.safetensors")):
+        assert converted.keys() == reference.keys()
+        for name, value in reference.items():
+            np.testing.assert_array_equal(converted[name], value)
+    os.remove(only_tf / "bert_model.safetensors")
+    with pytest.raises(FileNotFoundError, match="tf has no bert_model.safetensors"):
+        main(["convert", str(only_tf), "--to", "bert4keras"])
 
 
 def test_bad_input(model, tmp_path):
