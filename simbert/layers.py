@@ -12,6 +12,8 @@ import random
 import keras
 from keras import ops
 
+from simbert.kernels import Kernels
+
 LAYER_NORM_EPSILON = 1e-12
 # Added where a logit or score must vanish under softmax (exp underflows to exactly 0 in
 # float32); finite, so that masked rows stay free of NaN.
@@ -50,9 +52,13 @@ ACTIVATIONS = {
 }
 
 
-def get_activation(name: str):
+def get_activation(name: str, written_gelu: bool = True):
+    """The activation `name`; "gelu" is `gelu` above, or with `written_gelu` False
+    Keras' exact GELU (autodiff gradient, the compute dtype's math)."""
     if name not in ACTIVATIONS:
         raise ValueError(f"hidden_act {name!r} is not supported; expected one of {sorted(ACTIVATIONS)}")
+    if name == "gelu" and not written_gelu:
+        return lambda x: keras.activations.gelu(x, approximate=False)
     return ACTIVATIONS[name]
 
 
@@ -169,16 +175,21 @@ class LayerNorm(keras.layers.LayerNormalization):
 
         y = g * x_hat + b,   x_hat = (x - mean(x)) / sqrt(var(x) + eps)
         dx = (dy g - mean(dy g) - x_hat mean(dy g x_hat)) / sqrt(var(x) + eps)
+
+    With `written_gradient` False it is Keras' layer as it is (autodiff).
     """
 
-    def __init__(self, **kwargs):
+    def __init__(self, written_gradient: bool = True, **kwargs):
         super().__init__(**kwargs)
+        self.written_gradient = written_gradient
         if self.axis not in (-1, [-1]) or not (self.center and self.scale) or self.rms_scaling:
             raise ValueError("LayerNorm normalises over the last axis with both gamma and beta; "
                              f"got axis={self.axis}, center={self.center}, scale={self.scale}, "
                              f"rms_scaling={self.rms_scaling}")
 
     def call(self, inputs):
+        if not self.written_gradient:
+            return super().call(inputs)
         gamma, beta = ops.cast(self.gamma, "float32"), ops.cast(self.beta, "float32")
 
         @ops.custom_gradient
@@ -201,6 +212,9 @@ class LayerNorm(keras.layers.LayerNormalization):
             return ops.cast(normalized * gamma + beta, self.compute_dtype), grad
 
         return normalize(inputs, gamma, beta)
+
+    def get_config(self):
+        return {**super().get_config(), "written_gradient": self.written_gradient}
 
 
 @keras.saving.register_keras_serializable(package="simbert")
@@ -241,11 +255,15 @@ class MultiHeadAttention(keras.layers.Layer):
     copies the cache, the new keys/values of `x` are written at `cache_index` and the
     queries attend over every slot (the mask says which are valid); the call then returns
     `(output, cache)`.
+
+    With `fused`, calls without a cache and without attention dropout go through
+    `keras.ops.dot_product_attention` (the backend's fused kernel where it has one).
     """
 
     def __init__(self, num_heads: int, head_size: int, hidden_size: int, rotary: bool = False,
-                 dropout_rate: float = 0.0, initializer_range: float = 0.02, **kwargs):
+                 dropout_rate: float = 0.0, initializer_range: float = 0.02, fused: bool = False, **kwargs):
         super().__init__(**kwargs)
+        self.fused = fused
         self.num_heads = num_heads
         self.head_size = head_size
         self.hidden_size = hidden_size
@@ -264,6 +282,7 @@ class MultiHeadAttention(keras.layers.Layer):
         for dense in (self.query, self.key, self.value):
             dense.build(input_shape)
         self.output_dense.build(tuple(input_shape[:-1]) + (self.num_heads * self.head_size,))
+        self.dropout.build()  # its generator exists even when only the fused path runs
 
     def _heads(self, x):
         return ops.reshape(x, (ops.shape(x)[0], ops.shape(x)[1], self.num_heads, self.head_size))
@@ -280,6 +299,11 @@ class MultiHeadAttention(keras.layers.Layer):
                    self._heads(dense_rows(self.value, x)))
         if self.rotary:
             q, k = rotary(q, query_positions), rotary(k, key_positions)
+        if self.fused and cache is None and not (training and self.dropout.threshold):
+            context = ops.dot_product_attention(q, k, v, mask=attention_mask[:, None, :, :],
+                                                scale=1 / math.sqrt(self.head_size))
+            batch, length = ops.shape(context)[0], ops.shape(context)[1]
+            return dense_rows(self.output_dense, ops.reshape(context, (batch, length, self.num_heads * self.head_size)))
         q = ops.transpose(q, (0, 2, 1, 3))  # (batch, heads, len, head_size)
         keys = ops.transpose(k, (0, 2, 3, 1))  # (batch, heads, head_size, len)
         values = ops.transpose(v, (0, 2, 1, 3))
@@ -309,7 +333,8 @@ class TransformerBlock(keras.layers.Layer):
 
     def __init__(self, num_heads: int, head_size: int, hidden_size: int, intermediate_size: int,
                  hidden_act: str = "gelu", rotary: bool = False, dropout_rate: float = 0.1,
-                 attention_dropout_rate: float = 0.1, initializer_range: float = 0.02, **kwargs):
+                 attention_dropout_rate: float = 0.1, initializer_range: float = 0.02,
+                 kernels: Kernels = Kernels(), **kwargs):
         super().__init__(**kwargs)
         self.num_heads = num_heads
         self.head_size = head_size
@@ -321,12 +346,13 @@ class TransformerBlock(keras.layers.Layer):
         self.attention_dropout_rate = attention_dropout_rate
         self.initializer_range = initializer_range
         dense = dict(kernel_initializer=initializer(initializer_range), dtype=self.dtype_policy)
-        norm = dict(epsilon=LAYER_NORM_EPSILON, dtype=self.dtype_policy)
+        norm = dict(epsilon=LAYER_NORM_EPSILON, dtype=self.dtype_policy, written_gradient=kernels.written_layer_norm)
         self.attention = MultiHeadAttention(num_heads, head_size, hidden_size, rotary,
-                                            attention_dropout_rate, initializer_range,
+                                            attention_dropout_rate, initializer_range, kernels.fused_attention,
                                             name="attention", dtype=self.dtype_policy)
         self.attention_norm = LayerNorm(name="attention_norm", **norm)
-        self.intermediate = keras.layers.Dense(intermediate_size, activation=get_activation(hidden_act),
+        self.intermediate = keras.layers.Dense(intermediate_size,
+                                               activation=get_activation(hidden_act, kernels.written_gelu),
                                                name="intermediate", **dense)
         self.output_dense = keras.layers.Dense(hidden_size, name="output", **dense)
         self.output_norm = LayerNorm(name="output_norm", **norm)

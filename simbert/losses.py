@@ -43,6 +43,15 @@ def cross_entropy_with_logits(logits, labels):
     return loss, grad
 
 
+def cross_entropy(logits, labels, written_gradient: bool = True):
+    """`cross_entropy_with_logits`, or with `written_gradient` False the same formula
+    left to autodiff."""
+    if written_gradient:
+        return cross_entropy_with_logits(logits, labels)
+    picked = ops.take_along_axis(logits, ops.expand_dims(labels, -1), axis=-1)
+    return ops.logsumexp(logits, axis=-1) - ops.squeeze(picked, -1)
+
+
 def partner_indices(batch_size):
     """`i xor 1` for i in [0, batch): 1, 0, 3, 2, ..."""
     index = ops.arange(batch_size)
@@ -61,14 +70,18 @@ class Seq2SeqLoss(keras.losses.Loss):
         loss = sum_t w_t * CE(y_t, softmax(z_t)) / sum_t w_t
     """
 
-    def __init__(self, name="seq2seq", **kwargs):
+    def __init__(self, written_gradient: bool = True, name="seq2seq", **kwargs):
         super().__init__(name=name, **kwargs)
+        self.written_gradient = written_gradient
 
     def call(self, y_true, y_pred):
         targets = ops.cast(y_true[..., 0], "int32")
         weights = ops.cast(y_true[..., 1], "float32")
-        cross_entropy = cross_entropy_with_logits(ops.cast(y_pred, "float32"), targets)
-        return ops.sum(cross_entropy * weights) / ops.maximum(ops.sum(weights), 1.0)
+        token_losses = cross_entropy(ops.cast(y_pred, "float32"), targets, self.written_gradient)
+        return ops.sum(token_losses * weights) / ops.maximum(ops.sum(weights), 1.0)
+
+    def get_config(self):
+        return {**super().get_config(), "written_gradient": self.written_gradient}
 
 
 @keras.saving.register_keras_serializable(package="simbert")
@@ -85,8 +98,10 @@ class SimilarityLoss(keras.losses.Loss):
     are also set to -inf: they are the same sentence, not negatives.
     """
 
-    def __init__(self, scale: float = 30.0, mask_duplicates: bool = True, name="similarity", **kwargs):
+    def __init__(self, scale: float = 30.0, mask_duplicates: bool = True, written_gradient: bool = True,
+                 name="similarity", **kwargs):
         super().__init__(name=name, **kwargs)
+        self.written_gradient = written_gradient
         self.scale = scale
         self.mask_duplicates = mask_duplicates
 
@@ -101,10 +116,11 @@ class SimilarityLoss(keras.losses.Loss):
             same_as_partner = ops.equal(ops.take(text_ids, partners)[:, None], text_ids[None, :])
             masked = ops.logical_or(masked, ops.logical_and(same_as_partner, columns[None, :] != partners[:, None]))
         logits = ops.where(masked, NEGATIVE_INFINITY, self.scale * ops.matmul(vectors, ops.transpose(vectors)))
-        return ops.mean(cross_entropy_with_logits(logits, ops.cast(partners, "int32")))
+        return ops.mean(cross_entropy(logits, ops.cast(partners, "int32"), self.written_gradient))
 
     def get_config(self):
-        return {**super().get_config(), "scale": self.scale, "mask_duplicates": self.mask_duplicates}
+        return {**super().get_config(), "scale": self.scale, "mask_duplicates": self.mask_duplicates,
+                "written_gradient": self.written_gradient}
 
 
 @keras.saving.register_keras_serializable(package="simbert")

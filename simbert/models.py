@@ -7,6 +7,7 @@ import keras
 import numpy as np
 
 from simbert.config import BackboneConfig
+from simbert.kernels import Kernels, default_kernels
 from simbert.layers import (
     LAYER_NORM_EPSILON,
     BiasAdd,
@@ -38,6 +39,9 @@ class Transformer(keras.Model):
         with_mlm: False, True (softmax probabilities), or an activation ("linear": logits).
         dtype: the dtype policy of every layer (e.g. "mixed_bfloat16"); the MLM output
             bias and so the logits stay float32.
+        kernels: which implementation of GELU, LayerNorm and attention the layers use;
+            default: what measured fastest on this backend and device
+            (`simbert.kernels.default_kernels`).
 
     Example:
         >>> config = BackboneConfig(vocab_size=100, hidden_size=32, num_hidden_layers=2,
@@ -48,9 +52,11 @@ class Transformer(keras.Model):
     """
 
     def __init__(self, config: BackboneConfig, application: str = "encoder", with_pool: bool | str = False,
-                 with_mlm: bool | str = False, dtype=None, name: str = "transformer", **kwargs):
+                 with_mlm: bool | str = False, dtype=None, kernels: Kernels | None = None,
+                 name: str = "transformer", **kwargs):
         if application not in APPLICATIONS:
             raise ValueError(f"application {application!r} is not supported; expected one of {APPLICATIONS}")
+        kernels = kernels or default_kernels()
         init = initializer(config.initializer_range)
         width = config.embedding_width
         # Layers.
@@ -63,7 +69,8 @@ class Transformer(keras.Model):
         if config.model_type == "bert":
             self.position_embedding = PositionEmbedding(config.max_position_embeddings, config.initializer_range,
                                                         dtype=dtype, name="position_embedding")
-        self.embedding_norm = LayerNorm(epsilon=LAYER_NORM_EPSILON, dtype=dtype, name="embedding_norm")
+        self.embedding_norm = LayerNorm(epsilon=LAYER_NORM_EPSILON, dtype=dtype, name="embedding_norm",
+                                        written_gradient=kernels.written_layer_norm)
         self.embedding_dropout = Dropout(config.hidden_dropout_prob, dtype=dtype, name="embedding_dropout")
         self.embedding_mapping = None
         if width != config.hidden_size:
@@ -74,7 +81,8 @@ class Transformer(keras.Model):
                              config.intermediate_size, config.hidden_act, rotary=(config.model_type == "roformer"),
                              dropout_rate=config.hidden_dropout_prob,
                              attention_dropout_rate=config.attention_probs_dropout_prob,
-                             initializer_range=config.initializer_range, dtype=dtype, name=f"transformer_{i}")
+                             initializer_range=config.initializer_range, kernels=kernels, dtype=dtype,
+                             name=f"transformer_{i}")
             for i in range(config.num_hidden_layers)
         ]
         self.pooler = None
@@ -83,9 +91,10 @@ class Transformer(keras.Model):
                                              kernel_initializer=init, dtype=dtype, name="pooler")
         self.mlm_dense = self.mlm_norm = self.mlm_bias = None
         if with_mlm:
-            self.mlm_dense = keras.layers.Dense(width, activation=get_activation(config.hidden_act),
+            self.mlm_dense = keras.layers.Dense(width, activation=get_activation(config.hidden_act, kernels.written_gelu),
                                                 kernel_initializer=init, dtype=dtype, name="mlm_dense")
-            self.mlm_norm = LayerNorm(epsilon=LAYER_NORM_EPSILON, dtype=dtype, name="mlm_norm")
+            self.mlm_norm = LayerNorm(epsilon=LAYER_NORM_EPSILON, dtype=dtype, name="mlm_norm",
+                                      written_gradient=kernels.written_layer_norm)
             self.mlm_bias = BiasAdd(dtype="float32", name="mlm_bias")  # logits in float32
         self.mlm_activation = keras.activations.get("softmax" if with_mlm is True else (with_mlm or "linear"))
 
@@ -106,6 +115,7 @@ class Transformer(keras.Model):
         if dtype is not None:
             self.dtype_policy = keras.dtype_policies.get(dtype)
         self.config = config
+        self.kernels = kernels
         self.with_pool = with_pool
         self.with_mlm = with_mlm
 

@@ -105,7 +105,8 @@ def build_training_model(backbone: Transformer, training: TrainingConfig) -> ker
     pooled = backbone.pool(sequence)
     logits = backbone.mlm_logits(sequence[:, 1:])
     outputs = {"seq2seq": logits, "similarity": pooled}
-    losses = {"seq2seq": Seq2SeqLoss(), "similarity": SimilarityLoss(training.scale, training.mask_duplicates)}
+    written = backbone.kernels.written_cross_entropy
+    losses = {"seq2seq": Seq2SeqLoss(written), "similarity": SimilarityLoss(training.scale, training.mask_duplicates, written)}
     weights = {"seq2seq": training.seq2seq_weight, "similarity": training.similarity_weight}
     if training.teacher:
         outputs["distillation"] = pooled

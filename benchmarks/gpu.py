@@ -1,0 +1,527 @@
+"""One-GPU benchmark, ours (Keras 3 on JAX) against PyTorch, both in the same run.
+
+    KERAS_BACKEND=jax python -m benchmarks.gpu --data DATA_DIR --work WORK_DIR [--small]
+        [--sections train,fit,encode,generate]
+
+DATA_DIR holds afqmc/train.txt and vocab/chinese_bert_vocab.txt (as ../shared/data).
+Sections (results as a markdown table at the end, and JSON lines in WORK_DIR/results.jsonl):
+
+- train: one training step at BERT-base (L12/H768/A12), the simplified Chinese vocabulary,
+  batch 128, 32 + 32 tokens: ours float32 and mixed_bfloat16 (each kernel choice of
+  `simbert.kernels` flipped too), against a PyTorch SimBERT (transformers `BertModel`,
+  UniLM mask as a 4-D additive mask, linear pooler, tied MLM head on the target rows,
+  the same two losses, fused AdamW): float32/TF32 eager, and bf16 autocast +
+  torch.compile. Also the device's measured bf16 matmul rate.
+- fit: `Trainer.fit` on the AFQMC similar pairs (BERT-base, bf16) against the pure step
+  rate on the same batches.
+- encode: 8,000 AFQMC sentences through an HF directory (batch 128): first pass in a
+  fresh process (empty and warm compilation cache) and second pass, against
+  sentence-transformers in bf16 on the same weights.
+- generate: `gen_synonyms(n=100, k=20)` at BERT-base, 32 new tokens: first call in a
+  fresh process (empty and warm cache) and steady state, against the original algorithm
+  (full recompute per token, then encode and rank) in torch bf16.
+
+`--small` shrinks every size (L2/H128, batch 16, 400 sentences, n=10) for a CPU dry run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BASE = {"hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12, "intermediate_size": 3072}
+SMALL = {"hidden_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 512}
+SOURCE = TARGET = 32
+QUERY = "蚂蚁花呗怎么提前还款"
+
+
+@dataclasses.dataclass
+class Sizes:
+    model: dict
+    batch: int
+    sentences: int
+    samples: int
+    steps: int
+    fit_steps: int
+
+
+def sizes(small: bool) -> Sizes:
+    if small:
+        return Sizes(SMALL, batch=16, sentences=400, samples=10, steps=3, fit_steps=12)
+    return Sizes(BASE, batch=128, sentences=8000, samples=100, steps=20, fit_steps=120)
+
+
+def record(work: str, **result) -> dict:
+    """Print a result line and append it to WORK/results.jsonl."""
+    print("RESULT " + json.dumps(result, ensure_ascii=False), flush=True)
+    with open(os.path.join(work, "results.jsonl"), "a", encoding="utf-8") as writer:
+        writer.write(json.dumps(result, ensure_ascii=False) + "\n")
+    return result
+
+
+def median_seconds(function, steps: int, warmup: int = 3) -> float:
+    for _ in range(warmup):
+        function()
+    times = []
+    for _ in range(steps):
+        start = time.perf_counter()
+        function()
+        times.append(time.perf_counter() - start)
+    return float(np.median(times))
+
+
+# ------------------------------------------------------------------ data and models
+def read_sentences(data: str, count: int) -> list[str]:
+    seen, sentences = set(), []
+    with open(os.path.join(data, "afqmc", "train.txt"), encoding="utf-8") as reader:
+        for line in reader:
+            for text in line.rstrip("\n").split("\t")[:2]:
+                if text and text not in seen:
+                    seen.add(text)
+                    sentences.append(text)
+                    if len(sentences) == count:
+                        return sentences
+    return sentences
+
+
+def simplified_vocab(data: str) -> dict[str, int]:
+    from simbert.tokenizer import SPECIAL_TOKENS, load_vocab
+
+    token_dict, _ = load_vocab(os.path.join(data, "vocab", "chinese_bert_vocab.txt"), simplified=True,
+                               startswith=list(SPECIAL_TOKENS))
+    return token_dict
+
+
+def write_hf_directory(directory: str, model: dict, token_dict: dict[str, int]) -> str:
+    """A random BERT (backbone, pooler, MLM head) as transformers writes it, with the
+    MLM bias of [PAD] and [SEP] at -30 so that no sample ends early on either side."""
+    import torch
+    import transformers
+    from safetensors.torch import load_file, save_file
+
+    if os.path.isfile(os.path.join(directory, "model.safetensors")):
+        return directory
+    torch.manual_seed(0)
+    config = transformers.BertConfig(vocab_size=len(token_dict), max_position_embeddings=512, **model)
+    transformers.BertForPreTraining(config).save_pretrained(directory, safe_serialization=True)
+    path = os.path.join(directory, "model.safetensors")
+    tensors = load_file(path)
+    for name in ("cls.predictions.bias", "cls.predictions.decoder.bias"):
+        if name in tensors:
+            tensors[name][[0, token_dict["[SEP]"]]] = -30.0
+    save_file(tensors, path, metadata={"format": "pt"})
+    ordered = sorted(token_dict, key=token_dict.get)
+    with open(os.path.join(directory, "vocab.txt"), "w", encoding="utf-8") as writer:
+        writer.write("\n".join(ordered) + "\n")
+    with open(os.path.join(directory, "tokenizer_config.json"), "w", encoding="utf-8") as writer:
+        json.dump({"do_lower_case": True, "tokenizer_class": "BertTokenizer"}, writer)
+    return directory
+
+
+def step_batch(batch: int, vocab_size: int, seed: int = 0):
+    """Rows `[CLS] a [SEP] b [SEP]` of SOURCE + TARGET tokens, random ids."""
+    from simbert.data import target_positions
+
+    rng = np.random.default_rng(seed)
+    length = SOURCE + TARGET
+    token_ids = rng.integers(5, vocab_size, (batch, length)).astype("int32")
+    token_ids[:, 0], token_ids[:, SOURCE - 1], token_ids[:, -1] = 2, 3, 3
+    segment_ids = np.zeros((batch, length), "int32")
+    segment_ids[:, SOURCE:] = 1
+    positions, seq2seq = target_positions(token_ids, segment_ids)
+    similarity = np.arange(batch, dtype="int32")
+    return (token_ids, segment_ids, positions), {"seq2seq": seq2seq, "similarity": similarity}
+
+
+def step_tflop(model: dict, batch: int, vocab_size: int) -> float:
+    """Matmul TFLOP of a training step (forward x 3), every row of every block, the MLM
+    head on the target rows."""
+    hidden, inner, layers = model["hidden_size"], model["intermediate_size"], model["num_hidden_layers"]
+    length = SOURCE + TARGET
+    per_token = layers * (4 * hidden * hidden + 2 * hidden * inner + 2 * length * hidden)
+    head = batch * TARGET * (hidden * hidden + hidden * vocab_size)
+    return 3 * 2 * (batch * length * per_token + head) / 1e12
+
+
+# ----------------------------------------------------------------------- train
+def device_time_by_kernel(trace_dir: str, top: int = 25) -> list[tuple[str, float]]:
+    """Milliseconds per kernel name on the device (summed over the traced steps), from
+    the Chrome-format trace `jax.profiler.trace` writes: the events of the processes
+    named after a GPU (on a CPU run, every process)."""
+    import glob
+    import gzip
+
+    path = sorted(glob.glob(os.path.join(trace_dir, "**", "*.trace.json.gz"), recursive=True))[-1]
+    with gzip.open(path, "rt") as reader:
+        events = json.load(reader)["traceEvents"]
+    names = {e["pid"]: e["args"]["name"] for e in events if e.get("ph") == "M" and e.get("name") == "process_name"}
+    gpu = {pid for pid, name in names.items() if "GPU" in name or "gpu" in name}
+    totals: dict[str, float] = {}
+    for event in events:
+        if event.get("ph") == "X" and (not gpu or event["pid"] in gpu):
+            totals[event["name"]] = totals.get(event["name"], 0.0) + event.get("dur", 0) / 1e3
+    return sorted(totals.items(), key=lambda item: -item[1])[:top]
+
+
+def time_ours_step(model: dict, vocab_size: int, batch: int, steps: int, precision: str, kernels,
+                   dropout: float = 0.1, trace_dir: str | None = None) -> float:
+    import keras
+
+    from simbert.config import BackboneConfig, TrainingConfig
+    from simbert.models import Transformer
+    from simbert.trainer import build_training_model
+
+    keras.backend.clear_session()
+    config = BackboneConfig(vocab_size=vocab_size, max_position_embeddings=512, hidden_dropout_prob=dropout,
+                            attention_probs_dropout_prob=dropout, **model)
+    backbone = Transformer(config, "unilm", with_pool="linear", with_mlm="linear", dtype=precision, kernels=kernels)
+    training = build_training_model(backbone, TrainingConfig(learning_rate=1e-5, precision=precision))
+    inputs, targets = step_batch(batch, vocab_size)
+    seconds = median_seconds(lambda: training.train_on_batch(inputs, targets), steps)
+    assert training.step_traces == 1, training.step_traces
+    if trace_dir is not None:
+        import jax
+
+        with jax.profiler.trace(trace_dir):
+            for _ in range(3):
+                training.train_on_batch(inputs, targets)
+    return seconds
+
+
+def torch_simbert(model: dict, vocab_size: int):
+    import torch
+    import transformers
+
+    class TorchSimBERT(torch.nn.Module):
+        """SimBERT in PyTorch: BertModel with a 4-D UniLM mask, linear pooler, tied MLM
+        head on the target rows, seq2seq + in-batch similarity losses."""
+
+        def __init__(self):
+            super().__init__()
+            config = transformers.BertConfig(vocab_size=vocab_size, max_position_embeddings=512,
+                                             attn_implementation="sdpa", **model)
+            self.bert = transformers.BertModel(config, add_pooling_layer=False)
+            hidden = model["hidden_size"]
+            self.pooler = torch.nn.Linear(hidden, hidden)
+            self.transform = torch.nn.Linear(hidden, hidden)
+            self.norm = torch.nn.LayerNorm(hidden, eps=1e-12)
+            self.bias = torch.nn.Parameter(torch.zeros(vocab_size))
+
+        def forward(self, token_ids, segment_ids, positions, targets, weights):
+            cumulative = segment_ids.cumsum(1)
+            visible = (cumulative[:, None, :] <= cumulative[:, :, None]) & (token_ids != 0)[:, None, :]
+            mask = torch.zeros(visible.shape, dtype=torch.float32, device=visible.device)
+            mask = mask.masked_fill(~visible, torch.finfo(torch.float32).min)[:, None]
+            hidden = self.bert(input_ids=token_ids, token_type_ids=segment_ids, attention_mask=mask).last_hidden_state
+            pooled = self.pooler(hidden[:, 0])
+            rows = torch.gather(hidden, 1, positions[:, :, None].expand(-1, -1, hidden.shape[-1]))
+            rows = self.norm(torch.nn.functional.gelu(self.transform(rows)))
+            logits = (rows @ self.bert.embeddings.word_embeddings.weight.T + self.bias).float()
+            token_loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), targets.flatten(), reduction="none")
+            seq2seq = (token_loss * weights.flatten()).sum() / weights.sum().clamp(min=1)
+            vectors = torch.nn.functional.normalize(pooled.float(), dim=-1)
+            similarities = 30.0 * vectors @ vectors.T
+            similarities = similarities.masked_fill(torch.eye(len(vectors), dtype=torch.bool,
+                                                              device=vectors.device), -1e12)
+            partners = torch.arange(len(vectors), device=vectors.device) ^ 1
+            return seq2seq + torch.nn.functional.cross_entropy(similarities, partners)
+
+    return TorchSimBERT()
+
+
+def time_torch_step(model: dict, vocab_size: int, batch: int, steps: int, bf16_compile: bool) -> float:
+    import torch
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    network = torch_simbert(model, vocab_size).to(device).train()
+    optimizer = torch.optim.AdamW(network.parameters(), lr=1e-5, weight_decay=0.01, fused=device == "cuda")
+    (token_ids, segment_ids, positions), targets = step_batch(batch, vocab_size)
+    tensors = [torch.tensor(a, dtype=torch.long, device=device) for a in
+               (token_ids, segment_ids, positions, targets["seq2seq"][..., 0])]
+    weights = torch.tensor(targets["seq2seq"][..., 1], dtype=torch.float32, device=device)
+    forward = torch.compile(network) if bf16_compile else network
+
+    def step():
+        optimizer.zero_grad(set_to_none=True)
+        with torch.autocast(device, dtype=torch.bfloat16, enabled=bf16_compile):
+            loss = forward(*tensors, weights)
+        loss.backward()
+        optimizer.step()
+        return loss.item()
+
+    return median_seconds(step, steps, warmup=5 if bf16_compile else 3)
+
+
+def bf16_matmul_tflops() -> float:
+    import jax
+    import jax.numpy as jnp
+
+    size = 8192 if jax.default_backend() == "gpu" else 1024
+    a = jax.random.normal(jax.random.key(0), (size, size), jnp.bfloat16)
+    b = jax.random.normal(jax.random.key(1), (size, size), jnp.bfloat16)
+    matmul = jax.jit(lambda x, y: x @ y)
+    seconds = median_seconds(lambda: matmul(a, b).block_until_ready(), 20)
+    return 2 * size ** 3 / seconds / 1e12
+
+
+def section_train(args, work, token_dict):
+    from simbert.kernels import Kernels, default_kernels
+
+    size = sizes(args.small)
+    vocab_size = len(token_dict)
+    tflop = step_tflop(size.model, size.batch, vocab_size)
+    peak = bf16_matmul_tflops()
+    record(work, section="train", name="bf16 matmul peak (measured)", tflops=peak)
+    default = default_kernels()
+    variants = [("float32", default), ("mixed_bfloat16", default)]
+    for field in dataclasses.fields(Kernels):
+        flipped = dataclasses.replace(default, **{field.name: not getattr(default, field.name)})
+        variants.append(("mixed_bfloat16", flipped))
+    autodiff = Kernels(written_gelu=False, written_layer_norm=False, written_cross_entropy=False,
+                       fused_attention=True)
+    variants += [("mixed_bfloat16", autodiff), ("float32", autodiff)]
+    variants = [(precision, kernels, 0.1) for precision, kernels in variants]
+    # What dropout costs, and the fused attention it rules out in training.
+    variants += [("mixed_bfloat16", default, 0.0), ("mixed_bfloat16", autodiff, 0.0)]
+    def ours(precision, kernels, dropout, profile=False):
+        trace_dir = os.path.join(work, f"trace_{precision}") if profile else None
+        seconds = time_ours_step(size.model, vocab_size, size.batch, size.steps, precision, kernels, dropout,
+                                 trace_dir)
+        record(work, section="train", name=f"ours {precision}", dropout=dropout, kernels=dataclasses.asdict(kernels),
+               default_kernels=kernels == default, ms=seconds * 1e3, tflops=tflop / seconds,
+               fraction_of_bf16_peak=tflop / seconds / peak)
+        if profile:
+            record(work, section="profile", name=f"ours {precision}: device ms per kernel over 3 steps",
+                   kernels=[(name[:120], round(ms, 2)) for name, ms in device_time_by_kernel(trace_dir)])
+
+    for variant in variants[:2]:
+        ours(*variant, profile=True)
+    for compiled in (False, True):
+        seconds = time_torch_step(size.model, vocab_size, size.batch, size.steps, compiled)
+        record(work, section="train", name="torch bf16 autocast + compile" if compiled else "torch fp32/TF32 eager",
+               ms=seconds * 1e3, tflops=tflop / seconds, fraction_of_bf16_peak=tflop / seconds / peak)
+    for variant in variants[2:]:
+        ours(*variant)
+
+
+# ------------------------------------------------------------------------- fit
+def section_fit(args, work, token_dict):
+    import keras
+
+    from simbert.config import TrainConfig
+    from simbert.trainer import Trainer
+
+    size = sizes(args.small)
+    vocab_path = os.path.join(work, "fit_vocab.txt")
+    with open(vocab_path, "w", encoding="utf-8") as writer:
+        writer.write("\n".join(sorted(token_dict, key=token_dict.get)) + "\n")
+    config = TrainConfig.from_dict({
+        "model": {"model_type": "bert", "vocab": vocab_path, "config": {**size.model, "max_position_embeddings": 512}},
+        "data": {"train": os.path.join(args.data, "afqmc", "train.txt"), "format": "pairs", "max_chars": 32},
+        "training": {"steps": size.fit_steps, "batch_size": size.batch, "learning_rate": 1e-5,
+                     "precision": "mixed_bfloat16", "compilation_cache": os.path.join(work, "fit_cache")},
+        "output": {"dir": os.path.join(work, "fit_run"), "save_every": 10 ** 6, "log_every": 10},
+    }, "benchmark")
+    keras.backend.clear_session()
+    trainer = Trainer(config)
+    batches = trainer._batches(0)
+    prepared = [next(batches) for _ in range(size.fit_steps)]
+    batches.close()
+    model = trainer.training_model
+    for inputs, targets in prepared:  # compile every bucket first (kept in the cache for the fit below)
+        model.train_on_batch(inputs, targets)
+    start = time.perf_counter()
+    for inputs, targets in prepared:
+        model.train_on_batch(inputs, targets)
+    pure = size.fit_steps * size.batch / (time.perf_counter() - start)
+    keras.backend.clear_session()
+    trainer = Trainer(config)
+    result = trainer.fit()
+    record(work, section="fit", name="Trainer.fit, AFQMC pairs, mixed_bfloat16", workers=trainer.workers,
+           pipeline_samples_per_second=result.samples_per_second, pure_step_samples_per_second=pure,
+           fraction=result.samples_per_second / pure, compiled_programs=result.compiled_programs,
+           batch_shapes=result.batch_shapes)
+
+
+# ---------------------------------------------------------------------- encode
+def child_encode_ours(model_dir, texts_path, cache, batch):
+    start = time.perf_counter()
+    from simbert.api import SimBERT
+
+    with open(texts_path, encoding="utf-8") as reader:
+        texts = reader.read().split("\n")
+    model = SimBERT.from_pretrained(model_dir, max_tokens=64, compilation_cache=cache)
+    loaded = time.perf_counter()
+    first = model.encode(texts, batch_size=batch)
+    first_done = time.perf_counter()
+    model.encode(texts, batch_size=batch)
+    second_done = time.perf_counter()
+    np.save(texts_path + ".ours.npy", first)
+    return {"load_s": loaded - start, "first_s": first_done - loaded, "second_s": second_done - first_done,
+            "programs": model.compiled_programs}
+
+
+def child_encode_theirs(model_dir, texts_path, batch):
+    start = time.perf_counter()
+    import torch
+    from sentence_transformers import SentenceTransformer, models
+
+    with open(texts_path, encoding="utf-8") as reader:
+        texts = reader.read().split("\n")
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    transformer = models.Transformer(model_dir, max_seq_length=64)
+    pooling = models.Pooling(transformer.get_word_embedding_dimension(), pooling_mode="cls")
+    model = SentenceTransformer(modules=[transformer, pooling], device=device).to(torch.bfloat16)
+    loaded = time.perf_counter()
+    model.encode(texts, batch_size=batch, convert_to_numpy=True)
+    first_done = time.perf_counter()
+    model.encode(texts, batch_size=batch, convert_to_numpy=True)
+    second_done = time.perf_counter()
+    return {"load_s": loaded - start, "first_s": first_done - loaded, "second_s": second_done - first_done}
+
+
+def run_child(*arguments) -> dict:
+    command = [sys.executable, "-m", "benchmarks.gpu", "--child", *map(str, arguments)]
+    started = time.perf_counter()
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
+    if result.returncode:
+        raise RuntimeError(f"{' '.join(command)} failed:\n{result.stderr[-4000:]}")
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    report["process_s"] = time.perf_counter() - started
+    return report
+
+
+def section_encode(args, work, token_dict):
+    size = sizes(args.small)
+    model_dir = write_hf_directory(os.path.join(work, "hf_model"), size.model, token_dict)
+    texts_path = os.path.join(work, "sentences.txt")
+    with open(texts_path, "w", encoding="utf-8") as writer:
+        writer.write("\n".join(read_sentences(args.data, size.sentences)))
+    cache = os.path.join(work, "encode_cache")
+    for label in ("empty cache", "warm cache"):
+        report = run_child("encode-ours", model_dir, texts_path, cache, 128)
+        record(work, section="encode", name=f"ours, fresh process, {label}", sentences=size.sentences, **report)
+    report = run_child("encode-theirs", model_dir, texts_path, 128)
+    record(work, section="encode", name="sentence-transformers bf16, fresh process", sentences=size.sentences,
+           **report)
+
+
+# -------------------------------------------------------------------- generate
+def child_generate_ours(model_dir, cache, samples, repeats):
+    start = time.perf_counter()
+    from simbert.api import SimBERT
+
+    model = SimBERT.from_pretrained(model_dir, max_tokens=SOURCE, compilation_cache=cache)
+    loaded = time.perf_counter()
+    model.gen_synonyms(QUERY, n=samples, k=20)
+    first_done = time.perf_counter()
+    steady = median_seconds(lambda: model.gen_synonyms(QUERY, n=samples, k=20), repeats, warmup=1)
+    return {"load_s": loaded - start, "first_s": first_done - loaded, "steady_s": steady,
+            "programs": model.compiled_programs}
+
+
+def child_generate_theirs(model_dir, samples, repeats):
+    """The original algorithm in torch bf16: each new token recomputes the whole
+    sequence (UniLM mask), top-k 5 sampling; then the candidates are encoded ([CLS]
+    vector, no pooler weights in this HF model) and ranked by cosine."""
+    start = time.perf_counter()
+    import torch
+    import transformers
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model = transformers.BertForMaskedLM.from_pretrained(model_dir, attn_implementation="sdpa",
+                                                         dtype=torch.bfloat16).to(device).eval()
+    tokenizer = transformers.BertTokenizerFast.from_pretrained(model_dir)
+    loaded = time.perf_counter()
+
+    @torch.inference_mode()
+    def gen_synonyms():
+        source = tokenizer(QUERY, return_tensors="pt")["input_ids"].to(device)
+        ids = source.repeat(samples, 1)
+        segments = torch.zeros_like(ids)
+        for _ in range(SOURCE):
+            cumulative = segments.cumsum(1)
+            visible = (cumulative[:, None, :] <= cumulative[:, :, None])[:, None]
+            hidden = model.bert(input_ids=ids, token_type_ids=segments, attention_mask=visible).last_hidden_state
+            logits = model.cls(hidden[:, -1]).float()
+            top = torch.topk(logits, 5, dim=-1)
+            picked = top.indices.gather(1, torch.multinomial(torch.softmax(top.values, -1), 1))
+            ids = torch.cat([ids, picked], 1)
+            segments = torch.cat([segments, torch.ones_like(picked)], 1)
+        texts = tokenizer.batch_decode(ids[:, source.shape[1]:], skip_special_tokens=True)
+        encoded = tokenizer([QUERY, *texts], return_tensors="pt", padding=True, truncation=True,
+                            max_length=64).to(device)
+        vectors = model.bert(**encoded).last_hidden_state[:, 0].float()
+        vectors = torch.nn.functional.normalize(vectors, dim=-1)
+        order = torch.argsort(vectors[1:] @ vectors[0], descending=True)[:20].tolist()
+        return [texts[i] for i in order]
+
+    gen_synonyms()
+    first_done = time.perf_counter()
+    steady = median_seconds(gen_synonyms, repeats, warmup=1)
+    return {"load_s": loaded - start, "first_s": first_done - loaded, "steady_s": steady}
+
+
+def section_generate(args, work, token_dict):
+    size = sizes(args.small)
+    model_dir = write_hf_directory(os.path.join(work, "hf_model"), size.model, token_dict)
+    cache = os.path.join(work, "generate_cache")
+    for label in ("empty cache", "warm cache"):
+        report = run_child("generate-ours", model_dir, cache, size.samples, 5)
+        record(work, section="generate", name=f"ours gen_synonyms, fresh process, {label}", n=size.samples, **report)
+    report = run_child("generate-theirs", model_dir, size.samples, 5)
+    record(work, section="generate", name="torch bf16 original algorithm, fresh process", n=size.samples, **report)
+
+
+# ------------------------------------------------------------------------ main
+CHILDREN = {"encode-ours": lambda a: child_encode_ours(a[0], a[1], a[2], int(a[3])),
+            "encode-theirs": lambda a: child_encode_theirs(a[0], a[1], int(a[2])),
+            "generate-ours": lambda a: child_generate_ours(a[0], a[1], int(a[2]), int(a[3])),
+            "generate-theirs": lambda a: child_generate_theirs(a[0], int(a[1]), int(a[2]))}
+SECTIONS = {"train": section_train, "fit": section_fit, "encode": section_encode, "generate": section_generate}
+
+
+def describe_machine() -> dict:
+    import jax
+    import keras
+    import torch
+
+    device = jax.devices()[0]
+    return {"device": getattr(device, "device_kind", str(device)), "platform": platform.platform(),
+            "python": platform.python_version(), "jax": jax.__version__, "keras": keras.__version__,
+            "torch": torch.__version__, "backend": keras.backend.backend(), "cpus": os.cpu_count()}
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", default=os.path.join(ROOT, "..", "shared", "data"))
+    parser.add_argument("--work", default=os.path.join(ROOT, "outputs", "gpu_benchmark"))
+    parser.add_argument("--sections", default=",".join(SECTIONS))
+    parser.add_argument("--small", action="store_true", help="tiny sizes: a CPU dry run")
+    parser.add_argument("--child", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        print(json.dumps(CHILDREN[args.child[0]](args.child[1:])))
+        return
+    os.makedirs(args.work, exist_ok=True)
+    token_dict = simplified_vocab(args.data)
+    record(args.work, section="machine", command=" ".join(sys.argv), small=args.small, **describe_machine())
+    for name in args.sections.split(","):
+        try:
+            SECTIONS[name](args, args.work, token_dict)
+        except Exception as error:  # noqa: BLE001 (one failed section must not lose the others)
+            record(args.work, section=name, error=f"{type(error).__name__}: {error}"[-3000:])
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,54 @@
+"""Which implementation of each hot spot the layers and losses use, decided in one place
+per backend and device (the numbers behind each choice are in docs/benchmarks.md).
+
+The written-out kernels (a GELU, LayerNorm and cross-entropy whose gradients are one
+short expression each) were chosen because they measured faster on a CPU, where every
+op is a kernel launch and a memory pass; under XLA on a GPU the compiler fuses the
+autodiff versions itself, and `keras.ops.dot_product_attention` reaches the fused
+(cuDNN / flash) attention kernels. Every choice computes the same function: the
+variants differ in rounding only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import keras
+
+
+@dataclass(frozen=True)
+class Kernels:
+    """`written_gelu`: `layers.gelu` (float32 math, gradient written out) rather than
+    autodiff of Keras' exact GELU. `written_layer_norm`: `layers.LayerNorm`'s gradient
+    rather than Keras' autodiff. `written_cross_entropy`: `losses.cross_entropy_with_logits`
+    rather than autodiff of `logsumexp(z) - z_y`. `fused_attention`:
+    `keras.ops.dot_product_attention` where no attention dropout applies (inference, or a
+    rate of 0), else the written-out softmax attention."""
+
+    written_gelu: bool = True
+    written_layer_norm: bool = True
+    written_cross_entropy: bool = True
+    fused_attention: bool = False
+
+
+CPU_KERNELS = Kernels()
+GPU_KERNELS = Kernels()
+
+
+def accelerator() -> str:
+    """"gpu" when the active Keras backend computes on a GPU, else "cpu"."""
+    backend = keras.backend.backend()
+    if backend == "jax":
+        import jax
+
+        return "gpu" if jax.default_backend() == "gpu" else "cpu"
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        return "gpu" if tf.config.list_logical_devices("GPU") else "cpu"
+    return "cpu"
+
+
+def default_kernels() -> Kernels:
+    """The kernels that measured fastest on this backend and device."""
+    return GPU_KERNELS if accelerator() == "gpu" else CPU_KERNELS
