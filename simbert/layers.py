@@ -218,6 +218,18 @@ class LayerNorm(keras.layers.LayerNormalization):
 
 
 @keras.saving.register_keras_serializable(package="simbert")
+class OneHotEmbedding(keras.layers.Embedding):
+    """Keras' Embedding for tables of a few rows (the segment types), looked up as
+    `onehot(ids) @ E` in float32: the same rows, but the gradient is a small matmul
+    instead of a scatter-add of every token into a few rows (serialised atomic adds on a
+    GPU, 53 ms of an 81 ms BERT-base step under mixed_bfloat16)."""
+
+    def call(self, inputs):
+        one_hot = ops.one_hot(ops.cast(inputs, "int32"), self.input_dim, dtype="float32")
+        return ops.cast(ops.matmul(one_hot, ops.cast(self.embeddings, "float32")), self.compute_dtype)
+
+
+@keras.saving.register_keras_serializable(package="simbert")
 class PositionEmbedding(keras.layers.Layer):
     """Adds learned absolute position vectors: `x + P[start : start + len]`."""
 

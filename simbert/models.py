@@ -13,6 +13,7 @@ from simbert.layers import (
     BiasAdd,
     Dropout,
     LayerNorm,
+    OneHotEmbedding,
     PositionEmbedding,
     TransformerBlock,
     build_attention_mask,
@@ -63,8 +64,8 @@ class Transformer(keras.Model):
         # Also the tied MLM output projection: `token_embedding(h, reverse=True) = h E^T`.
         self.token_embedding = keras.layers.ReversibleEmbedding(config.vocab_size, width, embeddings_initializer=init,
                                                                 dtype=dtype, name="token_embedding")
-        self.segment_embedding = keras.layers.Embedding(config.type_vocab_size, width, embeddings_initializer=init,
-                                                        dtype=dtype, name="segment_embedding")
+        self.segment_embedding = OneHotEmbedding(config.type_vocab_size, width, embeddings_initializer=init,
+                                                 dtype=dtype, name="segment_embedding")
         self.position_embedding = None
         if config.model_type == "bert":
             self.position_embedding = PositionEmbedding(config.max_position_embeddings, config.initializer_range,
