@@ -22,6 +22,9 @@ setup(
         "matplotlib",
     ],
     extras_require={
+        # NVIDIA GPU: JAX with CUDA 12 (pip wheels bring the CUDA libraries); run with
+        # KERAS_BACKEND=jax. Resolves on Python 3.10 (older JAX) to 3.12.
+        "gpu": ["jax[cuda12]>=0.4.35"],
         "dev": [
             "pytest",
             "jax",

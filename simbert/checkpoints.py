@@ -182,12 +182,22 @@ def read_variable_names(path: str | os.PathLike) -> set[str] | None:
 
 
 def write_tf_checkpoint(values: dict[str, np.ndarray], prefix: str | os.PathLike) -> None:
-    """Write name-based TF checkpoint files `prefix.index` / `prefix.data-*`."""
+    """Write name-based TF checkpoint files `prefix.index` / `prefix.data-*`, on the CPU.
+
+    Under another Keras backend TensorFlow is kept off the GPUs first (it would
+    otherwise reserve their memory, which the backend is using)."""
+    import keras
     import tensorflow as tf
 
+    if keras.backend.backend() != "tensorflow":
+        try:
+            tf.config.set_visible_devices([], "GPU")
+        except RuntimeError:  # TensorFlow already started elsewhere in this process
+            pass
     names = sorted(values)
-    tf.raw_ops.SaveV2(prefix=str(prefix), tensor_names=names, shape_and_slices=[""] * len(names),
-                      tensors=[tf.constant(values[n]) for n in names])
+    with tf.device("/CPU:0"):
+        tf.raw_ops.SaveV2(prefix=str(prefix), tensor_names=names, shape_and_slices=[""] * len(names),
+                          tensors=[tf.constant(values[n]) for n in names])
 
 
 def tensorflow_importable() -> bool:

@@ -8,10 +8,21 @@ from helpers import ROOT
 from simbert.config import TrainConfig
 
 
-@pytest.mark.parametrize("name", ["tiny.yaml", "simbert_base.yaml", "roformer_sim_base.yaml"])
+@pytest.mark.parametrize("name", sorted(os.listdir(os.path.join(ROOT, "configs"))))
 def test_shipped_configs_validate(name):
     config = TrainConfig.from_yaml(os.path.join(ROOT, "configs", name))
     assert config.training.batch_size % 2 == 0
+    if name.startswith("gpu_"):
+        assert config.training.precision == "mixed_bfloat16" and config.training.jit_compile == "auto"
+
+
+def test_jit_compile_workers_and_length_step_are_checked():
+    with pytest.raises(ValueError, match=r"training\.jit_compile should be one of"):
+        TrainConfig.from_dict({"training": {"jit_compile": "always"}})
+    with pytest.raises(ValueError, match=r"data\.workers should be 0 or more, got -1"):
+        TrainConfig.from_dict({"data": {"workers": -1}})
+    with pytest.raises(ValueError, match=r"data\.length_step should be a positive integer, got 0"):
+        TrainConfig.from_dict({"data": {"length_step": 0}})
 
 
 def test_original_recipes():

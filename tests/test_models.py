@@ -332,3 +332,40 @@ def test_ids_beyond_vocab_are_rejected():
     with pytest.raises(ValueError, match="max_position_embeddings 40"):
         transformer.check_inputs(np.ones((1, 41)), np.zeros((1, 41)))
     transformer.check_inputs([[2, 96, 3]], [[0, 1, 1]])
+
+
+def test_every_kernel_choice_computes_the_same_block_and_gradients():
+    """`simbert.kernels` picks implementations per device: each must be the same function.
+    A block with written-out GELU/LayerNorm and softmax attention against one with Keras'
+    autodiff GELU/LayerNorm and `ops.dot_product_attention` (no dropout, so it applies in
+    training too), same weights: outputs and input gradients."""
+    from simbert.kernels import Kernels
+    from simbert.layers import TransformerBlock, build_attention_mask
+    from simbert.losses import cross_entropy
+
+    options = dict(num_heads=3, head_size=6, hidden_size=18, intermediate_size=37, dropout_rate=0.0,
+                   attention_dropout_rate=0.0)
+    written = TransformerBlock(**options, kernels=Kernels())
+    autodiff = TransformerBlock(**options, kernels=Kernels(written_gelu=False, written_layer_norm=False,
+                                                           written_cross_entropy=False, fused_attention=True))
+    token_ids, segment_ids = padded_batch(97, seed=4)
+    mask = build_attention_mask(token_ids, segment_ids, "unilm")
+    x = np.random.default_rng(5).normal(size=token_ids.shape + (18,)).astype("float32")
+    written.build(x.shape)
+    autodiff.build(x.shape)
+    autodiff.set_weights(written.get_weights())
+    upstream = np.random.default_rng(6).normal(size=x.shape).astype("float32")
+    real = token_ids != 0  # padded query rows are never read
+    for training in (False, True):
+        ours, (ours_gradient,) = value_and_gradients(lambda v: written(v, mask, training=training), x,
+                                                     upstream=upstream * real[..., None])
+        theirs, (theirs_gradient,) = value_and_gradients(lambda v: autodiff(v, mask, training=training), x,
+                                                         upstream=upstream * real[..., None])
+        np.testing.assert_allclose(np.asarray(ours)[real], np.asarray(theirs)[real], atol=2e-5)
+        np.testing.assert_allclose(np.asarray(ours_gradient), np.asarray(theirs_gradient), atol=2e-5)
+    logits = np.random.default_rng(7).normal(size=(6, 11)).astype("float32") * 5
+    labels = np.array([0, 3, 10, 4, 4, 7], "int32")
+    ours, (ours_gradient,) = value_and_gradients(lambda z: cross_entropy(z, labels, True), logits)
+    theirs, (theirs_gradient,) = value_and_gradients(lambda z: cross_entropy(z, labels, False), logits)
+    np.testing.assert_allclose(np.asarray(ours), np.asarray(theirs), atol=1e-5)
+    np.testing.assert_allclose(np.asarray(ours_gradient), np.asarray(theirs_gradient), atol=1e-6)

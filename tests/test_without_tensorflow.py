@@ -1,5 +1,6 @@
-"""A JAX machine without TensorFlow (the GPU install) trains, saves, resumes and generates:
-run in a subprocess whose `import tensorflow` fails (a `sys.meta_path` hook)."""
+"""A JAX machine without TensorFlow (the GPU install) trains, saves, resumes and generates,
+keeping its compiled programs in the cache directory: run in a subprocess whose
+`import tensorflow` fails (a `sys.meta_path` hook)."""
 
 import json
 import os
@@ -28,7 +29,7 @@ config.data.train = os.path.join(ROOT, "data_sample.json")
 config.output.dir = OUTPUT
 config.output.save_every = 6
 config.output.log_every = 6
-config.training.compilation_cache = None
+config.training.compilation_cache = CACHE
 config.training.steps = 6
 first = Trainer(config).fit()
 config.training.steps = 12
@@ -38,12 +39,13 @@ model = SimBERT.from_pretrained(OUTPUT, max_tokens=32, compilation_cache=None)
 samples = model.gen_synonyms("明天北京会下雨吗", n=8, k=3)
 print(json.dumps({"first": first.step, "resumed_from": resumed.start_step, "resumed": resumed.step,
                   "files": sorted(os.listdir(os.path.join(OUTPUT, "checkpoint-0000012"))),
-                  "samples": len(samples), "tensorflow": "tensorflow" in sys.modules}))
+                  "samples": len(samples), "tensorflow": "tensorflow" in sys.modules,
+                  "cached_programs": len(os.listdir(CACHE))}))
 """
 
 
 def test_train_save_resume_and_generate_without_tensorflow(tmp_path):
-    script = f"ROOT = {ROOT!r}\nOUTPUT = {str(tmp_path / 'run')!r}\n" + SCRIPT
+    script = f"ROOT = {ROOT!r}\nOUTPUT = {str(tmp_path / 'run')!r}\nCACHE = {str(tmp_path / 'cache')!r}\n" + SCRIPT
     env = {**os.environ, "KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu", "CUDA_VISIBLE_DEVICES": ""}
     result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, cwd=ROOT,
                             timeout=600)
@@ -54,3 +56,4 @@ def test_train_save_resume_and_generate_without_tensorflow(tmp_path):
     assert report["files"] == ["bert_config.json", "bert_model.safetensors", "trainer_state.json",
                                "training_state.npz", "vocab.txt"]
     assert 1 <= report["samples"] <= 3
+    assert report["cached_programs"] >= 2  # the training step and more, for the next process
