@@ -5,6 +5,8 @@ Job kinds:
   model:    build_transformer_model + load checkpoint + predict on inputs (npz) -> npz
   generate: the original gen_synonyms decoder: greedy random_sample and beam_search
   time_sample: seconds per random_sample call of that decoder (benchmarks/)
+  time_gen_synonyms: the original script's gen_synonyms end to end (sample, decode,
+              dedupe, encode the candidates, rank): load, first and steady seconds
   time_train: seconds per training step of the original recipe (benchmarks/), under the
               job's tf_keras dtype policy ("precision", float32 by default)
   tokenize: Tokenizer.encode on sentences -> JSON of tokens, ids, segment ids
@@ -63,6 +65,63 @@ def run_time_sample(job):
         lengths.append(float(np.mean([len(s) for s in samples])))
     with open(job["output"], "w", encoding="utf-8") as writer:
         json.dump({"seconds": times, "mean_length": lengths}, writer)
+
+
+def run_time_gen_synonyms(job):
+    """The original SimBERT script's `gen_synonyms(text, n, k)`: one model with the
+    linear pooler and the MLM head, `random_sample` (top-k) on its MLM output, decoded,
+    deduplicated, then the candidates encoded with the pooler output and ranked by
+    cosine against the text. Seconds to build the model, of the first call and the
+    median of later ones."""
+    import keras
+    from bert4keras.models import build_transformer_model as build
+    from bert4keras.snippets import AutoRegressiveDecoder, sequence_padding
+
+    start = time.perf_counter()
+    tokenizer = Tokenizer(job["vocab"], do_lower_case=True)
+    bert = build(job["config"], job["checkpoint"], with_pool="linear", application="unilm", with_mlm=True,
+                 return_keras_model=False)
+    encoder = keras.models.Model(bert.model.inputs, bert.model.outputs[0])
+    seq2seq = keras.models.Model(bert.model.inputs, bert.model.outputs[1])
+
+    class SynonymsGenerator(AutoRegressiveDecoder):
+        @AutoRegressiveDecoder.wraps(default_rtype="probas")
+        def predict(self, inputs, output_ids, states):
+            token_ids, segment_ids = inputs
+            token_ids = np.concatenate([token_ids, output_ids], 1)
+            segment_ids = np.concatenate([segment_ids, np.ones_like(output_ids)], 1)
+            return self.last_token(seq2seq).predict([token_ids, segment_ids], verbose=0)
+
+        def generate(self, text, n=1, topk=5):
+            token_ids, segment_ids = tokenizer.encode(text, maxlen=job["maxlen"])
+            output_ids = self.random_sample([token_ids, segment_ids], n, topk)
+            return [tokenizer.decode(ids) for ids in output_ids]
+
+    generator = SynonymsGenerator(start_id=None, end_id=tokenizer._token_end_id, maxlen=job["maxlen"])
+
+    def gen_synonyms(text, n, k):
+        candidates = [i for i in set(generator.generate(text, n)) if i != text]
+        candidates = [text] + candidates
+        token_ids, segment_ids = [], []
+        for candidate in candidates:
+            ids, segments = tokenizer.encode(candidate)
+            token_ids.append(ids)
+            segment_ids.append(segments)
+        vectors = encoder.predict([sequence_padding(token_ids), sequence_padding(segment_ids)], verbose=0)
+        vectors /= (vectors ** 2).sum(axis=1, keepdims=True) ** 0.5
+        order = np.dot(vectors[1:], -vectors[0]).argsort()
+        return [candidates[i + 1] for i in order[:k]]
+
+    loaded = time.perf_counter()
+    gen_synonyms(job["text"], job["n"], job["k"])
+    first = time.perf_counter()
+    steady = []
+    for _ in range(job["repeats"]):
+        began = time.perf_counter()
+        gen_synonyms(job["text"], job["n"], job["k"])
+        steady.append(time.perf_counter() - began)
+    with open(job["output"], "w", encoding="utf-8") as writer:
+        json.dump({"load_s": loaded - start, "first_s": first - loaded, "steady_s": float(np.median(steady))}, writer)
 
 
 def run_time_train(job):
@@ -152,4 +211,5 @@ if __name__ == "__main__":
         jobs = json.load(reader)
     for job in jobs:
         {"model": run_model, "generate": run_generate, "time_sample": run_time_sample, "time_train": run_time_train,
+         "time_gen_synonyms": run_time_gen_synonyms,
          "tokenize": run_tokenize, "vocab": run_vocab}[job["kind"]](job)

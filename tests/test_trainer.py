@@ -184,3 +184,45 @@ def test_ctrl_c_on_the_train_command_saves_and_stops(tmp_path):
     result = json.loads(stdout.strip().splitlines()[-1])
     assert result["stopped"] == "requested" and 10 <= result["step"] < 5000
     assert [step for step, _ in checkpoint_dirs(str(tmp_path))] == [result["step"]]
+
+
+def test_sigterm_stops_training_and_its_batch_workers(tmp_path):
+    """`simbert train` with 2 batch workers: SIGTERM saves a checkpoint, and no worker
+    process outlives the command."""
+    import yaml
+
+    with open(os.path.join(ROOT, "configs", "tiny.yaml"), encoding="utf-8") as reader:
+        recipe = yaml.safe_load(reader)
+    recipe["data"].update(train=os.path.join(ROOT, "data_sample.json"), workers=2)
+    config_path = tmp_path / "workers.yaml"
+    config_path.write_text(yaml.safe_dump(recipe, allow_unicode=True), encoding="utf-8")
+    command = [sys.executable, "-m", "simbert.cli", "train", "--config", str(config_path),
+               "--output-dir", str(tmp_path / "run"), "--steps", "5000", "--no-compile-cache"]
+    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 180
+    while not os.path.isfile(tmp_path / "run" / "metrics.jsonl") and time.time() < deadline and process.poll() is None:
+        time.sleep(0.2)
+    workers = [pid for pid in os.listdir("/proc") if pid.isdigit() and parent_of(pid) == process.pid
+               and b"spawn_main" in command_line(pid)]
+    assert len(workers) == 2
+    process.send_signal(signal.SIGTERM)
+    stdout, stderr = process.communicate(timeout=120)
+    assert process.returncode == 0, stderr[-3000:]
+    assert json.loads(stdout.strip().splitlines()[-1])["stopped"] == "requested"
+    assert [pid for pid in workers if os.path.exists(f"/proc/{pid}")] == []
+
+
+def command_line(pid: str) -> bytes:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as reader:
+            return reader.read()
+    except OSError:
+        return b""
+
+
+def parent_of(pid: str) -> int | None:
+    try:
+        with open(f"/proc/{pid}/stat") as reader:
+            return int(reader.read().rsplit(")", 1)[1].split()[1])
+    except OSError:
+        return None

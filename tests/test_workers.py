@@ -24,12 +24,14 @@ def child_processes() -> list[int]:
             try:
                 with open(f"/proc/{entry}/stat") as reader:
                     fields = reader.read().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if int(fields[1]) == os.getpid():
+                if int(fields[1]) != os.getpid():
+                    continue
                 with open(f"/proc/{entry}/cmdline", "rb") as reader:
-                    if b"resource_tracker" not in reader.read():
-                        children.append(int(entry))
+                    command = reader.read()
+            except OSError:  # exited meanwhile
+                continue
+            if b"resource_tracker" not in command:
+                children.append(int(entry))
     return children
 
 
