@@ -48,9 +48,12 @@ class SimBERT:
         self.max_tokens = max_tokens
         self.name = name
         self.encoder = backbone.pooled_encoder()
-        # Encoded batches are padded to these shapes (see `simbert.shapes`); on TensorFlow
-        # one graph serves them all, on JAX each is compiled once.
-        self.shapes = ShapeBuckets(max_length=min(max_tokens, backbone.config.max_position_embeddings))
+        # On JAX each padded shape is a program compiled once, so batches are padded to
+        # buckets (see `simbert.shapes`); TensorFlow's one graph takes any shape, so there
+        # padding would only add work (100 gen_synonyms candidates of 34 tokens: 128 x 48).
+        per_shape = keras.backend.backend() != "tensorflow"
+        self.shapes = ShapeBuckets(length_step=16 if per_shape else 1, pad_rows=per_shape,
+                                   max_length=min(max_tokens, backbone.config.max_position_embeddings))
         self._encode = CompiledFunction(self._pooled, self.encoder.variables, jit_compile=False,
                                         dynamic_inputs=[(2, "int32")])
         self._decoder: CachedDecoder | None = None

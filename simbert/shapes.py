@@ -3,8 +3,10 @@
 A compiled function builds one program per distinct input shape (XLA on JAX; a trace on
 TensorFlow without an input signature), so the paths that compile round their shapes up
 to a few buckets, decided here: lengths to multiples of `length_step` (at most
-`max_length`), batch rows to powers of two (at most the batch size). Padded positions
-are token id 0 (masked as padding); padded rows are cut off by the caller.
+`max_length`), batch rows to powers of two (at most the batch size) unless `pad_rows` is
+off. Padded positions are token id 0 (masked as padding); padded rows are cut off by
+the caller. A path that compiles once for any shape (a TensorFlow graph with unknown
+dimensions) uses `length_step=1, pad_rows=False`: no padding beyond the longest row.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import numpy as np
 class ShapeBuckets:
     length_step: int = 16
     max_length: int = 512
+    pad_rows: bool = True
 
     def __post_init__(self):
         if self.length_step < 1 or self.max_length < 1:
@@ -32,10 +35,10 @@ class ShapeBuckets:
             raise ValueError(f"length {length} exceeds the longest bucket {self.max_length}")
         return min(-(-max(length, 1) // self.length_step) * self.length_step, self.max_length)
 
-    @staticmethod
-    def rows(rows: int, batch_size: int) -> int:
-        """`rows` rounded up to a power of two, at most `batch_size` (a full batch as it is)."""
-        if rows >= batch_size:
+    def rows(self, rows: int, batch_size: int) -> int:
+        """`rows` rounded up to a power of two, at most `batch_size` (a full batch as it
+        is); `rows` itself without `pad_rows`."""
+        if rows >= batch_size or not self.pad_rows:
             return rows
         return min(1 << max(rows - 1, 0).bit_length(), batch_size)
 

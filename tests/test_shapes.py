@@ -16,7 +16,9 @@ def test_buckets_round_lengths_and_rows():
     assert [shapes.length(n) for n in (1, 16, 17, 32, 33, 40)] == [16, 16, 32, 32, 40, 40]
     with pytest.raises(ValueError, match="length 41 exceeds the longest bucket 40"):
         shapes.length(41)
-    assert [ShapeBuckets.rows(n, 64) for n in (1, 2, 3, 5, 33, 64, 70)] == [1, 2, 4, 8, 64, 64, 70]
+    assert [shapes.rows(n, 64) for n in (1, 2, 3, 5, 33, 64, 70)] == [1, 2, 4, 8, 64, 64, 70]
+    exact = ShapeBuckets(length_step=1, max_length=40, pad_rows=False)  # TensorFlow's encode: no padding
+    assert [exact.rows(n, 64) for n in (3, 33)] == [3, 33] and exact.pad([[2, 5, 3], [2, 3]], 8).shape == (2, 3)
     assert shapes.count(8) == 4 * 3  # rows 1, 2, 4, 8 x lengths 16, 32, 40
     padded = shapes.pad([[2, 5, 3], [2, 3]], batch_size=8)
     np.testing.assert_array_equal(padded, [[2, 5, 3] + [0] * 13, [2, 3] + [0] * 14])
