@@ -325,27 +325,24 @@ def section_train(args, work, token_dict):
 
 
 # ------------------------------------------------------------------------- fit
-class StepTimer:
-    """A Keras callback (built lazily, keras imported inside) that notes the time after
-    each batch; `samples_per_second` is the rate over the second half of the steps,
-    after every batch shape has been compiled or loaded."""
+def step_timer(batch_size: int):
+    """A Keras callback noting the time after each batch; its `samples_per_second()` is
+    the rate over the second half of the steps, after every batch shape is compiled."""
+    import keras
 
-    def __new__(cls, batch_size: int):
-        import keras
+    class StepTimer(keras.callbacks.Callback):
+        def __init__(self):
+            super().__init__()
+            self.times = []
 
-        class Timer(keras.callbacks.Callback):
-            def __init__(self):
-                super().__init__()
-                self.times = []
+        def on_train_batch_end(self, batch, logs=None):
+            self.times.append(time.perf_counter())
 
-            def on_train_batch_end(self, batch, logs=None):
-                self.times.append(time.perf_counter())
+        def samples_per_second(self):
+            half = len(self.times) // 2
+            return (len(self.times) - 1 - half) * batch_size / (self.times[-1] - self.times[half])
 
-            def samples_per_second(self):
-                half = len(self.times) // 2
-                return (len(self.times) - 1 - half) * batch_size / (self.times[-1] - self.times[half])
-
-        return Timer()
+    return StepTimer()
 
 
 def section_fit(args, work, token_dict):
@@ -374,11 +371,11 @@ def section_fit(args, work, token_dict):
     batches = trainer._batches(0)
     prepared = [next(batches) for _ in range(size.fit_steps)]
     batches.close()
-    pure = StepTimer(size.batch)
+    pure = step_timer(size.batch)
     for callbacks in ([], [pure]):  # the first pass compiles every batch shape of the run
         trainer.training_model.fit((batch for batch in itertools.cycle(prepared)), steps_per_epoch=size.fit_steps,
                                    epochs=1, verbose=0, callbacks=callbacks)
-    pipeline = StepTimer(size.batch)
+    pipeline = step_timer(size.batch)
     result = trainer.fit(callbacks=[pipeline])  # the same batches, from the file, through the workers
     record(work, section="fit", name="Trainer.fit, AFQMC pairs, mixed_bfloat16, 6 layers", workers=trainer.workers,
            steps=size.fit_steps, pipeline_samples_per_second=pipeline.samples_per_second(),

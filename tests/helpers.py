@@ -127,3 +127,23 @@ def tiny_config(output_dir, steps, **training):
     for key, value in training.items():
         setattr(config.training, key, value)
     return config
+
+
+def child_processes() -> list[int]:
+    """PIDs of this process's children (from /proc, so exited-but-unreaped ones count),
+    but multiprocessing's resource tracker, one per parent, which exits with it."""
+    children = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as reader:
+                    fields = reader.read().rsplit(")", 1)[1].split()
+                if int(fields[1]) != os.getpid():
+                    continue
+                with open(f"/proc/{entry}/cmdline", "rb") as reader:
+                    command = reader.read()
+            except OSError:  # exited meanwhile
+                continue
+            if b"resource_tracker" not in command:
+                children.append(int(entry))
+    return children

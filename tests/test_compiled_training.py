@@ -4,9 +4,8 @@ Runs on TensorFlow here and on JAX through test_jax_backend.py."""
 
 import keras
 
-from helpers import tiny_config
+from helpers import child_processes, tiny_config
 from simbert.trainer import Trainer
-from test_workers import child_processes
 
 
 class RaiseAt(keras.callbacks.Callback):

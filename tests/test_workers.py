@@ -1,11 +1,10 @@
 """Batches built ahead in worker processes: the same stream as the serial loop, resumable,
 and no worker left behind however the consumer stops."""
 
-import os
-
 import numpy as np
 import pytest
 
+from helpers import child_processes
 from simbert.config import DataConfig
 from simbert.data import build_char_vocab, training_batches
 from simbert.shapes import ShapeBuckets
@@ -13,26 +12,6 @@ from simbert.tokenizer import Tokenizer
 from simbert.workers import ordered_map
 
 GROUPS = [[f"第{i}个问题怎么办", f"第{i}个问题如何处理", f"问题{i}该怎么解决"] for i in range(40)]
-
-
-def child_processes() -> list[int]:
-    """PIDs of this process's children (from /proc, so exited-but-unreaped ones count),
-    but multiprocessing's resource tracker, one per parent, which exits with it."""
-    children = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as reader:
-                    fields = reader.read().rsplit(")", 1)[1].split()
-                if int(fields[1]) != os.getpid():
-                    continue
-                with open(f"/proc/{entry}/cmdline", "rb") as reader:
-                    command = reader.read()
-            except OSError:  # exited meanwhile
-                continue
-            if b"resource_tracker" not in command:
-                children.append(int(entry))
-    return children
 
 
 def fail_on_three(value: int) -> int:
