@@ -131,7 +131,8 @@ class FitResult:
     NaN or inf (training stopped there), why it stopped early ("requested",
     "already complete") if it did, the first and last metrics lines written, and the
     throughput after the first (compiling) step, and how many training-step programs were
-    compiled (traces; at most `batch_shapes`, the shapes the batch buckets allow)."""
+    compiled (traces; at most `batch_shapes`, the shapes the batch buckets allow when the
+    step is compiled per shape; None for TensorFlow's graph, traced for any shape)."""
 
     start_step: int
     step: int
@@ -141,7 +142,7 @@ class FitResult:
     last: dict | None = None
     samples_per_second: float | None = None
     compiled_programs: int = 0
-    batch_shapes: int = 0
+    batch_shapes: int | None = None
 
 
 class Trainer:
@@ -169,7 +170,8 @@ class Trainer:
             self.teacher = SimBERT.from_pretrained(training.teacher, max_tokens=config.data.max_tokens,
                                                    compilation_cache=None)
         self.training_model = build_training_model(self.backbone, training)
-        self.buckets = batch_buckets(config.data, compiles_step(training.jit_compile))
+        self.step_compiled = compiles_step(training.jit_compile)  # per batch shape, by XLA
+        self.buckets = batch_buckets(config.data, self.step_compiled)
         self.workers = default_workers() if config.data.workers is None else config.data.workers
         self.optimizer = self.training_model.optimizer
 
@@ -282,8 +284,11 @@ class Trainer:
         finally:
             batches.close()  # stops the batch workers
         programs = self.training_model.step_traces - traces_before
-        shapes = self.buckets.training_shapes()
-        logger.info("compiled %d training step program(s) (batch buckets allow %d shapes)", programs, shapes)
+        shapes = self.buckets.training_shapes() if self.step_compiled else None
+        if shapes is None:
+            logger.info("traced the training step %d time(s) (one graph for any batch shape)", programs)
+        else:
+            logger.info("compiled %d training step program(s) (batch buckets allow %d shapes)", programs, shapes)
         if progress.nan_step is None:
             self.save_checkpoint(progress.step)
         if self.report.skipped_records or self.report.skipped_groups:

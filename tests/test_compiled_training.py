@@ -29,7 +29,7 @@ def test_training_step_is_compiled_with_a_bounded_number_of_programs(tmp_path):
         assert result.batch_shapes == 10  # lengths 16..64, target widths up to the length
         assert 1 <= result.compiled_programs <= result.batch_shapes
     else:  # TensorFlow's graph path: traced for unknown lengths, no padding
-        assert result.batch_shapes == 64 * 65 // 2 and 1 <= result.compiled_programs <= 2
+        assert result.batch_shapes is None and 1 <= result.compiled_programs <= 2
 
 
 def test_an_eager_step_is_counted_once_per_step(tmp_path):
