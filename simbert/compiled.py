@@ -79,7 +79,10 @@ class CompiledFunction:
             signature = None
             if dynamic_inputs is not None:
                 signature = [tf.TensorSpec((None,) * rank, dtype) for rank, dtype in dynamic_inputs]
-            self._call = tf.function(counted, jit_compile=jit_compile, input_signature=signature)
+            # No AutoGraph: the functions loop with keras.ops control flow already, and its
+            # source conversion took ~1.5 s of the first gen_synonyms call on CPU.
+            self._call = tf.function(counted, jit_compile=jit_compile, input_signature=signature,
+                                     autograph=False)
         elif backend == "jax":
             import jax
 
