@@ -34,12 +34,10 @@ def run_model(job):
     np.savez(job["output"], *outputs)
 
 
-def make_generator(job):
-    """The original SimBERT generator: the whole sequence is recomputed at every step."""
+def recompute_decoder(seq2seq, end_id, maxlen):
+    """The original SimBERT generator over `seq2seq` (a model giving MLM probabilities):
+    the whole sequence is recomputed at every step."""
     from bert4keras.snippets import AutoRegressiveDecoder
-
-    model = build_transformer_model(job["config"], job["checkpoint"], model=job["model"],
-                                    application="unilm", with_mlm=True)
 
     class Generator(AutoRegressiveDecoder):
         @AutoRegressiveDecoder.wraps(default_rtype="probas")
@@ -47,9 +45,15 @@ def make_generator(job):
             token_ids, segment_ids = inputs
             token_ids = np.concatenate([token_ids, output_ids], 1)
             segment_ids = np.concatenate([segment_ids, np.ones_like(output_ids)], 1)
-            return self.last_token(model).predict([token_ids, segment_ids], verbose=0)
+            return self.last_token(seq2seq).predict([token_ids, segment_ids], verbose=0)
 
-    return Generator(start_id=None, end_id=job["end_id"], maxlen=job["maxlen"])
+    return Generator(start_id=None, end_id=end_id, maxlen=maxlen)
+
+
+def make_generator(job):
+    model = build_transformer_model(job["config"], job["checkpoint"], model=job["model"],
+                                    application="unilm", with_mlm=True)
+    return recompute_decoder(model, job["end_id"], job["maxlen"])
 
 
 def run_time_sample(job):
@@ -74,33 +78,22 @@ def run_time_gen_synonyms(job):
     cosine against the text. Seconds to build the model, of the first call and the
     median of later ones."""
     import keras
-    from bert4keras.models import build_transformer_model as build
-    from bert4keras.snippets import AutoRegressiveDecoder, sequence_padding
+    from bert4keras.snippets import sequence_padding
 
     start = time.perf_counter()
     tokenizer = Tokenizer(job["vocab"], do_lower_case=True)
-    bert = build(job["config"], job["checkpoint"], with_pool="linear", application="unilm", with_mlm=True,
-                 return_keras_model=False)
+    bert = build_transformer_model(job["config"], job["checkpoint"], with_pool="linear", application="unilm",
+                                   with_mlm=True, return_keras_model=False)
     encoder = keras.models.Model(bert.model.inputs, bert.model.outputs[0])
-    seq2seq = keras.models.Model(bert.model.inputs, bert.model.outputs[1])
+    generator = recompute_decoder(keras.models.Model(bert.model.inputs, bert.model.outputs[1]),
+                                  tokenizer._token_end_id, job["maxlen"])
 
-    class SynonymsGenerator(AutoRegressiveDecoder):
-        @AutoRegressiveDecoder.wraps(default_rtype="probas")
-        def predict(self, inputs, output_ids, states):
-            token_ids, segment_ids = inputs
-            token_ids = np.concatenate([token_ids, output_ids], 1)
-            segment_ids = np.concatenate([segment_ids, np.ones_like(output_ids)], 1)
-            return self.last_token(seq2seq).predict([token_ids, segment_ids], verbose=0)
-
-        def generate(self, text, n=1, topk=5):
-            token_ids, segment_ids = tokenizer.encode(text, maxlen=job["maxlen"])
-            output_ids = self.random_sample([token_ids, segment_ids], n, topk)
-            return [tokenizer.decode(ids) for ids in output_ids]
-
-    generator = SynonymsGenerator(start_id=None, end_id=tokenizer._token_end_id, maxlen=job["maxlen"])
+    def generate(text, n, topk=5):
+        token_ids, segment_ids = tokenizer.encode(text, maxlen=job["maxlen"])
+        return [tokenizer.decode(ids) for ids in generator.random_sample([token_ids, segment_ids], n, topk)]
 
     def gen_synonyms(text, n, k):
-        candidates = [i for i in set(generator.generate(text, n)) if i != text]
+        candidates = [i for i in set(generate(text, n)) if i != text]
         candidates = [text] + candidates
         token_ids, segment_ids = [], []
         for candidate in candidates:
