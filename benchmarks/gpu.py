@@ -312,7 +312,8 @@ def section_train(args, work, token_dict):
                tflops=tflop / seconds, fraction_of_bf16_peak=tflop / seconds / peak)
         if profile:
             record(work, section="profile", name=f"ours {precision}: device ms per kernel over 3 steps",
-                   kernels=[(name[:100], round(ms, 2), source) for name, ms, source in device_time_by_kernel(trace_dir)])
+                   kernels=[(name[:100], round(ms, 2), source)
+                            for name, ms, source in device_time_by_kernel(trace_dir)])
 
     for variant in variants[:2]:
         ours(*variant, profile=True)

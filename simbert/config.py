@@ -129,8 +129,11 @@ class DataConfig:
     pair_threshold: float = 1.0  # pairs: a label below this is not a similar pair
     shuffle_buffer: int = 100_000  # groups held in memory for shuffling a streamed file
     mask_source: bool = False  # RoFormer-Sim whole-word masking of the source (p = 0.5)
-    length_step: int | None = None  # batch lengths and target widths rounded up to multiples; None: 16 when the step is XLA-compiled, else 1
-    workers: int | None = None  # processes building batches ahead; None: cpu_count // 4 (at most 8), 0: in the training process
+    # Batch lengths and target widths rounded up to multiples; None: 16 when the step is
+    # XLA-compiled (one program per shape), else 1.
+    length_step: int | None = None
+    # Processes building batches ahead; None: cpu_count // 4 (at most 8); 0: in the training process.
+    workers: int | None = None
 
     @property
     def max_tokens(self) -> int:
@@ -156,7 +159,8 @@ class TrainingConfig:
     similarity_weight: float = 1.0
     mask_duplicates: bool = True
     seed: int = 42
-    compilation_cache: str | None = "default"  # directory for compiled programs (reused by a resumed run); default: ~/.cache/simbert/xla; null: off
+    # Directory for compiled programs, reused by a resumed run; "default": ~/.cache/simbert/xla; null: off.
+    compilation_cache: str | None = "default"
     teacher: str | None = None  # model directory of a teacher for distillation
     distillation_weight: float = 100.0
 

@@ -5,8 +5,9 @@ a backbone (`load_pretrained`, `build_transformer_model`), writing one
 A model directory is either the released layout (bert_config.json, vocab.txt,
 bert_model.ckpt.*: Google BERT, SimBERT, RoFormer-Sim; ours add bert_model.safetensors,
 the same tensors readable without TensorFlow, and write only that where TensorFlow is
-not installed) or a Hugging Face one (config.json, vocab.txt, model.safetensors or pytorch_model.bin). A training
-output directory holds `checkpoint-<step>/` model directories.
+not installed) or a Hugging Face one (config.json, vocab.txt, model.safetensors or
+pytorch_model.bin). A training output directory holds `checkpoint-<step>/` model
+directories.
 """
 
 from __future__ import annotations
@@ -229,8 +230,8 @@ CONVERSIONS = ("bert4keras", "safetensors")
 def convert_checkpoint(directory: str | os.PathLike, to: str) -> str:
     """Add the other weight format to a model directory: "bert4keras" writes
     bert_model.ckpt.* from bert_model.safetensors (needs TensorFlow), "safetensors" the
-    reverse. The new files are written beside the old ones, never over them; returns the
-    path written."""
+    reverse, beside the format the directory already has (a file of the target format
+    already there is replaced); returns the path written."""
     directory = str(directory)
     if to not in CONVERSIONS:
         raise ValueError(f"convert: --to should be one of {CONVERSIONS}, got {to!r}")

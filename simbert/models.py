@@ -92,7 +92,8 @@ class Transformer(keras.Model):
                                              kernel_initializer=init, dtype=dtype, name="pooler")
         self.mlm_dense = self.mlm_norm = self.mlm_bias = None
         if with_mlm:
-            self.mlm_dense = keras.layers.Dense(width, activation=get_activation(config.hidden_act, kernels.written_gelu),
+            activation = get_activation(config.hidden_act, kernels.written_gelu)
+            self.mlm_dense = keras.layers.Dense(width, activation=activation,
                                                 kernel_initializer=init, dtype=dtype, name="mlm_dense")
             self.mlm_norm = LayerNorm(epsilon=LAYER_NORM_EPSILON, dtype=dtype, name="mlm_norm",
                                       written_gradient=kernels.written_layer_norm)

@@ -106,7 +106,8 @@ def build_training_model(backbone: Transformer, training: TrainingConfig) -> ker
     logits = backbone.mlm_logits(sequence[:, 1:])
     outputs = {"seq2seq": logits, "similarity": pooled}
     written = backbone.kernels.written_cross_entropy
-    losses = {"seq2seq": Seq2SeqLoss(written), "similarity": SimilarityLoss(training.scale, training.mask_duplicates, written)}
+    losses = {"seq2seq": Seq2SeqLoss(written),
+              "similarity": SimilarityLoss(training.scale, training.mask_duplicates, written)}
     weights = {"seq2seq": training.seq2seq_weight, "similarity": training.similarity_weight}
     if training.teacher:
         outputs["distillation"] = pooled
@@ -121,7 +122,8 @@ def build_training_model(backbone: Transformer, training: TrainingConfig) -> ker
     optimizer = AdamW(learning_rate=learning_rate, weight_decay=training.weight_decay,
                       clipnorm=training.clipnorm, name="adamw")
     optimizer.exclude_from_weight_decay(var_names=["gamma", "beta", "bias"])
-    model.compile(optimizer=optimizer, loss=losses, loss_weights=weights, jit_compile=compiles_step(training.jit_compile))
+    model.compile(optimizer=optimizer, loss=losses, loss_weights=weights,
+                  jit_compile=compiles_step(training.jit_compile))
     return model
 
 
@@ -170,8 +172,8 @@ class Trainer:
             self.teacher = SimBERT.from_pretrained(training.teacher, max_tokens=config.data.max_tokens,
                                                    compilation_cache=None)
         self.training_model = build_training_model(self.backbone, training)
-        self.step_compiled = compiles_step(training.jit_compile)  # per batch shape, by XLA
-        self.buckets = batch_buckets(config.data, self.step_compiled)
+        # XLA compiles the step once per batch shape.
+        self.buckets = batch_buckets(config.data, self.training_model.jit_compile)
         self.workers = default_workers() if config.data.workers is None else config.data.workers
         self.optimizer = self.training_model.optimizer
 
@@ -284,7 +286,7 @@ class Trainer:
         finally:
             batches.close()  # stops the batch workers
         programs = self.training_model.step_traces - traces_before
-        shapes = self.buckets.training_shapes() if self.step_compiled else None
+        shapes = self.buckets.training_shapes() if self.training_model.jit_compile else None
         if shapes is None:
             logger.info("traced the training step %d time(s) (one graph for any batch shape)", programs)
         else:

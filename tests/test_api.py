@@ -93,7 +93,8 @@ def test_convert_between_safetensors_and_the_bert4keras_checkpoint(model, tmp_pa
     model.save(tmp_path / "both")
     expected = model.encode(CORPUS)
     only_safetensors, only_tf = tmp_path / "safetensors", tmp_path / "tf"
-    shutil.copytree(tmp_path / "both", only_safetensors, ignore=shutil.ignore_patterns("bert_model.ckpt*", "checkpoint"))
+    shutil.copytree(tmp_path / "both", only_safetensors,
+                    ignore=shutil.ignore_patterns("bert_model.ckpt*", "checkpoint"))
     shutil.copytree(tmp_path / "both", only_tf, ignore=shutil.ignore_patterns("*.safetensors"))
     for directory in (only_safetensors, only_tf):  # either format alone loads
         np.testing.assert_allclose(SimBERT.from_pretrained(directory, max_tokens=32).encode(CORPUS), expected,
