@@ -15,8 +15,9 @@ import keras
 import numpy as np
 from tqdm import tqdm
 
+from simbert.arguments import check_integer
 from simbert.compiled import DEFAULT_CACHE, CompiledFunction, use_compilation_cache
-from simbert.directories import WHITENING_FILE, load_pretrained, resolve_model_directory, save_pretrained
+from simbert.directories import WHITENING_FILE, load_pretrained, save_pretrained, with_latest_checkpoint
 from simbert.generation import CachedDecoder
 from simbert.models import Transformer
 from simbert.retrieval import SimilarityIndex, Whitening, fit_whitening, l2_normalize
@@ -39,6 +40,7 @@ class SimBERT:
     def __init__(self, backbone: Transformer, tokenizer: Tokenizer, max_tokens: int = 64, name: str = ""):
         if backbone.application != "unilm" or backbone.pooler is None:
             raise ValueError("SimBERT needs a Transformer built with application='unilm' and with_pool")
+        check_integer("max_tokens", max_tokens, 3, backbone.config.max_position_embeddings)
         if tokenizer.vocab_size > backbone.config.vocab_size:
             raise ValueError(f"the vocabulary has {tokenizer.vocab_size} tokens but the model's embedding has "
                              f"{backbone.config.vocab_size} rows (a simplified vocab with keep_tokens, or the "
@@ -70,12 +72,15 @@ class SimBERT:
         `compilation_cache`: where compiled programs are kept for later processes
         (`simbert.compiled.use_compilation_cache`; default under ~/.cache/simbert, None: off)."""
         use_compilation_cache(compilation_cache)
-        directory = resolve_model_directory(path)
-        tokenizer, backbone = load_pretrained(directory, model_type, pre_tokenize=pre_tokenize)
-        simbert = cls(backbone, tokenizer, max_tokens, name=os.path.basename(os.path.normpath(str(path))))
-        if os.path.isfile(os.path.join(directory, WHITENING_FILE)):
-            simbert.whitening = Whitening.load(os.path.join(directory, WHITENING_FILE))
-        return simbert
+
+        def read(directory: str) -> "SimBERT":
+            tokenizer, backbone = load_pretrained(directory, model_type, pre_tokenize=pre_tokenize)
+            simbert = cls(backbone, tokenizer, max_tokens, name=os.path.basename(os.path.normpath(str(path))))
+            if os.path.isfile(os.path.join(directory, WHITENING_FILE)):
+                simbert.whitening = Whitening.load(os.path.join(directory, WHITENING_FILE))
+            return simbert
+
+        return with_latest_checkpoint(path, read)
 
     def save(self, path: str | os.PathLike) -> None:
         """Write a model directory (`simbert.directories.save_pretrained`), and
@@ -103,14 +108,17 @@ class SimBERT:
         return self.whitening.dim if self.whitening is not None else self.backbone.config.hidden_size
 
     # ---------------------------------------------------------------- encoding
-    def _check_text(self, text: str) -> str:
-        if not isinstance(text, str) or not text.strip():
-            raise ValueError(f"expected non-empty text, got {text!r}")
-        return text
-
-    def _source_ids(self, text: str) -> list[int]:
-        """`[CLS] text [SEP]`, cut to `max_tokens`."""
-        return self.tokenizer.encode(self._check_text(text), maxlen=self.max_tokens)[0]
+    def _source_ids(self, text: str, name: str = "text") -> list[int]:
+        """`[CLS] text [SEP]`, cut to `max_tokens`; a text with no token once the tokenizer
+        has cleaned it (empty, only spaces, control or zero-width characters) raises
+        naming it (`name`: how the caller calls it)."""
+        if not isinstance(text, str):
+            raise ValueError(f"{name} should be a string, got {type(text).__name__} {text!r}")
+        ids = self.tokenizer.encode(text, maxlen=self.max_tokens)[0]
+        if len(ids) <= 2:
+            raise ValueError(f"{name} {text!r} has no token once cleaned (empty, or only spaces, control or "
+                             f"zero-width characters)")
+        return ids
 
     def _pooled(self, token_ids):
         return self.encoder([token_ids, keras.ops.zeros_like(token_ids)], training=False)
@@ -127,7 +135,8 @@ class SimBERT:
         """
         if isinstance(texts, str):
             raise ValueError("encode expects a list of texts; wrap a single text in a list")
-        encoded = [self._source_ids(text) for text in texts]
+        check_integer("batch_size", batch_size)
+        encoded = [self._source_ids(text, f"texts[{i}]") for i, text in enumerate(texts)]
         vectors = np.zeros((len(encoded), self.backbone.config.hidden_size), "float32")
         order = np.argsort([len(ids) for ids in encoded], kind="stable")
         batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
@@ -148,10 +157,13 @@ class SimBERT:
         return self._decoder
 
     def generate(self, text: str, n: int = 1, topk: int | None = None, topp: float | None = None,
-                 temperature: float = 1.0, max_new_tokens: int | None = None, seed: int | None = None) -> list[str]:
+                 temperature: float = 1.0, max_new_tokens: int | None = None, seed: int | None = None,
+                 progress: bool = False) -> list[str]:
         """n sampled continuations of `[CLS] text [SEP]`, each at most `max_new_tokens`
-        (default and cap: `max_tokens`) tokens."""
-        samples = self.decoder.sample(self._source_ids(text), n, topk, topp, temperature, max_new_tokens, seed)
+        (default and cap: `max_tokens`) tokens; drawn in chunks of bounded memory (see
+        `CachedDecoder.sample`), with a progress bar over the chunks if asked."""
+        samples = self.decoder.sample(self._source_ids(text), n, topk, topp, temperature, max_new_tokens, seed,
+                                      progress=progress)
         return [self.tokenizer.decode(ids) for ids in samples]
 
     def beam_search(self, text: str, beam_size: int = 4, max_new_tokens: int | None = None) -> str:
@@ -161,9 +173,10 @@ class SimBERT:
                      topk: int | None = 5, **sampling) -> list:
         """Sample n paraphrases (top-k 5 as the original), drop duplicates and the input,
         rank by cosine to the input's vector and return at most k (with scores if asked)."""
+        check_integer("k", k)
         candidates = [c for c in dict.fromkeys(self.generate(text, n, topk=topk, **sampling))
-                      if c and c != text]
-        if not candidates or k <= 0:
+                      if c and c != text and len(self.tokenizer.tokenize(c)) > 2]
+        if not candidates:
             return []
         vectors = self.encode([text] + candidates)
         scores = vectors[1:] @ vectors[0]

@@ -25,8 +25,8 @@ class ProgressLogger(keras.callbacks.Callback):
 
     Keras reports running means since the start of `fit`, `m_n`; the mean over steps
     (k, n] is `(n m_n - k m_k) / (n - k)`. A line is also written at the last step and
-    when a stop is requested. A NaN or inf loss is recorded as `nan_step` (stopping is
-    `keras.callbacks.TerminateOnNaN`'s job).
+    when a stop is requested. A NaN or inf loss is recorded as `nan_step` and `nan_loss`
+    (stopping is `keras.callbacks.TerminateOnNaN`'s job, the message the trainer's).
     """
 
     KEYS = ("loss", "seq2seq_loss", "similarity_loss", "distillation_loss")
@@ -45,6 +45,7 @@ class ProgressLogger(keras.callbacks.Callback):
         self.previous_count = 0
         self.first = self.last = None
         self.nan_step = None
+        self.nan_loss = None
         self.started = None
 
     def on_train_batch_begin(self, batch, logs=None):
@@ -61,9 +62,7 @@ class ProgressLogger(keras.callbacks.Callback):
         count = batch + 1
         self.step = self.start_step + count
         if not np.isfinite(logs["loss"]):
-            self.nan_step = self.step
-            tqdm.write(f"loss became {logs['loss']} at step {self.step}; training stopped. The last good "
-                       f"checkpoint is kept.")
+            self.nan_step, self.nan_loss = self.step, float(logs["loss"])
             return
         self.bar.update(1)
         if self.step % self.log_every and self.step != self.total_steps and not self.stop_event.is_set():

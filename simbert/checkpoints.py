@@ -16,6 +16,7 @@ from typing import Sequence
 
 import numpy as np
 
+from simbert.errors import unreadable
 from simbert.models import Transformer
 
 logger = logging.getLogger(__name__)
@@ -160,8 +161,11 @@ def read_tf_checkpoint(path: str | os.PathLike) -> dict[str, np.ndarray]:
     import tensorflow as tf
 
     prefix = resolve_checkpoint(path)
-    reader = tf.train.load_checkpoint(prefix)
-    return {name: reader.get_tensor(name) for name in reader.get_variable_to_shape_map()}
+    try:
+        reader = tf.train.load_checkpoint(prefix)
+        return {name: reader.get_tensor(name) for name in reader.get_variable_to_shape_map()}
+    except Exception as error:  # TensorFlow's errors for torn .index / .data-* files
+        raise unreadable(prefix + ".{index,data-*}", "a TensorFlow checkpoint", error) from error
 
 
 def read_variable_names(path: str | os.PathLike) -> set[str] | None:
@@ -170,15 +174,22 @@ def read_variable_names(path: str | os.PathLike) -> set[str] | None:
     if holds_google_safetensors(path):
         from safetensors import safe_open
 
-        with safe_open(os.path.join(path, SAFETENSORS_NAME), "numpy") as reader:
-            return set(reader.keys())
+        file = os.path.join(path, SAFETENSORS_NAME)
+        try:
+            with safe_open(file, "numpy") as reader:
+                return set(reader.keys())
+        except Exception as error:  # safetensors' SafetensorError, OSError
+            raise unreadable(file, "a safetensors file", error) from error
     try:
         prefix = resolve_checkpoint(path)
     except FileNotFoundError:
         return None
     import tensorflow as tf
 
-    return set(tf.train.load_checkpoint(prefix).get_variable_to_shape_map())
+    try:
+        return set(tf.train.load_checkpoint(prefix).get_variable_to_shape_map())
+    except Exception as error:
+        raise unreadable(prefix + ".index", "a TensorFlow checkpoint index", error) from error
 
 
 def write_tf_checkpoint(values: dict[str, np.ndarray], prefix: str | os.PathLike) -> None:
@@ -221,10 +232,14 @@ def write_google_safetensors(values: dict[str, np.ndarray], path: str | os.PathL
     save_file({name: np.ascontiguousarray(value) for name, value in values.items()}, str(path))
 
 
-def read_google_safetensors(path: str | os.PathLike) -> dict[str, np.ndarray]:
+def read_safetensors(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    """The arrays of a safetensors file; a torn or foreign file raises `FileFormatError`."""
     from safetensors.numpy import load_file
 
-    return load_file(str(path))
+    try:
+        return load_file(str(path))
+    except Exception as error:  # safetensors' SafetensorError, OSError
+        raise unreadable(path, "a safetensors file", error) from error
 
 
 def model_values(model: Transformer) -> dict[str, np.ndarray]:
@@ -249,13 +264,15 @@ def read_hf_directory(path: str | os.PathLike) -> dict[str, np.ndarray]:
     `torch.load(weights_only=True)`, never unpickling arbitrary objects)."""
     safetensors_path = os.path.join(path, HF_WEIGHT_FILES[0])
     if os.path.isfile(safetensors_path):
-        from safetensors.numpy import load_file
-
-        tensors = load_file(safetensors_path)
+        tensors = read_safetensors(safetensors_path)
     else:
         import torch
 
-        state = torch.load(os.path.join(path, HF_WEIGHT_FILES[1]), map_location="cpu", weights_only=True)
+        file = os.path.join(path, HF_WEIGHT_FILES[1])
+        try:
+            state = torch.load(file, map_location="cpu", weights_only=True)
+        except Exception as error:  # torch's UnpicklingError (refused objects), RuntimeError (torn zip)
+            raise unreadable(file, "a PyTorch state dict of tensors", error) from error
         tensors = {k: v.float().numpy() for k, v in state.items()}
     values = {}
     for name, tensor in tensors.items():
@@ -278,7 +295,7 @@ def read_weights(path: str | os.PathLike) -> dict[str, np.ndarray]:
     if holds_hf_weights(path):
         return read_hf_directory(path)
     if holds_google_safetensors(path):
-        return read_google_safetensors(os.path.join(path, SAFETENSORS_NAME))
+        return read_safetensors(os.path.join(path, SAFETENSORS_NAME))
     return read_tf_checkpoint(path)
 
 
@@ -299,17 +316,30 @@ def write_training_state(path: str | os.PathLike, variables) -> None:
     np.savez(path, **values)
 
 
-def read_training_state(path: str | os.PathLike, variables) -> None:
+def read_training_state(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    """Every array of a training-state file, read in full (so a torn file fails here,
+    before anything is assigned), keyed by variable path."""
+    try:
+        with np.load(path, allow_pickle=False) as saved:
+            return {name: saved[name] for name in saved.files}
+    except OSError as error:
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"training state {path} does not exist") from None
+        raise unreadable(path, "a training-state .npz", error) from error
+    except Exception as error:  # zipfile's BadZipFile, EOFError, ValueError on a torn array
+        raise unreadable(path, "a training-state .npz", error) from error
+
+
+def assign_training_state(values: dict[str, np.ndarray], variables, source: str) -> None:
     """Assign each of `variables` the value saved under its path; a variable missing from
-    the file, or saved with another shape, raises naming it (the model or optimizer
+    `values`, or saved with another shape, raises naming it (the model or optimizer
     changed since the file was written)."""
-    with np.load(path, allow_pickle=False) as saved:
-        for variable in variables:
-            if variable.path not in saved.files:
-                raise ValueError(f"{path} holds no value for {variable.path} (the model or optimizer changed "
-                                 f"since it was saved?)")
-            value = saved[variable.path]
-            if tuple(variable.shape) != value.shape:
-                raise ValueError(f"{path}: {variable.path} has shape {value.shape} in the file but "
-                                 f"{tuple(variable.shape)} here")
-            variable.assign(value)
+    for variable in variables:
+        if variable.path not in values:
+            raise ValueError(f"{source} holds no value for {variable.path} (the model or optimizer changed "
+                             f"since it was saved?)")
+        value = values[variable.path]
+        if tuple(variable.shape) != value.shape:
+            raise ValueError(f"{source}: {variable.path} has shape {value.shape} in the file but "
+                             f"{tuple(variable.shape)} here")
+        variable.assign(value)

@@ -13,8 +13,10 @@ directories.
 from __future__ import annotations
 
 import json
+import logging
 import os
-from typing import Callable, Iterable, Sequence
+import shutil
+from typing import Callable, Iterable, Sequence, TypeVar
 
 import numpy as np
 
@@ -24,7 +26,7 @@ from simbert.checkpoints import (
     holds_hf_weights,
     load_weights,
     model_values,
-    read_google_safetensors,
+    read_safetensors,
     read_tf_checkpoint,
     read_variable_names,
     tensorflow_importable,
@@ -32,8 +34,12 @@ from simbert.checkpoints import (
     write_tf_checkpoint,
 )
 from simbert.config import MODEL_TYPES, BackboneConfig
+from simbert.errors import FileFormatError
 from simbert.models import Transformer
 from simbert.tokenizer import SPECIAL_TOKENS, Tokenizer, load_vocab, save_vocab
+
+logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 CONFIG_FILE = "bert_config.json"
 HF_CONFIG_FILE = "config.json"
@@ -45,6 +51,9 @@ TRAINING_STATE_FILE = "training_state.npz"  # optimizer and random state, keyed 
 TRAINER_STATE_FILE = "trainer_state.json"  # step, model_type, the recipe; written last
 METRICS_FILE = "metrics.jsonl"
 LOSS_PLOT_FILE = "loss.png"
+LOCK_FILE = "training.lock"  # holds the PID of the run training into the directory
+# A reader of a live run's newest checkpoint retries this often if rotation removes it.
+READ_ATTEMPTS = 5
 
 
 def read_config(config: str | os.PathLike | dict, **overrides) -> BackboneConfig:
@@ -54,12 +63,28 @@ def read_config(config: str | os.PathLike | dict, **overrides) -> BackboneConfig
     source = str(config)
     if not os.path.isfile(source):
         raise FileNotFoundError(f"config file {source} does not exist")
-    with open(source, encoding="utf-8") as reader:
-        try:
+    return BackboneConfig.from_dict(read_json(source, "a BERT config (JSON object)"), source, **overrides)
+
+
+def read_json(path: str, expected: str) -> dict:
+    """A JSON object from `path`; anything else raises `FileFormatError` saying what was expected."""
+    try:
+        with open(path, encoding="utf-8") as reader:
             values = json.load(reader)
-        except json.JSONDecodeError as error:
-            raise ValueError(f"{source} is not valid JSON: {error}") from None
-    return BackboneConfig.from_dict(values, source, **overrides)
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise FileFormatError(path, f"is not valid JSON ({error}); expected {expected}") from None
+    if not isinstance(values, dict):
+        raise FileFormatError(path, f"holds a JSON {type(values).__name__}; expected {expected}")
+    return values
+
+
+def read_trainer_state(checkpoint: str) -> dict:
+    """A checkpoint's trainer_state.json: its step, model_type and recipe."""
+    path = os.path.join(checkpoint, TRAINER_STATE_FILE)
+    state = read_json(path, 'the trainer state {"step": ..., "config": ...}')
+    if not isinstance(state.get("step"), int) or not isinstance(state.get("config"), dict):
+        raise FileFormatError(path, f"lacks an integer \"step\" or a \"config\" mapping (keys: {sorted(state)})")
+    return state
 
 
 def is_hf_directory(path: str | os.PathLike) -> bool:
@@ -84,13 +109,73 @@ def checkpoint_dirs(output_dir: str | os.PathLike) -> list[tuple[int, str]]:
     found = []
     for name in os.listdir(output_dir):
         path = os.path.join(output_dir, name)
-        if name.startswith(CHECKPOINT_PREFIX) and os.path.isfile(os.path.join(path, TRAINER_STATE_FILE)):
-            found.append((int(name[len(CHECKPOINT_PREFIX):]), path))
+        step = name[len(CHECKPOINT_PREFIX):]
+        if (name.startswith(CHECKPOINT_PREFIX) and step.isdigit()
+                and os.path.isfile(os.path.join(path, TRAINER_STATE_FILE))):
+            found.append((int(step), path))
     return sorted(found)
 
 
 def checkpoint_dir(output_dir: str | os.PathLike, step: int) -> str:
     return os.path.join(str(output_dir), f"{CHECKPOINT_PREFIX}{step:07d}")
+
+
+def remove_checkpoint(path: str) -> None:
+    """Remove a checkpoint directory as one step for its readers: renamed away first (a
+    reader sees it whole or not at all, see `with_latest_checkpoint`), then deleted."""
+    doomed = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.removing-{os.getpid()}")
+    os.replace(path, doomed)
+    if os.path.islink(doomed):
+        os.unlink(doomed)
+    else:
+        shutil.rmtree(doomed, ignore_errors=True)
+
+
+class DirectoryInUse(RuntimeError):
+    """Another live process is training into the output directory."""
+
+
+class RunLock:
+    """An exclusive lock on a training output directory for the run that trains into it:
+    an `flock` on `training.lock`, which holds the owner's PID for messages. The kernel
+    drops the lock when its process dies, so a lock file left by a killed run is stale
+    and is taken over (POSIX systems)."""
+
+    def __init__(self, output_dir: str | os.PathLike):
+        self.output_dir = str(output_dir)
+        self.path = os.path.join(self.output_dir, LOCK_FILE)
+        self._file = None
+
+    @property
+    def held(self) -> bool:
+        return self._file is not None
+
+    def acquire(self) -> None:
+        import fcntl
+
+        if self.held:
+            return
+        os.makedirs(self.output_dir, exist_ok=True)
+        file = open(self.path, "a+", encoding="utf-8")
+        try:
+            fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            file.seek(0)
+            owner = file.read().strip() or "unknown"
+            file.close()
+            raise DirectoryInUse(f"{self.output_dir} is in use by another training run (PID {owner}, lock file "
+                                 f"{self.path}); wait for it to end or choose another output directory") from None
+        file.seek(0)
+        file.truncate()
+        file.write(f"{os.getpid()}\n")
+        file.flush()
+        self._file = file
+
+    def release(self) -> None:
+        if self._file is not None:
+            self._file.truncate(0)
+            self._file.close()  # closing drops the flock
+            self._file = None
 
 
 def resolve_model_directory(path: str | os.PathLike) -> str:
@@ -166,6 +251,22 @@ def build_transformer_model(config: str | os.PathLike | dict, checkpoint_path: s
     return build_backbone(config, checkpoint_path, model_type=model, **options)
 
 
+def with_latest_checkpoint(path: str | os.PathLike, read: Callable[[str], T]) -> T:
+    """`read(directory)` for the model directory `path` resolves to. When that is the
+    newest checkpoint of a run still training, rotation may remove it mid-read (as one
+    rename, see `remove_checkpoint`); then the read starts again on the new newest."""
+    for attempt in range(READ_ATTEMPTS):
+        directory = resolve_model_directory(path)
+        try:
+            return read(directory)
+        except (OSError, ValueError):
+            vanished = directory != str(path) and not os.path.isdir(directory)
+            if not vanished or attempt == READ_ATTEMPTS - 1:
+                raise
+            logger.info("%s was rotated away while being read; reading the newest checkpoint again", directory)
+    raise AssertionError("unreachable")
+
+
 def load_pretrained(
     path: str | os.PathLike,
     model_type: str | None = None,
@@ -185,19 +286,22 @@ def load_pretrained(
     `simplify_vocab` drops the tokens a char-level tokenizer can never produce and keeps
     the matching embedding rows, as the original fine-tuning script (`keep_tokens`).
     """
-    directory = resolve_model_directory(path)
-    vocab_path = os.path.join(directory, VOCAB_FILE)
-    if not os.path.isfile(vocab_path):
-        raise FileNotFoundError(f"{directory} has no {VOCAB_FILE}")
-    keep_tokens = None
-    if simplify_vocab:
-        token_dict, keep_tokens = load_vocab(vocab_path, simplified=True, startswith=list(SPECIAL_TOKENS))
-    else:
-        token_dict = load_vocab(vocab_path)
-    tokenizer = Tokenizer(token_dict, do_lower_case=True, pre_tokenize=pre_tokenize)
-    backbone = build_backbone(config_path(directory), directory, model_type or infer_model_type(directory) or "bert",
-                              application, with_pool, with_mlm, keep_tokens, dropout_rate, dtype)
-    return tokenizer, backbone
+    def read(directory: str) -> tuple[Tokenizer, Transformer]:
+        vocab_path = os.path.join(directory, VOCAB_FILE)
+        if not os.path.isfile(vocab_path):
+            raise FileNotFoundError(f"{directory} has no {VOCAB_FILE}")
+        keep_tokens = None
+        if simplify_vocab:
+            token_dict, keep_tokens = load_vocab(vocab_path, simplified=True, startswith=list(SPECIAL_TOKENS))
+        else:
+            token_dict = load_vocab(vocab_path)
+        tokenizer = Tokenizer(token_dict, do_lower_case=True, pre_tokenize=pre_tokenize)
+        backbone = build_backbone(config_path(directory), directory,
+                                  model_type or infer_model_type(directory) or "bert",
+                                  application, with_pool, with_mlm, keep_tokens, dropout_rate, dtype)
+        return tokenizer, backbone
+
+    return with_latest_checkpoint(path, read)
 
 
 def save_pretrained(model: Transformer, directory: str | os.PathLike, token_dict: dict[str, int]) -> None:
@@ -247,5 +351,5 @@ def convert_checkpoint(directory: str | os.PathLike, to: str) -> str:
     if not tensorflow_importable():
         raise RuntimeError("convert --to bert4keras writes a TensorFlow checkpoint: install tensorflow "
                            "(pip install tensorflow-cpu is enough)")
-    write_bert4keras_checkpoint(read_google_safetensors(source), directory)
+    write_bert4keras_checkpoint(read_safetensors(source), directory)
     return os.path.join(directory, CHECKPOINT_NAME)

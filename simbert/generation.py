@@ -17,7 +17,9 @@ from __future__ import annotations
 import keras
 import numpy as np
 from keras import ops
+from tqdm import tqdm
 
+from simbert.arguments import check_integer, check_sampling
 from simbert.compiled import CompiledFunction
 from simbert.layers import NEGATIVE_INFINITY
 from simbert.models import Transformer
@@ -157,25 +159,42 @@ class CachedDecoder:
 
     def sample(self, source_ids: list[int], n: int = 1, topk: int | None = None, topp: float | None = None,
                temperature: float = 1.0, max_new_tokens: int | None = None,
-               seed: int | None = None) -> list[list[int]]:
+               seed: int | None = None, max_rows: int = 128, progress: bool = False) -> list[list[int]]:
         """n sampled targets (token ids, `[SEP]` excluded) for one source, each at most
-        `max_new_tokens` (default and cap: `max_target_len`) long."""
+        `max_new_tokens` (default and cap: `max_target_len`) long.
+
+        Samples are drawn `max_rows` at a time (n larger than that in chunks of exactly
+        `max_rows`, the last one padded, so one compiled program serves any n), which
+        bounds memory by the chunk: each row holds its key/value cache,
+        `layers x 2 x hidden x (max_source_len + max_target_len)` values, and a row of
+        logits. The noise of sample i is the same however the samples are chunked.
+        """
+        check_integer("n", n)
+        check_integer("max_rows", max_rows)
+        check_sampling(topk, topp, temperature, self.backbone.config.vocab_size)
+        if max_new_tokens is not None:
+            check_integer("max_new_tokens", max_new_tokens)
         steps = min(max_new_tokens or self.max_target_len, self.max_target_len)
-        if n <= 0:
-            return []
-        key = (n, steps, topk, topp, float(temperature))
+        rows = n if n <= max_rows else max_rows
+        key = (rows, steps, topk, topp, float(temperature))
         if key not in self._samplers:
             def run(logits, caches, source_len, noise):
                 return self._sample_loop(logits, caches, source_len, noise, topk, topp, temperature, steps)
 
             self._samplers[key] = CompiledFunction(run, self.variables)
         logits, caches, source_len = self.prefill(source_ids)
-        logits = ops.repeat(logits, n, axis=0)
-        caches = self._map_caches(lambda part: ops.repeat(part, n, axis=0), caches)
+        logits = ops.repeat(logits, rows, axis=0)
+        caches = self._map_caches(lambda part: ops.repeat(part, rows, axis=0), caches)
         noise = np.random.default_rng(seed).random((steps, n), dtype="float32")
-        outputs = ops.convert_to_numpy(self._samplers[key](logits, caches, ops.convert_to_tensor(source_len),
-                                                           ops.convert_to_tensor(noise)))
-        return [self._until_end(row) for row in outputs]
+        chunks = range(0, n, rows)
+        samples = []
+        for start in tqdm(chunks, desc="sampling", unit="chunk", disable=not progress or len(chunks) < 2):
+            chunk = noise[:, start:start + rows]
+            chunk = np.pad(chunk, ((0, 0), (0, rows - chunk.shape[1])))
+            outputs = ops.convert_to_numpy(self._samplers[key](logits, caches, ops.convert_to_tensor(source_len),
+                                                               ops.convert_to_tensor(chunk)))
+            samples.extend(self._until_end(row) for row in outputs[: n - start])
+        return samples
 
     def beam_search(self, source_ids: list[int], beam_size: int = 4, max_new_tokens: int | None = None) -> list[int]:
         """The highest-scoring target by beam search (sum of log-probabilities), as

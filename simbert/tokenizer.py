@@ -12,6 +12,8 @@ import re
 import unicodedata
 from typing import Callable, Iterable, Sequence
 
+from simbert.errors import FileFormatError
+
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]")
 REQUIRED_TOKENS = ("[UNK]", "[CLS]", "[SEP]")
 
@@ -103,10 +105,14 @@ def load_vocab(
         raise FileNotFoundError(f"vocab file {path!s} does not exist")
     token_dict: dict[str, int] = {}
     with open(path, encoding=encoding) as reader:
-        for line in reader:
-            fields = line.split()
-            token = fields[0] if fields else line.strip()
-            token_dict[token] = len(token_dict)
+        try:
+            for line in reader:
+                fields = line.split()
+                token = fields[0] if fields else line.strip()
+                token_dict[token] = len(token_dict)
+        except UnicodeDecodeError as error:
+            raise FileFormatError(path, f"line {len(token_dict) + 1} is not {encoding} ({error.reason}); expected "
+                                        "one token a line") from None
     if not simplified:
         return token_dict
 

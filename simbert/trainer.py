@@ -21,21 +21,26 @@ import numpy as np
 
 from simbert.api import SimBERT
 from simbert.callbacks import CheckpointSaver, LossCurve, ProgressLogger, SamplePrinter
-from simbert.checkpoints import assign_weights, read_training_state, read_weights, write_training_state
+from simbert.checkpoints import assign_training_state, read_training_state, write_training_state
 from simbert.compiled import use_compilation_cache
 from simbert.config import DataConfig, TrainConfig, TrainingConfig
-from simbert.data import ReadReport, batch_dataset, build_char_vocab, read_training_groups, training_batches
+from simbert.data import DataError, ReadReport, batch_dataset, build_char_vocab, read_training_groups, training_batches
 from simbert.directories import (
     LOSS_PLOT_FILE,
     METRICS_FILE,
     TRAINER_STATE_FILE,
     TRAINING_STATE_FILE,
+    VOCAB_FILE,
+    RunLock,
     build_backbone,
     checkpoint_dir,
     checkpoint_dirs,
     load_pretrained,
+    read_trainer_state,
+    remove_checkpoint,
     save_pretrained,
 )
+from simbert.errors import FileFormatError
 from simbert.losses import DistillationLoss, Seq2SeqLoss, SimilarityLoss
 from simbert.models import Transformer
 from simbert.optimizers import AdamW
@@ -147,31 +152,85 @@ class FitResult:
     batch_shapes: int | None = None
 
 
+# Recipe fields a resumed run must share with the checkpoint's: the model, and what
+# decides the batch stream.
+RESUME_FIELDS = ("model.model_type", "model.pretrained", "model.config", "model.vocab", "model.simplify_vocab",
+                 "training.batch_size", "training.seed", "data.max_chars")
+
+
+class RunDirectoryTaken(RuntimeError):
+    """A fresh run was pointed at a directory that holds another run's checkpoints."""
+
+
+class ResumeMismatch(ValueError):
+    """The recipe differs from the checkpoint's in a field that resuming must keep."""
+
+
+@dataclass
+class ResumePoint:
+    """A checkpoint read in full, ready to continue from."""
+
+    step: int
+    path: str
+    recipe: dict
+    training_state: dict
+    tokenizer: Tokenizer
+    backbone: Transformer
+
+
+def recipe_value(recipe: dict, dotted: str):
+    section, name = dotted.split(".")
+    return recipe.get(section, {}).get(name)
+
+
 class Trainer:
     """Trains a SimBERT model as described by a `TrainConfig`.
 
+    The output directory belongs to one run: a fresh run refuses a directory holding
+    checkpoints unless `overwrite` (which deletes them); `resume` continues from the newest
+    checkpoint that reads in full (older ones are tried when it does not), with its
+    vocabulary and model, after checking the recipe agrees with the checkpoint's in
+    `RESUME_FIELDS` (`resume_anyway`: warn instead of refusing). A lock file keeps a second
+    process out while this one trains.
+
     `request_stop()` (thread-safe; the `simbert train` command calls it on SIGINT and
-    SIGTERM) makes `fit` save a checkpoint after the current step and return.
+    SIGTERM, through `stop_event`) makes `fit` save a checkpoint after the current step
+    and return; a stop requested before training starts returns before the first step.
 
     Example:
         >>> trainer = Trainer(TrainConfig.from_yaml("configs/tiny.yaml"))
         >>> result = trainer.fit()          # writes runs/tiny/checkpoint-*/ and metrics.jsonl
     """
 
-    def __init__(self, config: TrainConfig):
+    def __init__(self, config: TrainConfig, resume: bool = False, overwrite: bool = False,
+                 resume_anyway: bool = False, stop_event: threading.Event | None = None):
+        if resume and overwrite:
+            raise ValueError("resume and overwrite exclude each other: continue the run, or replace it")
         training = config.training
         keras.utils.set_random_seed(training.seed)
         use_compilation_cache(training.compilation_cache)
         self.config = config
         self.output_dir = config.output.dir
         self.report = ReadReport()
-        self.stop_event = threading.Event()
-        self.tokenizer, self.backbone = self._build_tokenizer_and_backbone()
-        self.teacher = None
-        if training.teacher:
-            self.teacher = SimBERT.from_pretrained(training.teacher, max_tokens=config.data.max_tokens,
-                                                   compilation_cache=None)
-        self.training_model = build_training_model(self.backbone, training)
+        self.stop_event = stop_event if stop_event is not None else threading.Event()
+        self.check_data()
+        self.lock = RunLock(self.output_dir)
+        self.lock.acquire()
+        try:
+            self.resume_point = self._claim_output_dir(resume, overwrite)
+            if self.resume_point is not None:
+                self._check_resume(self.resume_point, resume_anyway)
+                self.tokenizer, self.backbone = self.resume_point.tokenizer, self.resume_point.backbone
+            else:
+                self.tokenizer, self.backbone = self._build_tokenizer_and_backbone()
+            self.teacher = None
+            if training.teacher:
+                self.teacher = SimBERT.from_pretrained(training.teacher, max_tokens=config.data.max_tokens,
+                                                       compilation_cache=None)
+            self.training_model = build_training_model(self.backbone, training)
+        except BaseException:
+            self.lock.release()
+            raise
         # XLA compiles the step once per batch shape.
         self.buckets = batch_buckets(config.data, self.training_model.jit_compile)
         self.workers = default_workers() if config.data.workers is None else config.data.workers
@@ -181,25 +240,120 @@ class Trainer:
         self.stop_event.set()
 
     def read_groups(self):
-        """The training groups, read afresh (a new pass over the file)."""
-        return read_training_groups(self.config.data, self.report)
+        """The training groups, read afresh (a new pass over the file). Skipped records
+        are counted in `self.report` during the first full pass only, so each is counted once."""
+        report = self.report if not self._report_complete else ReadReport()
+        self._report_complete = True
+        return read_training_groups(self.config.data, report)
+
+    def check_data(self) -> None:
+        """Read the training file before building anything: a missing file, a directory, an
+        unreadable record (`on_error: raise`) or a file without one usable group fails
+        here, naming the file. When the vocabulary is built from the data (or may be
+        compared with a checkpoint's) the pass reads the whole file and its characters
+        are kept; otherwise it stops at the first usable group."""
+        self.report, self._report_complete = ReadReport(), False
+        model = self.config.model
+        whole = not model.pretrained and not model.vocab
+        groups = self.read_groups()
+        texts = (text for group in groups for text in group) if whole else next(iter(groups), [])
+        self.data_characters = build_char_vocab(texts)
+        self._report_complete = whole
+        if len(self.data_characters) == len(build_char_vocab([])):
+            reasons = "; ".join(self.report.reasons[:3]) or "no records"
+            raise DataError(f"data.train {self.config.data.train} holds no group of two or more distinct texts "
+                            f"({self.report.skipped_records} records skipped, {self.report.skipped_groups} groups "
+                            f"with < 2 distinct texts; {reasons})")
 
     def _build_tokenizer_and_backbone(self) -> tuple[Tokenizer, Transformer]:
         model, precision = self.config.model, self.config.training.precision
         if model.pretrained:
-            return load_pretrained(model.pretrained, model.model_type, simplify_vocab=model.simplify_vocab,
-                                   dropout_rate=model.dropout_rate, dtype=precision)
+            tokenizer, backbone = load_pretrained(model.pretrained, model.model_type,
+                                                  simplify_vocab=model.simplify_vocab,
+                                                  dropout_rate=model.dropout_rate, dtype=precision)
+            self._check_positions(backbone.config.max_position_embeddings, f"model.pretrained {model.pretrained}")
+            return tokenizer, backbone
         if model.config is None:
             raise ValueError("model: give either `pretrained` (a model directory) or `config` "
                              "(bert_config fields for a random model)")
-        if model.vocab:
-            token_dict = load_vocab(model.vocab)
-        else:
-            token_dict = build_char_vocab(text for group in self.read_groups() for text in group)
+        self._check_positions(model.config.get("max_position_embeddings", 512),
+                              "model.config.max_position_embeddings")
+        token_dict = load_vocab(model.vocab) if model.vocab else self.data_characters
         backbone = build_backbone({**model.config, "vocab_size": len(token_dict)},
                                   model_type=model.model_type or "bert", application="unilm", with_pool="linear",
                                   with_mlm="linear", dropout_rate=model.dropout_rate, dtype=precision)
         return Tokenizer(token_dict, do_lower_case=True), backbone
+
+    def _check_positions(self, positions: int, source: str) -> None:
+        """A training row holds up to `data.max_tokens` tokens, each needing a position."""
+        if self.config.data.max_tokens > positions:
+            raise ValueError(f"data.max_chars {self.config.data.max_chars} makes rows of up to "
+                             f"{self.config.data.max_tokens} tokens, but {source} gives {positions} positions; "
+                             f"use max_chars <= {positions // 2}")
+
+    # ------------------------------------------------------------ run directory
+    def _claim_output_dir(self, resume: bool, overwrite: bool) -> ResumePoint | None:
+        """Decide what this run does with the output directory's checkpoints (under the lock)."""
+        existing = checkpoint_dirs(self.output_dir)
+        if resume:
+            if not existing:
+                logger.warning("--resume: no checkpoint in %s, starting from step 0", self.output_dir)
+                return None
+            return self._newest_readable(existing)
+        if existing and not overwrite:
+            raise RunDirectoryTaken(
+                f"{self.output_dir} holds checkpoints of an earlier run (newest {existing[-1][1]}): pass --resume "
+                f"(Trainer(resume=True)) to continue it, or --overwrite (Trainer(overwrite=True)) to delete them "
+                f"and train afresh")
+        if existing:
+            logger.warning("--overwrite: deleting the %d checkpoint(s) of %s", len(existing), self.output_dir)
+        for _, path in existing:
+            remove_checkpoint(path)
+        for name in (METRICS_FILE, LOSS_PLOT_FILE):  # a fresh run's metrics start afresh
+            if os.path.exists(os.path.join(self.output_dir, name)):
+                os.remove(os.path.join(self.output_dir, name))
+        return None
+
+    def _newest_readable(self, existing: list[tuple[int, str]]) -> ResumePoint:
+        """The newest checkpoint whose files all read; each one skipped is logged with why."""
+        model, precision = self.config.model, self.config.training.precision
+        problems = []
+        for step, path in reversed(existing):
+            try:
+                state = read_trainer_state(path)
+                training_state = read_training_state(os.path.join(path, TRAINING_STATE_FILE))
+                tokenizer, backbone = load_pretrained(path, state.get("model_type"),
+                                                      dropout_rate=model.dropout_rate, dtype=precision)
+            except (OSError, ValueError) as error:
+                logger.warning("cannot resume from %s, skipping it: %s", path, error)
+                problems.append(f"{os.path.basename(path)}: {error}")
+                continue
+            return ResumePoint(state["step"], path, state["config"], training_state, tokenizer, backbone)
+        raise FileFormatError(self.output_dir, "no checkpoint can be resumed from: " + "; ".join(problems))
+
+    def _check_resume(self, point: ResumePoint, anyway: bool) -> None:
+        """Refuse (or with `anyway` warn) when the recipe changed a field of
+        `RESUME_FIELDS`; report data characters the checkpoint's vocabulary lacks."""
+        current = self.config.to_dict()
+        changed = [(name, recipe_value(point.recipe, name), recipe_value(current, name)) for name in RESUME_FIELDS
+                   if recipe_value(point.recipe, name) != recipe_value(current, name)]
+        if self.config.model.vocab and load_vocab(self.config.model.vocab) != point.tokenizer.token_dict:
+            changed.append(("model.vocab (contents)", f"{point.path}/{VOCAB_FILE}", self.config.model.vocab))
+        if changed:
+            lines = "; ".join(f"{name} is {old!r} in the checkpoint but {new!r} now" for name, old, new in changed)
+            if not anyway:
+                raise ResumeMismatch(f"cannot resume {point.path}: {lines}. Restore the recipe, or pass "
+                                     f"--resume-anyway (Trainer(resume_anyway=True)) to continue the checkpoint's "
+                                     f"model with the new settings")
+            logger.warning("resuming %s anyway: %s; the checkpoint's model and vocabulary are kept",
+                           point.path, lines)
+        unknown = []
+        if not self.config.model.pretrained and not self.config.model.vocab:  # a vocabulary built from the data: which chars it lacks now
+            unknown = sorted(set(self.data_characters) - set(point.tokenizer.token_dict))
+        if unknown:
+            logger.warning("the data has %d character(s) not in %s/%s (e.g. %s); they are read as [UNK] "
+                           "(the checkpoint's vocabulary is kept, never rebuilt)", len(unknown), point.path,
+                           VOCAB_FILE, " ".join(unknown[:10]))
 
     # ---------------------------------------------------------------- batches
     def _teacher_similarities(self, texts: list[str]) -> np.ndarray:
@@ -226,7 +380,8 @@ class Trainer:
         return [*self.optimizer.variables, *self.training_model.non_trainable_variables]
 
     def save_checkpoint(self, step: int) -> str:
-        """Write `checkpoint-<step>` atomically (temp directory, then rename); keep the last K."""
+        """Write `checkpoint-<step>` atomically (temp directory, then rename); keep the
+        last K, never removing the one just written."""
         final = checkpoint_dir(self.output_dir, step)
         temporary = os.path.join(self.output_dir, "." + os.path.basename(final) + ".tmp")
         shutil.rmtree(temporary, ignore_errors=True)
@@ -235,40 +390,45 @@ class Trainer:
         with open(os.path.join(temporary, TRAINER_STATE_FILE), "w", encoding="utf-8") as writer:
             json.dump({"step": step, "model_type": self.backbone.config.model_type,
                        "config": self.config.to_dict()}, writer, indent=2)
-        if os.path.isdir(final):
-            shutil.rmtree(final)
+        if os.path.lexists(final):
+            remove_checkpoint(final)
         os.replace(temporary, final)
-        for _, old in checkpoint_dirs(self.output_dir)[: -self.config.output.keep]:
-            shutil.rmtree(old, ignore_errors=True)
+        older = [path for _, path in checkpoint_dirs(self.output_dir) if path != final]
+        for old in older[: max(len(older) - self.config.output.keep + 1, 0)]:
+            remove_checkpoint(old)
         return final
 
-    def restore_checkpoint(self, path: str) -> int:
-        """Load weights, optimizer and random state from a checkpoint directory; return its step."""
-        assign_weights(self.backbone, read_weights(path), path)
+    def _restore(self, point: ResumePoint) -> int:
+        """Load the optimizer and random state of `point` (its weights came with its backbone)."""
         self.optimizer.build(self.training_model.trainable_variables)
-        read_training_state(os.path.join(path, TRAINING_STATE_FILE), self._state_variables())
-        with open(os.path.join(path, TRAINER_STATE_FILE), encoding="utf-8") as reader:
-            return int(json.load(reader)["step"])
+        assign_training_state(point.training_state, self._state_variables(),
+                              os.path.join(point.path, TRAINING_STATE_FILE))
+        return point.step
 
     # ---------------------------------------------------------------- fitting
-    def fit(self, resume: bool = False, callbacks: list | None = None) -> FitResult:
-        """Train to `training.steps`; with `resume`, continue from the latest checkpoint.
+    def fit(self, callbacks: list | None = None) -> FitResult:
+        """Train to `training.steps` (from the resume point, if any); releases the output
+        directory when done. `callbacks` are extra Keras callbacks, run after the logger
+        and checkpoint saver."""
+        self.lock.acquire()
+        try:
+            return self._fit(callbacks)
+        finally:
+            self.lock.release()
 
-        `callbacks` are extra Keras callbacks, run after the logger and checkpoint saver.
-        """
-        os.makedirs(self.output_dir, exist_ok=True)
-        self.stop_event.clear()
+    def _fit(self, callbacks: list | None) -> FitResult:
         start_step = 0
-        existing = checkpoint_dirs(self.output_dir)
-        if resume and existing:
-            start_step = self.restore_checkpoint(existing[-1][1])
-            logger.info("resumed from %s at step %d", existing[-1][1], start_step)
-        elif resume:
-            logger.warning("--resume: no checkpoint in %s, starting from step 0", self.output_dir)
+        if self.resume_point is not None:
+            start_step = self._restore(self.resume_point)
+            logger.info("resumed from %s at step %d", self.resume_point.path, start_step)
+            self.resume_point = None  # its arrays are no longer needed
         total, output = self.config.training.steps, self.config.output
         if start_step >= total:
             return FitResult(start_step, start_step, stopped="already complete")
+        if self.stop_event.is_set():
+            return FitResult(start_step, start_step, stopped="requested")
         metrics_path = os.path.join(self.output_dir, METRICS_FILE)
+        keep_metrics_until(metrics_path, start_step)
         progress = ProgressLogger(metrics_path, start_step, total, self.config.training.batch_size,
                                   output.log_every, self.stop_event)
         callbacks = [keras.callbacks.TerminateOnNaN(), progress,
@@ -293,9 +453,30 @@ class Trainer:
             logger.info("compiled %d training step program(s) (batch buckets allow %d shapes)", programs, shapes)
         if progress.nan_step is None:
             self.save_checkpoint(progress.step)
+        else:
+            saved = checkpoint_dirs(self.output_dir)
+            kept = (f"the newest checkpoint is {saved[-1][1]} (step {saved[-1][0]})" if saved
+                    else "no checkpoint was written")
+            logger.error("loss became %s at step %d; training stopped and nothing was saved; %s",
+                         progress.nan_loss, progress.nan_step, kept)
         if self.report.skipped_records or self.report.skipped_groups:
             logger.warning("data: skipped %d unreadable records and %d groups with < 2 distinct texts",
                            self.report.skipped_records, self.report.skipped_groups)
         return FitResult(start_step, progress.step, progress.nan_step,
                          "requested" if self.stop_event.is_set() else None, progress.first, progress.last,
                          progress.samples_per_second(), programs, shapes)
+
+
+def keep_metrics_until(path: str, step: int) -> None:
+    """Drop the metrics lines after `step` (logged after the checkpoint a run resumes
+    from), so that each step appears once; rewritten atomically."""
+    if not os.path.isfile(path):
+        return
+    with open(path, encoding="utf-8") as reader:
+        lines = [line for line in reader if line.strip()]
+    kept = [line for line in lines if json.loads(line).get("step", 0) <= step]
+    if len(kept) == len(lines):
+        return
+    with open(path + ".tmp", "w", encoding="utf-8") as writer:
+        writer.writelines(kept)
+    os.replace(path + ".tmp", path)

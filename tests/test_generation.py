@@ -125,6 +125,8 @@ def test_samples_stop_at_end_and_are_seeded(model_dirs):
     assert first == decoder.sample(SOURCES[0], n=16, topk=5, seed=7)
     assert first != decoder.sample(SOURCES[0], n=16, topk=5, seed=8)
     assert all(END_ID not in s and 0 not in s and len(s) <= MAXLEN for s in first)
-    assert decoder.sample(SOURCES[0], n=0) == []
+    # n larger than a chunk: drawn max_rows at a time, the same samples as one batch.
+    assert decoder.sample(SOURCES[0], n=16, topk=5, seed=7, max_rows=5) == first
+    assert decoder.compiled_programs == 3  # the prefill, the 16-row and the 5-row sampling loops
     with pytest.raises(ValueError, match="max_source_len 12"):
         decoder.sample(list(range(2, 20)), n=1)

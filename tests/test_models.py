@@ -313,7 +313,7 @@ def test_bad_configs(tmp_path):
     with pytest.raises(ValueError, match="hidden_act"):
         read_config({**TINY_CONFIG, "hidden_act": "mish2"})
     (tmp_path / "bad.json").write_text("{not json")
-    with pytest.raises(ValueError, match="bad.json is not valid JSON"):
+    with pytest.raises(ValueError, match="bad.json: is not valid JSON"):
         read_config(str(tmp_path / "bad.json"))
     with pytest.raises(FileNotFoundError, match="absent.json"):
         read_config(str(tmp_path / "absent.json"))

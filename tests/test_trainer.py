@@ -65,7 +65,7 @@ def interrupted_and_resumed(tmp_path_factory):
     snapshot = str(tmp_path_factory.mktemp("snapshot") / "checkpoint")
     os.rename(interrupted_checkpoint, snapshot)
     os.symlink(snapshot, interrupted_checkpoint)
-    resumed = Trainer(tiny_config(resumed_dir, 60)).fit(resume=True)
+    resumed = Trainer(tiny_config(resumed_dir, 60), resume=True).fit()
     return straight, interrupted, resumed, straight_dir, resumed_dir, snapshot
 
 
@@ -104,7 +104,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
     Trainer(tiny_config(tmp_path, 20)).fit()
     before = {name: os.path.getmtime(tmp_path / "checkpoint-0000020" / name)
               for name in os.listdir(tmp_path / "checkpoint-0000020")}
-    result = Trainer(tiny_config(tmp_path, 40, scale=float("nan"))).fit(resume=True)
+    result = Trainer(tiny_config(tmp_path, 40, scale=float("nan")), resume=True).fit()
     assert result.nan_step == 21
     assert [step for step, _ in checkpoint_dirs(str(tmp_path))] == [20]
     after = {name: os.path.getmtime(tmp_path / "checkpoint-0000020" / name) for name in before}

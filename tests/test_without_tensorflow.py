@@ -33,7 +33,7 @@ config.training.compilation_cache = CACHE
 config.training.steps = 6
 first = Trainer(config).fit()
 config.training.steps = 12
-resumed = Trainer(config).fit(resume=True)
+resumed = Trainer(config, resume=True).fit()
 checkpoint = sorted(os.listdir(OUTPUT))
 model = SimBERT.from_pretrained(OUTPUT, max_tokens=32, compilation_cache=None)
 samples = model.gen_synonyms("明天北京会下雨吗", n=8, k=3)

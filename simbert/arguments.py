@@ -1,0 +1,60 @@
+"""Checks of the arguments users pass (counts, sizes, sampling settings): each returns
+the value or raises `ValueError` naming the argument and its valid range. The CLI's
+argparse types are made from the same checks (`argument_type`)."""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+
+def check_integer(name: str, value, minimum: int = 1, maximum: int | None = None) -> int:
+    """An integer in `[minimum, maximum]` (no upper bound when `maximum` is None)."""
+    valid = isinstance(value, int) and not isinstance(value, bool)
+    if not valid or value < minimum or (maximum is not None and value > maximum):
+        upper = "" if maximum is None else f" and at most {maximum}"
+        raise ValueError(f"{name} should be an integer of at least {minimum}{upper}, got {value!r}")
+    return value
+
+
+def check_probability(name: str, value) -> float:
+    """A number in (0, 1]."""
+    if not _is_number(value) or not 0.0 < value <= 1.0:
+        raise ValueError(f"{name} should be a number in (0, 1], got {value!r}")
+    return float(value)
+
+
+def check_positive(name: str, value) -> float:
+    """A finite number above 0."""
+    if not _is_number(value) or not (math.isfinite(value) and value > 0):
+        raise ValueError(f"{name} should be a finite number above 0, got {value!r}")
+    return float(value)
+
+
+def check_sampling(topk: int | None, topp: float | None, temperature: float, vocab_size: int) -> None:
+    """Random sampling's settings: `topk` in [1, vocab_size] or None (all tokens), `topp`
+    in (0, 1] or None, `temperature` finite and above 0."""
+    if topk is not None:
+        check_integer("topk", topk, 1, vocab_size)
+    if topp is not None:
+        check_probability("topp", topp)
+    check_positive("temperature", temperature)
+
+
+def argument_type(check: Callable, name: str, convert: Callable = int, **bounds) -> Callable[[str], object]:
+    """An argparse `type`: `convert` the string, then `check(name, value, **bounds)`."""
+    import argparse
+
+    def parse(text: str):
+        try:
+            return check(name, convert(text), **bounds)
+        except ValueError as error:
+            message = str(error) if "should be" in str(error) else f"{name} should be a {convert.__name__}, got {text!r}"
+            raise argparse.ArgumentTypeError(message) from None
+
+    parse.__name__ = name
+    return parse
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and not math.isnan(value)

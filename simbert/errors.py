@@ -1,0 +1,20 @@
+"""The errors simbert raises about a user's files and directories, each naming the path."""
+
+from __future__ import annotations
+
+import os
+
+
+class FileFormatError(ValueError):
+    """A file that exists but cannot be read as the format expected (truncated, corrupt,
+    another format); the message names the file and what was expected."""
+
+    def __init__(self, path: str | os.PathLike, problem: str):
+        self.path = str(path)
+        super().__init__(f"{self.path}: {problem}")
+
+
+def unreadable(path: str | os.PathLike, expected: str, error: BaseException) -> FileFormatError:
+    """`FileFormatError` for `path`, which should be `expected`, from the reader's own error."""
+    detail = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    return FileFormatError(path, f"cannot be read as {expected} ({type(error).__name__}: {detail})")
