@@ -8,6 +8,8 @@ Transformer, pooler 'linear', MLM 'linear') -> `encode` (pooled [CLS], l2-normal
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 from typing import Callable, Iterable, Sequence
 
@@ -103,6 +105,20 @@ class SimBERT:
         return self._encode.traces + (self._decoder.compiled_programs if self._decoder is not None else 0)
 
     @property
+    def fingerprint(self) -> str:
+        """16 hex digits of SHA-256 over the config and the tensors that place the vectors
+        (pooler, the last block's output LayerNorm, a whitening): recorded by an index to
+        tell the model that built it from another."""
+        digest = hashlib.sha256(json.dumps(self.backbone.config.to_dict(), sort_keys=True).encode())
+        norm = self.backbone.blocks[-1].output_norm
+        arrays = [keras.ops.convert_to_numpy(v) for v in (*self.backbone.pooler.weights, *norm.weights)]
+        if self.whitening is not None:
+            arrays += [self.whitening.mean, self.whitening.transform]
+        for array in arrays:
+            digest.update(np.ascontiguousarray(array, "float32").tobytes())
+        return digest.hexdigest()[:16]
+
+    @property
     def dimension(self) -> int:
         """Width of the vectors `encode` returns."""
         return self.whitening.dim if self.whitening is not None else self.backbone.config.hidden_size
@@ -189,7 +205,8 @@ class SimBERT:
     def make_index(self, texts: Sequence[str], batch_size: int = 64, progress: bool = False,
                    **index_options) -> SimilarityIndex:
         """A `SimilarityIndex` of `texts` encoded by this model (the model keeps no reference)."""
-        index = SimilarityIndex(self.dimension, model_name=self.name, **index_options)
+        index = SimilarityIndex(self.dimension, model_name=self.name, model_fingerprint=self.fingerprint,
+                                **index_options)
         index.add(list(texts), self.encode(texts, batch_size=batch_size, progress=progress))
         return index
 

@@ -1,17 +1,21 @@
 """The `simbert` command. Heavy modules (TensorFlow, Keras, the model code) are
 imported inside the commands, so `--help` and argument errors answer at once.
 
-    simbert train --config FILE [--steps N] [--output-dir DIR] [--resume] [--seed S]
-    simbert generate MODEL_DIR "text" [-n 100] [-k 20]
-    simbert encode MODEL_DIR --input texts.txt --output vecs.npy
-    simbert index MODEL_DIR --input corpus.txt --output INDEX_DIR
-    simbert search INDEX_DIR MODEL_DIR "query" [--topn 10]
+    simbert train --config FILE [--steps N] [--output-dir DIR] [--resume [--resume-anyway] | --overwrite] [--seed S]
+    simbert generate MODEL_DIR "text" [-n 100] [-k 20] [--topk 5] [--topp P] [--temperature T]
+    simbert encode MODEL_DIR --input texts.txt --output vecs.npy [--skip-blank]
+    simbert index MODEL_DIR --input corpus.txt --output INDEX_DIR [--append]
+    simbert search INDEX_DIR MODEL_DIR "query" [--topn 10] [--strict]
     simbert eval MODEL_DIR FILE... [--threshold 0.9] [--output JSON] [--plot DIR]
                  [--whiten CORPUS --dim 256] [--baseline jaccard]
     simbert convert MODEL_DIR --to bert4keras|safetensors
 
 Commands that load a model keep compiled programs in `--compile-cache DIR` (default
 ~/.cache/simbert/xla; `--no-compile-cache` turns it off), so the next process starts faster.
+
+Errors print one line, `simbert: error: ...`, and exit 2 for a bad argument, 1 for a
+failure (`--debug` shows the traceback); an interrupted `train` saves and exits 130
+(SIGINT) or 143 (SIGTERM).
 """
 
 from __future__ import annotations
@@ -22,6 +26,9 @@ import logging
 import os
 import signal
 import sys
+import threading
+
+from simbert.arguments import argument_type, check_integer, check_positive, check_probability
 
 # TensorFlow's C++ start-up log level, unless the user set one: warnings and errors only.
 TF_LOG_LEVEL = "1"
@@ -39,32 +46,42 @@ def _convert(args) -> int:
 
 
 def _train(args) -> int:
-    import dataclasses
+    # Handlers first, before TensorFlow or JAX start: Ctrl-C or SIGTERM asks the trainer to
+    # save after the current step and stop (a second signal acts at once).
+    stop, received = threading.Event(), []
 
-    from simbert.config import TrainConfig
-    from simbert.trainer import Trainer
+    def on_signal(signum, frame):
+        received.append(signum)
+        stop.set()
+        signal.signal(signum, previous[signum])
 
-    config = TrainConfig.from_yaml(args.config)
-    if args.steps is not None:
-        config.training.steps = args.steps
-    if args.output_dir is not None:
-        config.output.dir = args.output_dir
-    if args.seed is not None:
-        config.training.seed = args.seed
-    if args.no_compile_cache:
-        config.training.compilation_cache = None
-    elif args.compile_cache is not None:
-        config.training.compilation_cache = args.compile_cache
-    trainer = Trainer(config)
-    # Ctrl-C or SIGTERM: save a checkpoint after the current step and stop.
-    previous = {sig: signal.signal(sig, lambda signum, frame: trainer.request_stop())
-                for sig in (signal.SIGINT, signal.SIGTERM)}
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        result = trainer.fit(resume=args.resume)
+        import dataclasses
+
+        from simbert.config import TrainConfig
+        from simbert.trainer import Trainer
+
+        config = TrainConfig.from_yaml(args.config)
+        if args.steps is not None:
+            config.training.steps = args.steps
+        if args.output_dir is not None:
+            config.output.dir = args.output_dir
+        if args.seed is not None:
+            config.training.seed = args.seed
+        if args.no_compile_cache:
+            config.training.compilation_cache = None
+        elif args.compile_cache is not None:
+            config.training.compilation_cache = args.compile_cache
+        trainer = Trainer(config, resume=args.resume, overwrite=args.overwrite, resume_anyway=args.resume_anyway,
+                          stop_event=stop)
+        result = trainer.fit()
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     print(json.dumps(dataclasses.asdict(result), ensure_ascii=False))
+    if received:
+        return 128 + received[0]  # 130 for SIGINT, 143 for SIGTERM, as a shell reports them
     return 1 if result.nan_step else 0
 
 
@@ -72,8 +89,9 @@ def _generate(args) -> int:
     from simbert.api import SimBERT
 
     model = SimBERT.from_pretrained(args.model_dir, max_tokens=args.max_tokens, compilation_cache=_cache(args))
-    for text, score in model.gen_synonyms(args.text, n=args.n, k=args.k, with_scores=True,
-                                          topk=args.topk, seed=args.seed):
+    for text, score in model.gen_synonyms(args.text, n=args.n, k=args.k, with_scores=True, topk=args.topk,
+                                          topp=args.topp, temperature=args.temperature, seed=args.seed,
+                                          progress=True):
         print(f"{score:.4f}\t{text}")
     return 0
 
@@ -82,13 +100,32 @@ def _encode(args) -> int:
     import numpy as np
 
     from simbert.api import SimBERT
-    from simbert.retrieval import read_lines
+    from simbert.retrieval import numbered_lines
 
+    lines = list(numbered_lines(args.input))
+    blank = [number for number, text in lines if not text]
+    if blank and not args.skip_blank:
+        shown = ", ".join(map(str, blank[:10])) + (" ..." if len(blank) > 10 else "")
+        raise ValueError(f"{args.input}: {len(blank)} blank line(s) (line {shown}); vector row i is input line i, "
+                         f"so remove them, or pass --skip-blank to leave them out and write the line number of "
+                         f"each row beside the vectors")
+    kept = [(number, text) for number, text in lines if text]
     model = SimBERT.from_pretrained(args.model_dir, max_tokens=args.max_tokens, compilation_cache=_cache(args))
-    vectors = model.encode(list(read_lines(args.input)), batch_size=args.batch_size, progress=True)
+    vectors = model.encode([text for _, text in kept], batch_size=args.batch_size, progress=True)
     np.save(args.output, vectors)
     print(f"wrote {vectors.shape[0]} vectors of dimension {vectors.shape[1]} to {args.output}")
+    if blank:
+        numbers_path = line_numbers_path(args.output)
+        with open(numbers_path, "w", encoding="utf-8") as writer:
+            writer.writelines(f"{number}\n" for number, _ in kept)
+        print(f"skipped {len(blank)} blank line(s); the input line number of each row is in {numbers_path}")
     return 0
+
+
+def line_numbers_path(vectors_path: str) -> str:
+    """Where `encode --skip-blank` writes the input line number of each vector row."""
+    stem = vectors_path[:-4] if vectors_path.endswith(".npy") else vectors_path
+    return stem + ".lines.txt"
 
 
 def _index(args) -> int:
@@ -96,10 +133,15 @@ def _index(args) -> int:
     from simbert.retrieval import read_lines
 
     model = SimBERT.from_pretrained(args.model_dir, max_tokens=args.max_tokens, compilation_cache=_cache(args))
-    index = model.build_index(list(read_lines(args.input)), batch_size=args.batch_size, progress=True,
-                              dtype=args.dtype, backend=args.backend)
-    index.save(args.output)
-    print(f"indexed {len(index)} texts into {args.output}")
+    texts = list(read_lines(args.input))
+    if args.append:
+        model.load_index(args.output)
+        model.index.check_model(model.fingerprint, model.name, strict=True)
+        model.index.add(texts, model.encode(texts, batch_size=args.batch_size, progress=True))
+    else:
+        model.build_index(texts, batch_size=args.batch_size, progress=True, dtype=args.dtype, backend=args.backend)
+    model.index.save(args.output)
+    print(f"{'appended' if args.append else 'indexed'} {len(texts)} texts; {args.output} holds {len(model.index)}")
     return 0
 
 
@@ -108,6 +150,7 @@ def _search(args) -> int:
 
     model = SimBERT.from_pretrained(args.model_dir, max_tokens=args.max_tokens, compilation_cache=_cache(args))
     model.load_index(args.index_dir)
+    model.index.check_model(model.fingerprint, model.name, strict=args.strict)
     for text, score in model.most_similar(args.query, topn=args.topn):
         print(f"{score:.4f}\t{text}")
     return 0
@@ -150,26 +193,43 @@ def _eval(args) -> int:
                         for path, m in results.items()}
     if args.output:
         with open(args.output, "w", encoding="utf-8") as writer:
-            json.dump(report, writer, ensure_ascii=False, indent=2)
+            json.dump(report, writer, ensure_ascii=False, indent=2, allow_nan=False)
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="simbert", description="Train and use SimBERT models.")
-    commands = parser.add_subparsers(dest="command", required=True)
+class Parser(argparse.ArgumentParser):
+    """argparse with usage errors on one line: `simbert: error: ...`, exit code 2."""
 
-    train = commands.add_parser("train", help="train from a YAML recipe (see configs/)")
+    def error(self, message):
+        self.exit(2, f"simbert: error: {message} (see {self.prog} --help)\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = Parser(add_help=False)
+    common.add_argument("--debug", action="store_true", help="show the traceback of an error")
+    parser = Parser(prog="simbert", description="Train and use SimBERT models.")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
+
+    train = commands.add_parser("train", help="train from a YAML recipe (see configs/)", parents=[common])
     train.add_argument("--config", required=True, help="YAML recipe, e.g. configs/tiny.yaml")
-    train.add_argument("--steps", type=int, help="override training.steps")
+    train.add_argument("--steps", type=argument_type(check_integer, "--steps"), help="override training.steps")
     train.add_argument("--output-dir", help="override output.dir")
-    train.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in output.dir")
+    start = train.add_mutually_exclusive_group()
+    start.add_argument("--resume", action="store_true",
+                       help="continue from the newest readable checkpoint in output.dir")
+    start.add_argument("--overwrite", action="store_true",
+                       help="delete the checkpoints and metrics already in output.dir and train afresh")
+    train.add_argument("--resume-anyway", action="store_true",
+                       help="with --resume: continue although the recipe changed batch size, maxlen, seed or "
+                            "the model (warns)")
     train.add_argument("--seed", type=int, help="override training.seed")
     train.set_defaults(run=_train)
     add_cache_arguments(train, default=None)
 
     def model_command(name, help_text, run):
-        command = commands.add_parser(name, help=help_text)
-        command.add_argument("--maxlen", dest="max_tokens", metavar="TOKENS", type=int, default=64,
+        command = commands.add_parser(name, help=help_text, parents=[common])
+        command.add_argument("--maxlen", dest="max_tokens", metavar="TOKENS", default=64,
+                             type=argument_type(check_integer, "--maxlen", minimum=3),
                              help="tokens kept per text, and per generated text (default 64)")
         command.set_defaults(run=run)
         add_cache_arguments(command, default="default")
@@ -178,22 +238,33 @@ def build_parser() -> argparse.ArgumentParser:
     generate = model_command("generate", "paraphrases of a text, ranked by similarity", _generate)
     generate.add_argument("model_dir", help="model directory (released layout, trainer output or HF)")
     generate.add_argument("text")
-    generate.add_argument("-n", type=int, default=100, help="samples to draw (default 100)")
-    generate.add_argument("-k", type=int, default=20, help="paraphrases to print (default 20)")
-    generate.add_argument("--topk", type=int, default=5, help="sample from the top-k tokens (default 5)")
+    generate.add_argument("-n", type=argument_type(check_integer, "-n"), default=100,
+                          help="samples to draw (default 100)")
+    generate.add_argument("-k", type=argument_type(check_integer, "-k"), default=20,
+                          help="paraphrases to print (default 20)")
+    generate.add_argument("--topk", type=argument_type(check_integer, "--topk"), default=5,
+                          help="sample from the top-k tokens (default 5; at most the vocabulary size)")
+    generate.add_argument("--topp", type=argument_type(check_probability, "--topp", float),
+                          help="then from the smallest set of tokens whose probability reaches P, in (0, 1]")
+    generate.add_argument("--temperature", type=argument_type(check_positive, "--temperature", float), default=1.0,
+                          help="divide the logits by T > 0 (default 1)")
     generate.add_argument("--seed", type=int, help="random seed")
 
     encode = model_command("encode", "sentence vectors of a text file (one text a line) to .npy", _encode)
     encode.add_argument("model_dir")
     encode.add_argument("--input", required=True, help="UTF-8 text file, one text a line")
-    encode.add_argument("--output", required=True, help=".npy file to write")
-    encode.add_argument("--batch-size", type=int, default=64)
+    encode.add_argument("--output", required=True, help=".npy file to write, row i for input line i")
+    encode.add_argument("--batch-size", type=argument_type(check_integer, "--batch-size"), default=64)
+    encode.add_argument("--skip-blank", action="store_true",
+                        help="leave blank lines out (instead of failing) and write each row's input line number "
+                             "to OUTPUT.lines.txt")
 
     index = model_command("index", "build a similarity index over a corpus (one text a line)", _index)
     index.add_argument("model_dir")
     index.add_argument("--input", required=True, help="UTF-8 text file, one text a line")
-    index.add_argument("--output", required=True, help="directory to write the index to")
-    index.add_argument("--batch-size", type=int, default=64)
+    index.add_argument("--output", required=True, help="directory to write the index to (replaced atomically)")
+    index.add_argument("--append", action="store_true", help="add the texts to the index already in --output")
+    index.add_argument("--batch-size", type=argument_type(check_integer, "--batch-size"), default=64)
     index.add_argument("--dtype", choices=["float32", "float16"], default="float32")
     index.add_argument("--backend", choices=["exact", "faiss"], default="exact")
 
@@ -201,7 +272,8 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("index_dir")
     search.add_argument("model_dir")
     search.add_argument("query")
-    search.add_argument("--topn", type=int, default=10)
+    search.add_argument("--topn", type=argument_type(check_integer, "--topn"), default=10)
+    search.add_argument("--strict", action="store_true", help="refuse an index built by another model (default: warn)")
 
     evaluate = model_command("eval", "Spearman/Pearson/accuracy/F1 on labelled pair files", _eval)
     evaluate.add_argument("model_dir")
@@ -212,11 +284,13 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--plot", help="directory for score histograms, one PNG per file")
     evaluate.add_argument("--whiten", help="corpus (one text a line) to fit BERT-whitening on; "
                                            "reports with and without")
-    evaluate.add_argument("--dim", type=int, help="dimensions kept by whitening (default: all)")
+    evaluate.add_argument("--dim", type=argument_type(check_integer, "--dim"),
+                          help="dimensions kept by whitening (default: all)")
     evaluate.add_argument("--baseline", choices=["jaccard"], help="also report a char-overlap baseline")
-    evaluate.add_argument("--batch-size", type=int, default=64)
+    evaluate.add_argument("--batch-size", type=argument_type(check_integer, "--batch-size"), default=64)
 
-    convert = commands.add_parser("convert", help="add the other weight format to a model directory")
+    convert = commands.add_parser("convert", help="add the other weight format to a model directory",
+                                  parents=[common])
     convert.add_argument("model_dir", help="model directory (or a training output: its latest checkpoint)")
     convert.add_argument("--to", required=True, choices=["bert4keras", "safetensors"],
                          help="bert4keras: bert_model.ckpt.* (needs TensorFlow); safetensors: bert_model.safetensors")
@@ -232,10 +306,32 @@ def add_cache_arguments(command: argparse.ArgumentParser, default: str | None) -
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "resume_anyway", False) and not args.resume:
+        parser.error("--resume-anyway goes with --resume")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", TF_LOG_LEVEL)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    return args.run(args)
+    try:
+        return args.run(args)
+    except KeyboardInterrupt:
+        print("simbert: interrupted", file=sys.stderr)
+        return 130
+    except Exception as error:  # noqa: BLE001 (every failure becomes one line; --debug shows it whole)
+        if args.debug:
+            raise
+        print(f"simbert: error: {one_line(error)}", file=sys.stderr)
+        return 1
+
+
+def one_line(error: BaseException) -> str:
+    """The error's message on one line; its type too unless it is one of simbert's or a
+    plain ValueError / OSError, whose messages name the file or argument."""
+    message = " ".join(str(error).split()) or type(error).__name__
+    if isinstance(error, (ValueError, OSError, RuntimeError)) and type(error).__module__.split(".")[0] in (
+            "simbert", "builtins"):
+        return message
+    return f"{type(error).__name__}: {message}"
 
 
 if __name__ == "__main__":

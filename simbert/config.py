@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import types
 import typing
@@ -189,6 +190,13 @@ class TrainConfig:
         "training.precision": ("float32", "mixed_float16", "mixed_bfloat16"),
         "training.jit_compile": (True, False, "auto"),
     }
+    # Numbers checked when the recipe is read, before anything is built (None: unset).
+    MINIMUMS: ClassVar[dict] = {
+        "data.max_chars": 1, "data.shuffle_buffer": 1, "data.length_step": 1, "data.workers": 0,
+        "training.steps": 1, "training.warmup_steps": 0, "output.save_every": 0, "output.keep": 1,
+        "output.log_every": 1, "output.sample_every": 0,
+    }
+    POSITIVE: ClassVar[tuple] = ("training.learning_rate", "training.scale", "training.clipnorm")
 
     @classmethod
     def from_dict(cls, data: dict, source: str = "config") -> "TrainConfig":
@@ -198,10 +206,16 @@ class TrainConfig:
             value = getattr(getattr(config, section), name)
             if value not in choices:
                 raise ValueError(f"{source}: {key} should be one of {choices}, got {value!r}")
-        if config.data.length_step is not None and config.data.length_step < 1:
-            raise ValueError(f"{source}: data.length_step should be a positive integer, got {config.data.length_step}")
-        if config.data.workers is not None and config.data.workers < 0:
-            raise ValueError(f"{source}: data.workers should be 0 or more, got {config.data.workers}")
+        for key, minimum in cls.MINIMUMS.items():
+            section, name = key.split(".")
+            value = getattr(getattr(config, section), name)
+            if value is not None and value < minimum:
+                raise ValueError(f"{source}: {key} should be at least {minimum}, got {value!r}")
+        for key in cls.POSITIVE:
+            section, name = key.split(".")
+            value = getattr(getattr(config, section), name)
+            if value is not None and not (math.isfinite(value) and value > 0):
+                raise ValueError(f"{source}: {key} should be a finite number above 0, got {value!r}")
         if config.training.batch_size % 2 or config.training.batch_size < 2:
             raise ValueError(f"{source}: training.batch_size should be a positive even number "
                              f"(rows come in a->b, b->a pairs), got {config.training.batch_size}")
@@ -233,6 +247,14 @@ def _matches(value: Any, annotation) -> bool:
     return isinstance(value, origin or annotation)
 
 
+def _number_or_text(text: str) -> float | str:
+    """`float(text)` for a number written as text (`1e-3`), else the text."""
+    try:
+        return float(text)
+    except ValueError:
+        return text
+
+
 def _build(cls, data: Any, source: str, prefix: str):
     """`cls(**data)` with each value checked against its annotation; unknown keys and
     missing required fields are errors. Nested dataclasses come from nested mappings."""
@@ -254,6 +276,8 @@ def _build(cls, data: Any, source: str, prefix: str):
         if dataclasses.is_dataclass(annotation):
             values[name] = _build(annotation, value, source, f"{prefix}{name}.")
             continue
+        if isinstance(value, str) and _matches(1.0, annotation) and not _matches(value, annotation):
+            value = _number_or_text(value)  # YAML 1.1 reads 1e-3 (no dot) as a string
         if not _matches(value, annotation):
             expected = str(annotation).replace("typing.", "").replace("<class '", "").replace("'>", "")
             raise ValueError(f"{source}: {prefix}{name} should be {expected}, got {value!r}")

@@ -79,10 +79,17 @@ def clean_text(text: str) -> str:
     return re.sub(" {2,}", " ", "".join(out)).strip()
 
 
-def _physical_lines(path: str) -> Iterator[tuple[int, str]]:
-    """Lines of a UTF-8 file (BOM removed, CRLF or LF), numbered from 1."""
-    with open(path, encoding="utf-8-sig", newline="") as reader:
-        for number, line in enumerate(reader, 1):
+def _physical_lines(path: str, fail: Callable[[str], None]) -> Iterator[tuple[int, str]]:
+    """Lines of a UTF-8 file (BOM removed, CRLF or LF), numbered from 1. A line that is
+    not UTF-8 goes to `fail(message)` (see `problem_handler`) and is left out."""
+    with open(path, "rb") as reader:
+        for number, raw in enumerate(reader, 1):
+            try:
+                line = raw.decode("utf-8-sig" if number == 1 else "utf-8")
+            except UnicodeDecodeError as error:
+                fail(f"{path}, line {number}: not UTF-8 ({error.reason} at byte {error.start}; a GBK file? "
+                     f"convert it with iconv -f gbk -t utf-8)")
+                continue
             yield number, line.rstrip("\r\n")
 
 
@@ -92,7 +99,7 @@ def read_json_records(path: str, fail: Callable[[str], None],
     physical lines, which are joined back. Yields `(first_line_number, record)`; a record
     that cannot be read goes to `fail(message)` (see `problem_handler`)."""
     buffer, start = "", 0
-    for number, line in _physical_lines(path):
+    for number, line in _physical_lines(path, fail):
         if not buffer and not line.strip():
             continue
         if not buffer:
@@ -147,11 +154,10 @@ def detect_pair_format(path: str) -> str:
         return "jsonl"
     if path.endswith(".tsv"):
         return "tsv"
-    with open(path, encoding="utf-8-sig") as reader:
-        first = next((line for line in reader if line.strip()), "")
+    first = next((line for _, line in _physical_lines(path, problem_handler("skip", None)) if line.strip()), "")
     if first.lstrip().startswith("{"):
         return "jsonl"
-    fields = first.rstrip("\r\n").split("\t")
+    fields = first.rstrip("\t").split("\t")  # a trailing tab adds no field
     if len(fields) in (2, 3, 4, 5):
         return {2: "tsv", 3: "tsv", 4: "atec", 5: "sts"}[len(fields)]
     if _text_columns(next(csv.reader([first]), [])) is not None or path.endswith(".csv"):
@@ -179,9 +185,9 @@ def read_pair_rows(path: str, fail: Callable[[str], None],
     if format == "jsonl":
         rows = ((line, _record_fields(record)) for line, record in read_json_records(path, fail))
     elif format == "csv":
-        rows = _csv_rows(path)
+        rows = _csv_rows(path, fail)
     else:
-        rows = ((number, text.split("\t")) for number, text in _physical_lines(path) if text.strip())
+        rows = ((number, text.split("\t")) for number, text in _physical_lines(path, fail) if text.strip())
     first_field, second_field, label_field = TAB_FIELDS.get(format, (0, 1, 2))
     label_required = format in ("atec", "sts")
     for line, fields in rows:
@@ -209,26 +215,32 @@ def _record_fields(record: dict) -> list:
     return fields + [record["label"]] if "label" in record else fields
 
 
-def _csv_rows(path: str) -> Iterator[tuple[int, list]]:
+def _csv_rows(path: str, fail: Callable[[str], None]) -> Iterator[tuple[int, list]]:
     """Rows of a CSV pair file: with a header naming two text columns (and `label`), by
-    name; without one, `text1,text2[,label]`."""
-    with open(path, encoding="utf-8-sig", newline="") as reader:
-        rows = csv.reader(reader)
-        header = next(rows, None)
-        if header is None:
-            return
-        names = [name.strip().lower() for name in header]
-        columns = _text_columns(names)
-        if columns is None:
-            yield rows.line_num, header
-        for row in rows:
-            if not any(cell.strip() for cell in row):
-                continue
-            if columns is not None:
-                values = dict(zip(names, row))
-                row = [values.get(columns[0]), values.get(columns[1])] + (
-                    [values["label"]] if "label" in values else [])
-            yield rows.line_num, row
+    name; without one, `text1,text2[,label]`. A line that is not UTF-8 goes to `fail`."""
+    def decoded_lines():
+        expected = 1
+        for number, line in _physical_lines(path, fail):
+            yield from ["\n"] * (number - expected)  # a left-out line stays counted
+            expected = number + 1
+            yield line + "\n"
+
+    rows = csv.reader(decoded_lines())
+    header = next(rows, None)
+    if header is None:
+        return
+    names = [name.strip().lower() for name in header]
+    columns = _text_columns(names)
+    if columns is None:
+        yield rows.line_num, header
+    for row in rows:
+        if not any(cell.strip() for cell in row):
+            continue
+        if columns is not None:
+            values = dict(zip(names, row))
+            row = [values.get(columns[0]), values.get(columns[1])] + (
+                [values["label"]] if "label" in values else [])
+        yield rows.line_num, row
 
 
 def read_pairs(path: str, on_error: str = "raise", report: ReadReport | None = None,
@@ -249,8 +261,10 @@ def read_pairs(path: str, on_error: str = "raise", report: ReadReport | None = N
 
 def read_training_groups(data: DataConfig, report: ReadReport) -> Iterator[list[str]]:
     """The groups of `data.train` in its `data.format`."""
+    if os.path.isdir(data.train):
+        raise IsADirectoryError(f"data.train {data.train} is a directory; expected a data file")
     if not os.path.isfile(data.train):
-        raise FileNotFoundError(f"training file {data.train} does not exist")
+        raise FileNotFoundError(f"data.train {data.train} does not exist")
     if data.format == "groups":
         return read_groups(data.train, data.on_error, report)
     return read_pairs(data.train, data.on_error, report, data.pair_threshold)

@@ -90,18 +90,25 @@ def best_threshold(scores: np.ndarray, positives: np.ndarray) -> float:
 def pair_metrics(scores: Sequence[float], labels: Sequence[float], threshold: float = 0.9,
                  positive_min: float | None = None) -> dict:
     """Spearman and Pearson of scores against labels; accuracy and F1 at `threshold` and
-    at the best threshold."""
+    at the best threshold. Correlations are undefined (None, JSON null) when the labels or
+    the scores are all equal (a one-class file); `note` then says why."""
     scores, labels = np.asarray(scores, "float64"), np.asarray(labels, "float64")
     positives = binary_labels(labels, positive_min)
     best = best_threshold(scores, positives)
     accuracy, f1 = accuracy_f1(scores, positives, threshold)
     best_accuracy, best_f1 = accuracy_f1(scores, positives, best)
+    note = None
+    if np.ptp(labels) == 0:
+        note = f"every pair has label {labels[0]:g}: correlations are undefined"
+    elif np.ptp(scores) == 0:
+        note = f"every pair has score {scores[0]:g}: correlations are undefined"
+    defined = note is None
     return {
         "pairs": int(len(scores)),
-        "spearman": float(stats.spearmanr(scores, labels).statistic),
-        "pearson": float(stats.pearsonr(scores, labels).statistic),
+        "spearman": float(stats.spearmanr(scores, labels).statistic) if defined else None,
+        "pearson": float(stats.pearsonr(scores, labels).statistic) if defined else None,
         "threshold": threshold, "accuracy": accuracy, "f1": f1,
-        "best_threshold": best, "best_accuracy": best_accuracy, "best_f1": best_f1,
+        "best_threshold": best, "best_accuracy": best_accuracy, "best_f1": best_f1, "note": note,
     }
 
 
@@ -132,12 +139,18 @@ def format_table(results: dict[str, dict]) -> str:
     """A fixed-width table of the metrics, one row per file."""
     header = f"{'file':<32} {'pairs':>6} {'skip':>5} {'spear':>6} {'pears':>6} {'acc@t':>6} {'f1@t':>6} " \
              f"{'best_t':>6} {'acc':>6} {'f1':>6}"
-    lines = [header]
+    lines, notes = [header], []
+
+    def number(value):
+        return f"{'-':>6}" if value is None else f"{value:>6.3f}"
+
     for path, m in results.items():
-        lines.append(f"{os.path.basename(path)[-32:]:<32} {m['pairs']:>6} {m['skipped']:>5} {m['spearman']:>6.3f} "
-                     f"{m['pearson']:>6.3f} {m['accuracy']:>6.3f} {m['f1']:>6.3f} {m['best_threshold']:>6.3f} "
+        lines.append(f"{os.path.basename(path)[-32:]:<32} {m['pairs']:>6} {m['skipped']:>5} {number(m['spearman'])} "
+                     f"{number(m['pearson'])} {m['accuracy']:>6.3f} {m['f1']:>6.3f} {m['best_threshold']:>6.3f} "
                      f"{m['best_accuracy']:>6.3f} {m['best_f1']:>6.3f}")
-    return "\n".join(lines)
+        if m.get("note"):
+            notes.append(f"note: {path}: {m['note']}")
+    return "\n".join(lines + notes)
 
 
 def plot_histograms(metrics: dict, image_path: str, title: str) -> None:
