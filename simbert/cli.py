@@ -103,6 +103,8 @@ def _encode(args) -> int:
     from simbert.retrieval import numbered_lines
 
     lines = list(numbered_lines(args.input))
+    while lines and not lines[-1][1]:  # blank lines at the end shift no row
+        lines.pop()
     blank = [number for number, text in lines if not text]
     if blank and not args.skip_blank:
         shown = ", ".join(map(str, blank[:10])) + (" ..." if len(blank) > 10 else "")

@@ -12,6 +12,7 @@ directories.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -23,12 +24,14 @@ import numpy as np
 from simbert.checkpoints import (
     CHECKPOINT_NAME,
     SAFETENSORS_NAME,
+    assign_weights,
     holds_hf_weights,
     load_weights,
     model_values,
     read_safetensors,
     read_tf_checkpoint,
     read_variable_names,
+    read_weights,
     tensorflow_importable,
     write_google_safetensors,
     write_tf_checkpoint,
@@ -56,8 +59,11 @@ LOCK_FILE = "training.lock"  # holds the PID of the run training into the direct
 READ_ATTEMPTS = 5
 
 
-def read_config(config: str | os.PathLike | dict, **overrides) -> BackboneConfig:
-    """A `BackboneConfig` from a bert_config.json / config.json path or its mapping."""
+def read_config(config: str | os.PathLike | dict | BackboneConfig, **overrides) -> BackboneConfig:
+    """A `BackboneConfig` from a bert_config.json / config.json path, its mapping, or
+    another `BackboneConfig`, with `overrides` replacing fields."""
+    if isinstance(config, BackboneConfig):
+        return dataclasses.replace(config, **overrides)
     if isinstance(config, dict):
         return BackboneConfig.from_dict(config, **overrides)
     source = str(config)
@@ -210,7 +216,7 @@ def infer_model_type(directory: str | os.PathLike) -> str | None:
 
 
 def build_backbone(
-    config: str | os.PathLike | dict,
+    config: str | os.PathLike | dict | BackboneConfig,
     checkpoint_path: str | os.PathLike | None = None,
     model_type: str | None = None,
     application: str = "encoder",
@@ -296,9 +302,14 @@ def load_pretrained(
         else:
             token_dict = load_vocab(vocab_path)
         tokenizer = Tokenizer(token_dict, do_lower_case=True, pre_tokenize=pre_tokenize)
-        backbone = build_backbone(config_path(directory), directory,
-                                  model_type or infer_model_type(directory) or "bert",
-                                  application, with_pool, with_mlm, keep_tokens, dropout_rate, dtype)
+        # Every file is read before the (slow) model building, so a live run's rotation
+        # has only the reading's moment to remove the directory.
+        config = read_config(config_path(directory))
+        kind = model_type or infer_model_type(directory) or "bert"
+        values = read_weights(directory)
+        backbone = build_backbone(config, None, kind, application, with_pool, with_mlm, keep_tokens, dropout_rate,
+                                  dtype)
+        assign_weights(backbone, values, directory, keep_tokens)
         return tokenizer, backbone
 
     return with_latest_checkpoint(path, read)

@@ -171,7 +171,7 @@ def test_fit_runs_outside_the_main_thread(tmp_path):
 
 
 def test_ctrl_c_on_the_train_command_saves_and_stops(tmp_path):
-    """`simbert train` turns SIGINT into a stop request: a checkpoint, exit code 0."""
+    """`simbert train` turns SIGINT into a stop request: a checkpoint, exit code 130."""
     command = [sys.executable, "-m", "simbert.cli", "train", "--config", os.path.join(ROOT, "configs", "tiny.yaml"),
                "--output-dir", str(tmp_path), "--steps", "5000"]
     process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -180,15 +180,15 @@ def test_ctrl_c_on_the_train_command_saves_and_stops(tmp_path):
         time.sleep(0.2)
     process.send_signal(signal.SIGINT)
     stdout, stderr = process.communicate(timeout=120)
-    assert process.returncode == 0, stderr[-3000:]
+    assert process.returncode == 130, stderr[-3000:]
     result = json.loads(stdout.strip().splitlines()[-1])
     assert result["stopped"] == "requested" and 10 <= result["step"] < 5000
     assert [step for step, _ in checkpoint_dirs(str(tmp_path))] == [result["step"]]
 
 
 def test_sigterm_stops_training_and_its_batch_workers(tmp_path):
-    """`simbert train` with 2 batch workers: SIGTERM saves a checkpoint, and no worker
-    process outlives the command."""
+    """`simbert train` with 2 batch workers: SIGTERM saves a checkpoint, exits 143, and no
+    worker process outlives the command."""
     import yaml
 
     with open(os.path.join(ROOT, "configs", "tiny.yaml"), encoding="utf-8") as reader:
@@ -207,7 +207,7 @@ def test_sigterm_stops_training_and_its_batch_workers(tmp_path):
     assert len(workers) == 2
     process.send_signal(signal.SIGTERM)
     stdout, stderr = process.communicate(timeout=120)
-    assert process.returncode == 0, stderr[-3000:]
+    assert process.returncode == 143, stderr[-3000:]
     assert json.loads(stdout.strip().splitlines()[-1])["stopped"] == "requested"
     assert [pid for pid in workers if os.path.exists(f"/proc/{pid}")] == []
 
