@@ -26,6 +26,7 @@ from simbert.compiled import use_compilation_cache
 from simbert.config import DataConfig, TrainConfig, TrainingConfig
 from simbert.data import DataError, ReadReport, batch_dataset, build_char_vocab, read_training_groups, training_batches
 from simbert.directories import (
+    CHECKPOINT_PREFIX,
     LOSS_PLOT_FILE,
     METRICS_FILE,
     TRAINER_STATE_FILE,
@@ -295,6 +296,9 @@ class Trainer:
     def _claim_output_dir(self, resume: bool, overwrite: bool) -> ResumePoint | None:
         """Decide what this run does with the output directory's checkpoints (under the lock)."""
         existing = checkpoint_dirs(self.output_dir)
+        for name in os.listdir(self.output_dir):  # what a killed run left half-written or half-removed
+            if name.startswith("." + CHECKPOINT_PREFIX) and (name.endswith(".tmp") or ".removing-" in name):
+                shutil.rmtree(os.path.join(self.output_dir, name), ignore_errors=True)
         if resume:
             if not existing:
                 logger.warning("--resume: no checkpoint in %s, starting from step 0", self.output_dir)

@@ -19,9 +19,9 @@ def test_shipped_configs_validate(name):
 def test_jit_compile_workers_and_length_step_are_checked():
     with pytest.raises(ValueError, match=r"training\.jit_compile should be one of"):
         TrainConfig.from_dict({"training": {"jit_compile": "always"}})
-    with pytest.raises(ValueError, match=r"data\.workers should be 0 or more, got -1"):
+    with pytest.raises(ValueError, match=r"data\.workers should be at least 0, got -1"):
         TrainConfig.from_dict({"data": {"workers": -1}})
-    with pytest.raises(ValueError, match=r"data\.length_step should be a positive integer, got 0"):
+    with pytest.raises(ValueError, match=r"data\.length_step should be at least 1, got 0"):
         TrainConfig.from_dict({"data": {"length_step": 0}})
 
 

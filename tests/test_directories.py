@@ -57,7 +57,7 @@ def test_backbone_config_errors_name_the_file_and_field(tmp_path):
         with pytest.raises(ValueError, match=message):
             read_config(str(path))
     path.write_text(json.dumps([1, 2]))
-    with pytest.raises(ValueError, match="should be a JSON object"):
+    with pytest.raises(ValueError, match=r"bert_config\.json: holds a JSON list; expected a BERT config \(JSON object\)"):
         read_config(str(path))
 
 

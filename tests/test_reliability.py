@@ -60,8 +60,10 @@ def test_a_fresh_run_never_throws_itself_away_in_an_old_runs_directory(tmp_path)
     with pytest.raises(RunDirectoryTaken, match=r"checkpoint-0000008.*--resume.*--overwrite"):
         Trainer(short_config(tmp_path, 4, seed=7))
     assert steps_of(tmp_path) == [8]  # the refused run touched nothing
+    (tmp_path / ".checkpoint-0000010.tmp").mkdir()  # a save cut short by kill -9
     result = Trainer(short_config(tmp_path, 4, seed=7), overwrite=True).fit()
     assert result.step == 4 and steps_of(tmp_path) == [4]
+    assert not (tmp_path / ".checkpoint-0000010.tmp").exists()
     with open(tmp_path / "metrics.jsonl", encoding="utf-8") as reader:
         assert [json.loads(line)["step"] for line in reader] == [2, 4]
 
