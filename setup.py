@@ -25,7 +25,12 @@ setup(
         # NVIDIA GPU: JAX with CUDA 12 (pip wheels bring the CUDA libraries); run with
         # KERAS_BACKEND=jax. Resolves on Python 3.10 (older JAX) to 3.12.
         "gpu": ["jax[cuda12]>=0.4.35"],
+        # simbert serve
+        "serve": ["fastapi>=0.110", "uvicorn>=0.29"],
         "dev": [
+            "fastapi>=0.110",
+            "uvicorn>=0.29",
+            "httpx",
             "pytest",
             "jax",
             "tf-keras",

@@ -165,6 +165,22 @@ class SimBERT:
             return self.whitening(vectors, normalize)
         return l2_normalize(vectors) if normalize else vectors
 
+    def warm_up(self, batch_size: int = 64, sample_rows: Sequence[int] = ()) -> int:
+        """Compile now what later calls would compile: `encode` for every padded shape of
+        batches up to `batch_size` (on TensorFlow its one graph), and the sampler for
+        each of `sample_rows` (`CachedDecoder.sample`'s `rows`). Returns the programs
+        compiled."""
+        before = self.compiled_programs
+        shapes = self.shapes.shapes(batch_size) if self.shapes.pad_rows else [(1, self.shapes.max_length)]
+        for rows, length in shapes:
+            token_ids = np.zeros((rows, length), "int32")
+            token_ids[:, 0], token_ids[:, 1] = self.tokenizer.cls_id, self.tokenizer.sep_id
+            self._encode(token_ids)
+        source = [self.tokenizer.cls_id, self.tokenizer.sep_id]
+        for rows in sample_rows:
+            self.decoder.sample(source, n=rows, topk=5, rows=rows)
+        return self.compiled_programs - before
+
     # -------------------------------------------------------------- generation
     @property
     def decoder(self) -> CachedDecoder:
@@ -174,12 +190,13 @@ class SimBERT:
 
     def generate(self, text: str, n: int = 1, topk: int | None = None, topp: float | None = None,
                  temperature: float = 1.0, max_new_tokens: int | None = None, seed: int | None = None,
-                 progress: bool = False) -> list[str]:
+                 progress: bool = False, rows: int | None = None) -> list[str]:
         """n sampled continuations of `[CLS] text [SEP]`, each at most `max_new_tokens`
-        (default and cap: `max_tokens`) tokens; drawn in chunks of bounded memory (see
-        `CachedDecoder.sample`), with a progress bar over the chunks if asked."""
+        (default and cap: `max_tokens`) tokens; drawn `rows` at a time in chunks of
+        bounded memory (see `CachedDecoder.sample`), with a progress bar over the chunks
+        if asked."""
         samples = self.decoder.sample(self._source_ids(text), n, topk, topp, temperature, max_new_tokens, seed,
-                                      progress=progress)
+                                      progress=progress, rows=rows)
         return [self.tokenizer.decode(ids) for ids in samples]
 
     def beam_search(self, text: str, beam_size: int = 4, max_new_tokens: int | None = None) -> str:

@@ -9,6 +9,7 @@ imported inside the commands, so `--help` and argument errors answer at once.
     simbert eval MODEL_DIR FILE... [--threshold 0.9] [--output JSON] [--plot DIR]
                  [--whiten CORPUS --dim 256] [--baseline jaccard]
     simbert convert MODEL_DIR --to bert4keras|safetensors
+    simbert serve MODEL_DIR [--index INDEX_DIR] [--host 127.0.0.1] [--port 8000]
 
 Commands that load a model keep compiled programs in `--compile-cache DIR` (default
 ~/.cache/simbert/xla; `--no-compile-cache` turns it off), so the next process starts faster.
@@ -206,6 +207,17 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"simbert: error: {message} (see {self.prog} --help)\n")
 
 
+def _serve(args) -> int:
+    from simbert.server import ServerLimits, create_app, serve
+
+    limits = ServerLimits(max_texts=args.max_texts, max_chars=args.max_chars, max_n=args.max_n, max_k=args.max_k,
+                          request_timeout_s=args.timeout)
+    app = create_app(args.model_dir, args.index, limits, batch_wait_ms=args.batch_wait_ms, max_batch=args.max_batch,
+                     max_tokens=args.max_tokens, compilation_cache=_cache(args))
+    serve(app, args.host, args.port)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = Parser(add_help=False)
     common.add_argument("--debug", action="store_true", help="show the traceback of an error")
@@ -290,6 +302,26 @@ def build_parser() -> argparse.ArgumentParser:
                           help="dimensions kept by whitening (default: all)")
     evaluate.add_argument("--baseline", choices=["jaccard"], help="also report a char-overlap baseline")
     evaluate.add_argument("--batch-size", type=argument_type(check_integer, "--batch-size"), default=64)
+
+    served = model_command("serve", "an HTTP server: /encode, /similar, /synonyms, /health, /metrics", _serve)
+    served.add_argument("model_dir")
+    served.add_argument("--index", help="index directory for /similar (built by `simbert index` with this model)")
+    served.add_argument("--host", default="127.0.0.1")
+    served.add_argument("--port", type=argument_type(check_integer, "--port", maximum=65535), default=8000)
+    served.add_argument("--batch-wait-ms", type=float, default=5.0,
+                        help="gather concurrent /encode and /similar requests this long (0: off; default 5)")
+    served.add_argument("--max-batch", type=argument_type(check_integer, "--max-batch"), default=64,
+                        help="texts per encode call (default 64)")
+    served.add_argument("--max-texts", type=argument_type(check_integer, "--max-texts"), default=64,
+                        help="texts a request may hold (default 64)")
+    served.add_argument("--max-chars", type=argument_type(check_integer, "--max-chars"), default=512,
+                        help="characters a text may hold (default 512)")
+    served.add_argument("--max-n", type=argument_type(check_integer, "--max-n"), default=1000,
+                        help="largest /synonyms n (default 1000)")
+    served.add_argument("--max-k", type=argument_type(check_integer, "--max-k"), default=100,
+                        help="largest /synonyms k and /similar topn (default 100)")
+    served.add_argument("--timeout", type=argument_type(check_positive, "--timeout", float), default=30.0,
+                        help="seconds a request may take (default 30)")
 
     convert = commands.add_parser("convert", help="add the other weight format to a model directory",
                                   parents=[common])

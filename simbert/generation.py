@@ -159,15 +159,16 @@ class CachedDecoder:
 
     def sample(self, source_ids: list[int], n: int = 1, topk: int | None = None, topp: float | None = None,
                temperature: float = 1.0, max_new_tokens: int | None = None,
-               seed: int | None = None, max_rows: int = 128, progress: bool = False) -> list[list[int]]:
+               seed: int | None = None, max_rows: int = 128, progress: bool = False,
+               rows: int | None = None) -> list[list[int]]:
         """n sampled targets (token ids, `[SEP]` excluded) for one source, each at most
         `max_new_tokens` (default and cap: `max_target_len`) long.
 
-        Samples are drawn `max_rows` at a time (n larger than that in chunks of exactly
-        `max_rows`, the last one padded, so one compiled program serves any n), which
-        bounds memory by the chunk: each row holds its key/value cache,
-        `layers x 2 x hidden x (max_source_len + max_target_len)` values, and a row of
-        logits. The noise of sample i is the same however the samples are chunked.
+        Samples are drawn `rows` at a time (default: n, at most `max_rows`; n larger than
+        that in chunks of exactly `rows`, the last one padded, so one compiled program
+        serves any n), which bounds memory by the chunk: each row holds its key/value
+        cache, `layers x 2 x hidden x (max_source_len + max_target_len)` values, and a
+        row of logits. The noise of sample i is the same however the samples are chunked.
         """
         check_integer("n", n)
         check_integer("max_rows", max_rows)
@@ -175,7 +176,7 @@ class CachedDecoder:
         if max_new_tokens is not None:
             check_integer("max_new_tokens", max_new_tokens)
         steps = min(max_new_tokens or self.max_target_len, self.max_target_len)
-        rows = n if n <= max_rows else max_rows
+        rows = check_integer("rows", rows) if rows is not None else min(n, max_rows)
         key = (rows, steps, topk, topp, float(temperature))
         if key not in self._samplers:
             def run(logits, caches, source_len, noise):

@@ -42,11 +42,15 @@ class ShapeBuckets:
             return rows
         return min(1 << max(rows - 1, 0).bit_length(), batch_size)
 
+    def shapes(self, batch_size: int) -> list[tuple[int, int]]:
+        """Every (rows, length) shape `pad` can produce for batches of `batch_size`."""
+        row_counts = sorted({self.rows(n, batch_size) for n in range(1, batch_size + 1)})
+        lengths = sorted({self.length(n) for n in range(1, self.max_length + 1)})
+        return [(rows, length) for rows in row_counts for length in lengths]
+
     def count(self, batch_size: int) -> int:
         """How many (rows, length) shapes `pad` can produce for batches of `batch_size`."""
-        row_counts = {self.rows(n, batch_size) for n in range(1, batch_size + 1)}
-        lengths = {self.length(n) for n in range(1, self.max_length + 1)}
-        return len(row_counts) * len(lengths)
+        return len(self.shapes(batch_size))
 
     def training_shapes(self) -> int:
         """How many (length, target width) shapes training batches can take: a bucket

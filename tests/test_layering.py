@@ -19,7 +19,7 @@ LAYERS = [
     {"directories", "data", "losses", "optimizers", "generation", "retrieval"},
     {"evaluation"},
     {"api"},
-    {"callbacks"},
+    {"callbacks", "server"},
     {"trainer"},
     {"cli"},
 ]

@@ -1,0 +1,270 @@
+"""`simbert serve`: one `SimBERT` behind a FastAPI app.
+
+    POST /encode    {"texts": [...]}                  -> {"vectors": [[...]], "dim": d}
+    POST /similar   {"texts": [...], "topn": 10}      -> {"results": [[[text, score], ...], ...]}
+    POST /synonyms  {"text": "...", "n": 100, "k": 20} -> {"results": [[text, score], ...]}
+    GET  /health    model, dimension, backend, index size;  GET /metrics  counters
+
+Every model call runs on one model thread, in order. The texts of concurrent /encode and
+/similar requests are gathered for up to `batch_wait_ms` (or until `max_batch` texts
+wait) into one `SimBERT.encode` call (`MicroBatcher`); the model is warmed up before the
+first request (every padded encode shape, and the sampler for every `SAMPLE_ROWS`, to
+which /synonyms rounds n up), so no request pays a compile. Limits answer with a JSON
+error naming the field and the limit: 413 for too many texts or characters, 422 for an
+empty or non-string text and for n, k, topn out of range, 409 for /similar without an
+index, 504 past the request timeout. uvicorn stops on SIGTERM after the requests in
+flight.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import os
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import keras
+import numpy as np
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, StrictInt, StrictStr
+
+from simbert.api import SimBERT
+from simbert.arguments import check_integer
+from simbert.compiled import DEFAULT_CACHE
+
+# /synonyms samples n rounded up to one of these (a compiled sampler each, warmed up at
+# start); a larger n is drawn in chunks of the last.
+SAMPLE_ROWS = (8, 16, 32, 64, 128)
+
+
+@dataclass(frozen=True)
+class ServerLimits:
+    """What one request may ask."""
+
+    max_texts: int = 64  # texts per /encode or /similar request
+    max_chars: int = 512  # characters per text
+    max_n: int = 1000  # /synonyms samples
+    max_k: int = 100  # /synonyms results and /similar topn
+    request_timeout_s: float = 30.0
+
+
+class RequestError(Exception):
+    """A request the server refuses: HTTP `status`, the `field` at fault, a message."""
+
+    def __init__(self, status: int, field: str, message: str, limit: int | None = None):
+        super().__init__(message)
+        self.status, self.field, self.limit = status, field, limit
+
+
+class EncodeRequest(BaseModel):
+    texts: list[StrictStr]
+
+
+class SimilarRequest(BaseModel):
+    texts: list[StrictStr]
+    topn: StrictInt = 10
+
+
+class SynonymsRequest(BaseModel):
+    text: StrictStr
+    n: StrictInt = 100
+    k: StrictInt = 20
+    seed: StrictInt | None = None
+
+
+def sample_rows(n: int) -> int:
+    """The compiled sampler size /synonyms uses for n samples."""
+    return next((rows for rows in SAMPLE_ROWS if rows >= n), SAMPLE_ROWS[-1])
+
+
+class MicroBatcher:
+    """Gathers the texts of concurrent requests into one `encode(texts)` call: the first
+    waiting request opens a batch that closes after `wait_ms` or at `max_texts` texts;
+    `encode` runs through `run(function)` (the model thread). With `wait_ms=0` every
+    request is encoded alone."""
+
+    def __init__(self, encode: Callable[[list[str]], np.ndarray], run, wait_ms: float, max_texts: int):
+        self.encode_texts = encode
+        self.run = run
+        self.wait_s = wait_ms / 1000.0
+        self.max_texts = max_texts
+        self.queue: asyncio.Queue = asyncio.Queue()
+        self.batches = 0
+        self.texts = 0
+        self._task: asyncio.Task | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._serve())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def encode(self, texts: list[str]) -> np.ndarray:
+        if self.wait_s <= 0:
+            return (await self._encode_now([texts]))[0]
+        future = asyncio.get_running_loop().create_future()
+        await self.queue.put((texts, future))
+        return await future
+
+    async def _encode_now(self, groups: list[list[str]]) -> list[np.ndarray]:
+        flat = [text for group in groups for text in group]
+        vectors = await self.run(lambda: self.encode_texts(flat))
+        self.batches += 1
+        self.texts += len(flat)
+        bounds = np.cumsum([0] + [len(group) for group in groups])
+        return [vectors[start:end] for start, end in zip(bounds[:-1], bounds[1:])]
+
+    async def _serve(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            waiting = [await self.queue.get()]
+            deadline = loop.time() + self.wait_s
+            while sum(len(texts) for texts, _ in waiting) < self.max_texts:
+                try:
+                    waiting.append(await asyncio.wait_for(self.queue.get(), max(deadline - loop.time(), 0)))
+                except asyncio.TimeoutError:
+                    break
+            try:
+                results = await self._encode_now([texts for texts, _ in waiting])
+            except Exception as error:  # noqa: BLE001 (handed to each waiting request)
+                for _, future in waiting:
+                    if not future.done():
+                        future.set_exception(error)
+                continue
+            for (_, future), vectors in zip(waiting, results):
+                if not future.done():
+                    future.set_result(vectors)
+
+
+def create_app(model: str | os.PathLike | SimBERT, index_dir: str | os.PathLike | None = None,
+               limits: ServerLimits = ServerLimits(), batch_wait_ms: float = 5.0, max_batch: int = 64,
+               max_tokens: int = 64, warm_up: bool = True, compilation_cache: str | None = DEFAULT_CACHE):
+    """The FastAPI app serving `model` (a model directory, or a loaded `SimBERT`) and, for
+    /similar, the index in `index_dir` (the index of another model is refused).
+    `batch_wait_ms`: how long /encode and /similar requests are gathered (0: no
+    micro-batching); `max_batch`: texts per encode call."""
+    check_integer("max_batch", max_batch)
+    if not isinstance(model, SimBERT):
+        model = SimBERT.from_pretrained(model, max_tokens=max_tokens, compilation_cache=compilation_cache)
+    if index_dir is not None:
+        model.load_index(index_dir)
+        model.index.check_model(model.fingerprint, model.name, strict=True)
+    model_thread = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="simbert-model")
+    counters = {"requests": {}, "errors": {}, "synonym_calls": 0}
+    state = {}
+
+    async def on_model_thread(function):
+        return await asyncio.get_running_loop().run_in_executor(model_thread, function)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app):
+        started = time.perf_counter()
+        if warm_up:
+            state["warm_up_programs"] = await on_model_thread(lambda: model.warm_up(max_batch, SAMPLE_ROWS))
+        state["warm_up_s"] = round(time.perf_counter() - started, 3)
+        batcher = MicroBatcher(lambda texts: model.encode(texts, batch_size=max_batch), on_model_thread,
+                               batch_wait_ms, max_batch)
+        batcher.start()
+        state["batcher"] = batcher
+        yield
+        await batcher.stop()
+        model_thread.shutdown(wait=True)
+
+    app = FastAPI(title="simbert", lifespan=lifespan)
+
+    @app.exception_handler(RequestError)
+    async def refused(request: Request, error: RequestError):
+        counters["errors"][str(error.status)] = counters["errors"].get(str(error.status), 0) + 1
+        body = {"detail": str(error), "field": error.field}
+        if error.limit is not None:
+            body["limit"] = error.limit
+        return JSONResponse(body, status_code=error.status)
+
+    @app.middleware("http")
+    async def count_and_time_out(request: Request, call_next):
+        path = request.url.path
+        counters["requests"][path] = counters["requests"].get(path, 0) + 1
+        try:
+            return await asyncio.wait_for(call_next(request), limits.request_timeout_s)
+        except asyncio.TimeoutError:
+            counters["errors"]["504"] = counters["errors"].get("504", 0) + 1
+            return JSONResponse({"detail": f"the request took longer than {limits.request_timeout_s:g} s",
+                                 "field": None, "limit": limits.request_timeout_s}, status_code=504)
+
+    def checked_texts(texts: list[str]) -> list[str]:
+        if not texts:
+            raise RequestError(422, "texts", "texts is empty; give at least one text")
+        if len(texts) > limits.max_texts:
+            raise RequestError(413, "texts", f"texts holds {len(texts)} texts; the limit is {limits.max_texts} "
+                                             f"a request", limits.max_texts)
+        for i, text in enumerate(texts):
+            checked_text(text, f"texts[{i}]")
+        return texts
+
+    def checked_text(text: str, field: str) -> str:
+        if len(text) > limits.max_chars:
+            raise RequestError(413, field, f"{field} has {len(text)} characters; the limit is {limits.max_chars}",
+                               limits.max_chars)
+        if len(model.tokenizer.tokenize(text)) <= 2:
+            raise RequestError(422, field, f"{field} {text!r} has no token once cleaned (empty, or only spaces, "
+                                           f"control or zero-width characters)")
+        return text
+
+    def checked_count(name: str, value: int, maximum: int) -> int:
+        try:
+            return check_integer(name, value, 1, maximum)
+        except ValueError as error:
+            raise RequestError(422, name, str(error), maximum) from None
+
+    @app.post("/encode")
+    async def encode(request: EncodeRequest):
+        vectors = await state["batcher"].encode(checked_texts(request.texts))
+        return {"vectors": vectors.tolist(), "dim": model.dimension}
+
+    @app.post("/similar")
+    async def similar(request: SimilarRequest):
+        if model.index is None:
+            raise RequestError(409, "index", "no index is loaded: start the server with --index INDEX_DIR "
+                                             "(create_app(..., index_dir=...))")
+        topn = checked_count("topn", request.topn, limits.max_k)
+        vectors = await state["batcher"].encode(checked_texts(request.texts))
+        found = model.index.search(vectors, topn)
+        return {"results": [[[text, score] for text, score in row] for row in found]}
+
+    @app.post("/synonyms")
+    async def synonyms(request: SynonymsRequest):
+        text = checked_text(request.text, "text")
+        n = checked_count("n", request.n, limits.max_n)
+        k = checked_count("k", request.k, limits.max_k)
+        counters["synonym_calls"] += 1
+        found = await on_model_thread(lambda: model.gen_synonyms(text, n=n, k=k, with_scores=True,
+                                                                 seed=request.seed, rows=sample_rows(n)))
+        return {"results": [[paraphrase, score] for paraphrase, score in found]}
+
+    @app.get("/health")
+    async def health():
+        return {"status": "ok", "model": model.name, "fingerprint": model.fingerprint, "dimension": model.dimension,
+                "backend": keras.backend.backend(), "index_size": len(model.index) if model.index is not None else 0,
+                "warm_up_s": state.get("warm_up_s"), "warm_up_programs": state.get("warm_up_programs")}
+
+    @app.get("/metrics")
+    async def metrics():
+        batcher = state["batcher"]
+        return {**counters, "encode_calls": batcher.batches, "encoded_texts": batcher.texts,
+                "compiled_programs": model.compiled_programs}
+
+    return app
+
+
+def serve(app, host: str = "127.0.0.1", port: int = 8000, graceful_timeout_s: float = 30.0) -> None:
+    """Run `app` with uvicorn until SIGINT / SIGTERM (requests in flight finish first)."""
+    import uvicorn
+
+    uvicorn.run(app, host=host, port=port, timeout_graceful_shutdown=graceful_timeout_s, log_level="info")

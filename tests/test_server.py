@@ -1,0 +1,195 @@
+"""`simbert serve`: every endpoint and every refusal through FastAPI's TestClient, the
+micro-batcher, no compile after the warm-up, and the real server over HTTP."""
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+
+from helpers import ROOT, TINY_CONFIG, write_model_dir
+from simbert.api import SimBERT
+from simbert.server import MicroBatcher, ServerLimits, create_app, sample_rows
+
+TEXTS = ["w10 w11 w12", "w20 w21", "w30 w31 w32 w33", "w40"]
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    directory = write_model_dir(str(tmp_path_factory.mktemp("served") / "model"), TINY_CONFIG)
+    return SimBERT.from_pretrained(directory, max_tokens=16, compilation_cache=None)
+
+
+@pytest.fixture(scope="module")
+def client(model):
+    model.build_index(TEXTS)
+    with TestClient(create_app(model, limits=ServerLimits(max_texts=8, max_chars=40, max_n=200, max_k=10),
+                               max_batch=8)) as client:
+        yield client
+    model.index = None
+
+
+def test_health_and_metrics(client, model):
+    health = client.get("/health").json()
+    assert health["status"] == "ok" and health["dimension"] == 18 and health["index_size"] == len(TEXTS)
+    assert health["fingerprint"] == model.fingerprint and health["backend"] in ("tensorflow", "jax")
+    assert health["warm_up_programs"] >= 1 + len([8, 16, 32, 64, 128])
+    before = client.get("/metrics").json()
+    client.post("/encode", json={"texts": ["w10"]})
+    after = client.get("/metrics").json()
+    assert after["requests"]["/encode"] == before["requests"].get("/encode", 0) + 1
+    assert after["encoded_texts"] == before["encoded_texts"] + 1
+
+
+def test_encode_gives_the_models_vectors(client, model):
+    response = client.post("/encode", json={"texts": TEXTS}).json()
+    assert response["dim"] == 18
+    np.testing.assert_allclose(np.array(response["vectors"]), model.encode(TEXTS), atol=1e-5)
+
+
+def test_similar_finds_each_text_first(client):
+    results = client.post("/similar", json={"texts": TEXTS[:2], "topn": 3}).json()["results"]
+    assert [row[0][0] for row in results] == TEXTS[:2] and all(len(row) == 3 for row in results)
+    assert abs(results[0][0][1] - 1.0) < 1e-4
+
+
+def test_synonyms_are_the_models(client, model):
+    results = client.post("/synonyms", json={"text": "w10 w11 w12", "n": 20, "k": 5, "seed": 3}).json()["results"]
+    expected = model.gen_synonyms("w10 w11 w12", n=20, k=5, with_scores=True, seed=3, rows=sample_rows(20))
+    assert [text for text, _ in results] == [text for text, _ in expected]
+    np.testing.assert_allclose([s for _, s in results], [s for _, s in expected], atol=1e-5)
+
+
+def test_no_request_pays_a_compile(client):
+    compiled = client.get("/metrics").json()["compiled_programs"]
+    for texts in (TEXTS, TEXTS[:1] * 7, ["w1 " * 12]):
+        assert client.post("/encode", json={"texts": texts}).status_code == 200
+    for n in (1, 9, 100, 150):
+        assert client.post("/synonyms", json={"text": "w10 w11", "n": n, "k": 3}).status_code == 200
+    assert client.get("/metrics").json()["compiled_programs"] == compiled
+
+
+@pytest.mark.parametrize("path, body, status, field, message", [
+    ("/encode", {"texts": ["w1"] * 9}, 413, "texts", "texts holds 9 texts; the limit is 8 a request"),
+    ("/encode", {"texts": ["w1", "w" * 41]}, 413, "texts[1]", "texts[1] has 41 characters; the limit is 40"),
+    ("/encode", {"texts": []}, 422, "texts", "texts is empty"),
+    ("/encode", {"texts": ["w1", " \u200b"]}, 422, "texts[1]", "has no token once cleaned"),
+    ("/similar", {"texts": ["w1"], "topn": 11}, 422, "topn", "topn should be an integer of at least 1 and at most 10"),
+    ("/synonyms", {"text": "w1", "n": 201}, 422, "n", "n should be an integer of at least 1 and at most 200"),
+    ("/synonyms", {"text": "w1", "k": 0}, 422, "k", "k should be an integer of at least 1"),
+    ("/synonyms", {"text": ""}, 422, "text", "has no token once cleaned"),
+])
+def test_refusals_name_the_field_and_the_limit(client, path, body, status, field, message):
+    response = client.post(path, json=body)
+    assert response.status_code == status
+    assert response.json()["field"] == field and message in response.json()["detail"]
+
+
+def test_non_string_texts_are_refused(client):
+    response = client.post("/encode", json={"texts": ["w1", 3]})
+    assert response.status_code == 422 and response.json()["detail"][0]["loc"] == ["body", "texts", 1]
+
+
+def test_similar_without_an_index_names_the_option(model):
+    index, model.index = model.index, None
+    try:
+        with TestClient(create_app(model, warm_up=False)) as client:
+            response = client.post("/similar", json={"texts": ["w1"]})
+    finally:
+        model.index = index
+    assert response.status_code == 409 and "--index INDEX_DIR" in response.json()["detail"]
+
+
+def test_a_slow_request_times_out(model):
+    with TestClient(create_app(model, limits=ServerLimits(request_timeout_s=0.001), warm_up=False)) as client:
+        response = client.post("/synonyms", json={"text": "w10 w11", "n": 128})
+    assert response.status_code == 504 and "longer than 0.001 s" in response.json()["detail"]
+
+
+def test_the_micro_batcher_gathers_concurrent_requests():
+    calls = []
+
+    def encode(texts):
+        calls.append(list(texts))
+        return np.array([[float(text)] for text in texts])
+
+    async def scenario(wait_ms):
+        async def run(function):
+            return function()
+
+        batcher = MicroBatcher(encode, run, wait_ms=wait_ms, max_texts=100)
+        batcher.start()
+        requests = [[str(10 * i + j) for j in range(i + 1)] for i in range(5)]
+        results = await asyncio.gather(*(batcher.encode(texts) for texts in requests))
+        await batcher.stop()
+        return requests, results, batcher.batches
+
+    requests, results, batches = asyncio.run(scenario(50))
+    assert batches == 1 and calls == [[text for texts in requests for text in texts]]
+    for texts, vectors in zip(requests, results):  # each request gets its own rows back
+        assert vectors[:, 0].tolist() == [float(text) for text in texts]
+    calls.clear()
+    _, _, batches = asyncio.run(scenario(0))
+    assert batches == 5 and len(calls) == 5
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def post(port, path, body):
+    request = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=json.dumps(body).encode(),
+                                     headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=60) as response:
+        return json.loads(response.read())
+
+
+def test_the_real_server_over_http(trained_tiny, tmp_path):
+    SimBERT.from_pretrained(trained_tiny, compilation_cache=None).make_index(
+        ["花呗怎么还款", "信用卡怎么提高额度", "明天北京会下雨吗"]).save(tmp_path / "index")
+    port = free_port()
+    server = subprocess.Popen([sys.executable, "-m", "simbert.cli", "serve", trained_tiny, "--index",
+                               str(tmp_path / "index"), "--port", str(port), "--no-compile-cache"],
+                              cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.time() + 240
+        while time.time() < deadline and server.poll() is None:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5) as response:
+                    health = json.loads(response.read())
+                break
+            except (urllib.error.URLError, ConnectionError):
+                time.sleep(0.5)
+        assert health["index_size"] == 3 and health["dimension"] == 128
+        assert post(port, "/encode", {"texts": ["花呗怎么还款"]})["dim"] == 128
+        assert post(port, "/similar", {"texts": ["花呗怎么还款"], "topn": 1})["results"][0][0][0] == "花呗怎么还款"
+        assert len(post(port, "/synonyms", {"text": "花呗怎么还款", "n": 20, "k": 3})["results"]) <= 3
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            post(port, "/encode", {"texts": []})
+        assert refused.value.code == 422
+        # SIGTERM while a request is in flight: it is answered, then the server stops.
+        answers = []
+        in_flight = threading.Thread(target=lambda: answers.append(
+            post(port, "/synonyms", {"text": "花呗怎么还款", "n": 1000, "k": 3})))
+        in_flight.start()
+        time.sleep(0.3)
+    finally:
+        server.send_signal(signal.SIGTERM)
+        output, _ = server.communicate(timeout=120)
+    in_flight.join(60)
+    assert len(answers) == 1 and len(answers[0]["results"]) <= 3
+    # uvicorn re-raises the signal once it has shut down gracefully.
+    assert server.returncode in (0, -signal.SIGTERM), output[-3000:]
+    assert "Application shutdown complete" in output
