@@ -27,10 +27,15 @@ setup(
         "gpu": ["jax[cuda12]>=0.4.35"],
         # simbert serve
         "serve": ["fastapi>=0.110", "uvicorn>=0.29"],
+        # simbert export --format onnx (saved_model needs only TensorFlow)
+        "export": ["tf2onnx>=1.17", "onnx", "onnxruntime"],
         "dev": [
             "fastapi>=0.110",
             "uvicorn>=0.29",
             "httpx",
+            "tf2onnx>=1.17",
+            "onnx",
+            "onnxruntime",
             "pytest",
             "jax",
             "tf-keras",

@@ -42,7 +42,7 @@ class SimBERT:
     def __init__(self, backbone: Transformer, tokenizer: Tokenizer, max_tokens: int = 64, name: str = ""):
         if backbone.application != "unilm" or backbone.pooler is None:
             raise ValueError("SimBERT needs a Transformer built with application='unilm' and with_pool")
-        check_integer("max_tokens", max_tokens, 3, backbone.config.max_position_embeddings)
+        check_integer("max_tokens", max_tokens, 3)
         if tokenizer.vocab_size > backbone.config.vocab_size:
             raise ValueError(f"the vocabulary has {tokenizer.vocab_size} tokens but the model's embedding has "
                              f"{backbone.config.vocab_size} rows (a simplified vocab with keep_tokens, or the "

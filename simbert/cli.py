@@ -10,6 +10,7 @@ imported inside the commands, so `--help` and argument errors answer at once.
                  [--whiten CORPUS --dim 256] [--baseline jaccard]
     simbert convert MODEL_DIR --to bert4keras|safetensors
     simbert serve MODEL_DIR [--index INDEX_DIR] [--host 127.0.0.1] [--port 8000]
+    simbert export MODEL_DIR OUT --format saved_model|onnx|hf|bert4keras
 
 Commands that load a model keep compiled programs in `--compile-cache DIR` (default
 ~/.cache/simbert/xla; `--no-compile-cache` turns it off), so the next process starts faster.
@@ -207,6 +208,13 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"simbert: error: {message} (see {self.prog} --help)\n")
 
 
+def _export(args) -> int:
+    from simbert.export import export_model
+
+    print(f"wrote {export_model(args.model_dir, args.out, args.format)}")
+    return 0
+
+
 def _serve(args) -> int:
     from simbert.server import ServerLimits, create_app, serve
 
@@ -322,6 +330,15 @@ def build_parser() -> argparse.ArgumentParser:
                         help="largest /synonyms k and /similar topn (default 100)")
     served.add_argument("--timeout", type=argument_type(check_positive, "--timeout", float), default=30.0,
                         help="seconds a request may take (default 30)")
+
+    exported = commands.add_parser("export", help="the model in another format: SavedModel, ONNX, Hugging Face, "
+                                                  "bert4keras", parents=[common])
+    exported.add_argument("model_dir", help="model directory (or a training output: its latest checkpoint)")
+    exported.add_argument("out", help="new directory to write")
+    exported.add_argument("--format", required=True, choices=["saved_model", "onnx", "hf", "bert4keras"],
+                          help="saved_model / onnx: the encoder (token_ids, segment_ids -> pooled vector); "
+                               "hf: transformers' BERT / RoFormer; bert4keras: the released layout")
+    exported.set_defaults(run=_export)
 
     convert = commands.add_parser("convert", help="add the other weight format to a model directory",
                                   parents=[common])

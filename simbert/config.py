@@ -65,6 +65,8 @@ class BackboneConfig:
         if self.model_type not in MODEL_TYPES:
             raise ValueError(f"{source}: model_type {self.model_type!r} is not supported; "
                              f"expected one of {MODEL_TYPES}")
+        if self.embedding_size == self.hidden_size:  # the same model as None: one spelling
+            object.__setattr__(self, "embedding_size", None)
 
     @property
     def head_size(self) -> int:

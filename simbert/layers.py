@@ -296,8 +296,11 @@ class MultiHeadAttention(keras.layers.Layer):
         self.output_dense.build(tuple(input_shape[:-1]) + (self.num_heads * self.head_size,))
         self.dropout.build()  # its generator exists even when only the fused path runs
 
-    def _heads(self, x):
-        return ops.reshape(x, (ops.shape(x)[0], ops.shape(x)[1], self.num_heads, self.head_size))
+    def _heads(self, x, rows):
+        """`x` (batch, len, heads x size) as (batch, len, heads, size), the first two sizes
+        read from `rows` (the layer input x came from: a converter that folds the
+        reshapes of `dense_rows`, as tf2onnx does, would misread them from x)."""
+        return ops.reshape(x, (ops.shape(rows)[0], ops.shape(rows)[1], self.num_heads, self.head_size))
 
     def call(self, x, attention_mask, cache=None, cache_index=0, queries=None, query_positions=None,
              training=False):
@@ -307,8 +310,8 @@ class MultiHeadAttention(keras.layers.Layer):
         key_positions = cache_index + ops.arange(ops.shape(x)[1])
         if queries is None:
             queries, query_positions = x, key_positions
-        q, k, v = (self._heads(dense_rows(self.query, queries)), self._heads(dense_rows(self.key, x)),
-                   self._heads(dense_rows(self.value, x)))
+        q, k, v = (self._heads(dense_rows(self.query, queries), queries), self._heads(dense_rows(self.key, x), x),
+                   self._heads(dense_rows(self.value, x), x))
         if self.rotary:
             q, k = rotary(q, query_positions), rotary(k, key_positions)
         if self.fused and cache is None and not (training and self.dropout.threshold):

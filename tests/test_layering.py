@@ -17,7 +17,7 @@ LAYERS = [
     {"models"},
     {"checkpoints"},
     {"directories", "data", "losses", "optimizers", "generation", "retrieval"},
-    {"evaluation"},
+    {"evaluation", "export"},
     {"api"},
     {"callbacks", "server"},
     {"trainer"},

@@ -1,0 +1,128 @@
+"""`simbert export`: a model directory in the formats other tools load.
+
+- `saved_model`: the encoder `(token_ids, segment_ids) -> pooled [CLS]` (int32, any batch
+  and length; the vector before l2-normalisation) as a TensorFlow SavedModel (TF Serving
+  serves it), with vocab.txt beside it.
+- `onnx`: the same encoder as `model.onnx` (onnxruntime), with vocab.txt.
+- `hf`: config.json + model.safetensors under transformers' BERT / RoFormer names
+  (backbone, pooler, MLM head) + vocab.txt: `BertModel` / `BertForMaskedLM` (or the
+  RoFormer classes) load it, and so does `SimBERT.from_pretrained`.
+- `bert4keras`: the released layout (bert_config.json, vocab.txt, bert_model.ckpt.*).
+
+The first two trace the Keras encoder through TensorFlow (`keras.Model.export`; on JAX
+through jax2tf), so they need TensorFlow installed; ONNX also needs tf2onnx.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+
+from simbert.checkpoints import model_values
+from simbert.directories import HF_CONFIG_FILE, VOCAB_FILE, load_pretrained, save_pretrained
+from simbert.models import Transformer
+from simbert.tokenizer import save_vocab
+
+FORMATS = ("saved_model", "onnx", "hf", "bert4keras")
+ONNX_FILE = "model.onnx"
+HF_WEIGHTS_FILE = "model.safetensors"
+
+# Google name pattern pieces -> transformers' names, per block (see checkpoints.HF_RULES
+# for the reading direction). `True`: a kernel stored (in, out), written (out, in).
+HF_LAYER_NAMES = {
+    "attention/self/query": "attention.self.query",
+    "attention/self/key": "attention.self.key",
+    "attention/self/value": "attention.self.value",
+    "attention/output/dense": "attention.output.dense",
+    "attention/output/LayerNorm": "attention.output.LayerNorm",
+    "intermediate/dense": "intermediate.dense",
+    "output/dense": "output.dense",
+    "output/LayerNorm": "output.LayerNorm",
+}
+HF_OTHER_NAMES = {
+    "bert/embeddings/word_embeddings": "{prefix}.embeddings.word_embeddings.weight",
+    "bert/embeddings/token_type_embeddings": "{prefix}.embeddings.token_type_embeddings.weight",
+    "bert/embeddings/position_embeddings": "{prefix}.embeddings.position_embeddings.weight",
+    "bert/embeddings/LayerNorm/gamma": "{prefix}.embeddings.LayerNorm.weight",
+    "bert/embeddings/LayerNorm/beta": "{prefix}.embeddings.LayerNorm.bias",
+    "bert/encoder/embedding_hidden_mapping_in/kernel": "{prefix}.embeddings_project.weight",
+    "bert/encoder/embedding_hidden_mapping_in/bias": "{prefix}.embeddings_project.bias",
+    "bert/pooler/dense/kernel": "{prefix}.pooler.dense.weight",
+    "bert/pooler/dense/bias": "{prefix}.pooler.dense.bias",
+    "cls/predictions/transform/dense/kernel": "cls.predictions.transform.dense.weight",
+    "cls/predictions/transform/dense/bias": "cls.predictions.transform.dense.bias",
+    "cls/predictions/transform/LayerNorm/gamma": "cls.predictions.transform.LayerNorm.weight",
+    "cls/predictions/transform/LayerNorm/beta": "cls.predictions.transform.LayerNorm.bias",
+    "cls/predictions/output_bias": "cls.predictions.bias",
+}
+
+
+def hf_name(google_name: str, model_type: str) -> str:
+    """transformers' name of a Google-named tensor (`bert.` or `roformer.` prefix)."""
+    if google_name in HF_OTHER_NAMES:
+        return HF_OTHER_NAMES[google_name].format(prefix=model_type)
+    layer, _, rest = google_name[len("bert/encoder/layer_"):].partition("/")
+    module, _, leaf = rest.rpartition("/")
+    suffix = {"kernel": "weight", "bias": "bias", "gamma": "weight", "beta": "bias"}[leaf]
+    return f"{model_type}.encoder.layer.{layer}.{HF_LAYER_NAMES[module]}.{suffix}"
+
+
+def hf_tensors(model: Transformer) -> dict[str, np.ndarray]:
+    """The model's tensors under transformers' names; dense kernels transposed to
+    torch's (out, in)."""
+    tensors = {}
+    for name, value in model_values(model).items():
+        transpose = name.endswith("/kernel")
+        tensors[hf_name(name, model.config.model_type)] = np.ascontiguousarray(value.T if transpose else value)
+    return tensors
+
+
+def export_hf(model: Transformer, token_dict: dict[str, int], out: str) -> None:
+    from safetensors.numpy import save_file
+
+    os.makedirs(out, exist_ok=True)
+    kind = model.config.model_type
+    config = {**model.config.to_hf_config(), "model_type": kind,
+              "architectures": ["BertForMaskedLM" if kind == "bert" else "RoFormerForMaskedLM"]}
+    with open(os.path.join(out, HF_CONFIG_FILE), "w", encoding="utf-8") as writer:
+        json.dump(config, writer, indent=2)
+    save_file(hf_tensors(model), os.path.join(out, HF_WEIGHTS_FILE), metadata={"format": "pt"})
+    save_vocab(os.path.join(out, VOCAB_FILE), token_dict)
+
+
+def export_encoder(model: Transformer, token_dict: dict[str, int], out: str, format: str) -> str:
+    """The pooled encoder as a SavedModel directory or `out/model.onnx`; returns its path."""
+    encoder = model.pooled_encoder()
+    dummy = np.array([[1, 1]], "int32")
+    encoder([dummy, np.zeros_like(dummy)])  # Keras exports only a model that has run
+    if format == "saved_model":
+        if os.path.isdir(out):
+            os.rmdir(out)  # empty (checked by export_model); Keras writes the directory itself
+        target = out
+        encoder.export(target, format="tf_saved_model", verbose=False)
+    else:
+        os.makedirs(out, exist_ok=True)
+        target = os.path.join(out, ONNX_FILE)
+        encoder.export(target, format="onnx", verbose=False)
+    save_vocab(os.path.join(out, VOCAB_FILE), token_dict)
+    return target
+
+
+def export_model(model_dir: str | os.PathLike, out: str | os.PathLike, format: str) -> str:
+    """Export the model directory (or a training run's newest checkpoint) to `out` in
+    `format` (one of `FORMATS`); returns the path written."""
+    if format not in FORMATS:
+        raise ValueError(f"export: --format should be one of {FORMATS}, got {format!r}")
+    out = str(out)
+    if os.path.exists(out) and os.listdir(out):
+        raise FileExistsError(f"export: {out} exists and is not empty; choose a new directory")
+    tokenizer, backbone = load_pretrained(model_dir)
+    if format == "hf":
+        export_hf(backbone, tokenizer.token_dict, out)
+        return out
+    if format == "bert4keras":
+        save_pretrained(backbone, out, tokenizer.token_dict)
+        return out
+    return export_encoder(backbone, tokenizer.token_dict, out, format)

@@ -1,0 +1,117 @@
+"""`simbert export`: the SavedModel and ONNX encoders give `SimBERT.encode`'s vectors;
+transformers loads the HF export and computes the same hidden states, pooler output and
+MLM logits; every format reads back through `from_pretrained` exactly."""
+
+import os
+
+import numpy as np
+import pytest
+import torch
+import transformers
+
+from helpers import TINY_CONFIG, padded_batch, write_model_dir
+from simbert import build_transformer_model
+from simbert.api import SimBERT
+from simbert.checkpoints import model_values, read_weights
+from simbert.cli import main
+from simbert.export import export_model, hf_name
+
+TEXTS = ["w10 w11 w12", "w20", "w30 w31 w32 w33 w34 w35", "w40 w41"]
+
+
+@pytest.fixture(scope="module", params=["bert", "roformer"])
+def kind(request):
+    return request.param
+
+
+@pytest.fixture(scope="module")
+def model_dir(kind, tmp_path_factory):
+    return write_model_dir(str(tmp_path_factory.mktemp(kind) / "model"), TINY_CONFIG, model=kind)
+
+
+def encoder_inputs(model):
+    """Token and segment ids of TEXTS as `encode` feeds them, padded with 0."""
+    rows = [model.tokenizer.encode(text)[0] for text in TEXTS]
+    token_ids = np.zeros((len(rows), max(map(len, rows))), "int32")
+    for i, row in enumerate(rows):
+        token_ids[i, :len(row)] = row
+    return token_ids, np.zeros_like(token_ids)
+
+
+def test_saved_model_gives_the_encoders_vectors(model_dir, tmp_path):
+    import tensorflow as tf
+
+    assert main(["export", model_dir, str(tmp_path / "saved"), "--format", "saved_model"]) == 0
+    model = SimBERT.from_pretrained(model_dir, compilation_cache=None)
+    token_ids, segment_ids = encoder_inputs(model)
+    loaded = tf.saved_model.load(str(tmp_path / "saved"))
+    vectors = loaded.serve([tf.constant(token_ids), tf.constant(segment_ids)]).numpy()
+    np.testing.assert_allclose(vectors, model.encode(TEXTS, normalize=False), atol=1e-5, rtol=0)
+    single = loaded.serve([tf.constant(token_ids[:1, :5]), tf.constant(segment_ids[:1, :5])]).numpy()
+    np.testing.assert_allclose(single, model.encode(TEXTS[:1], normalize=False), atol=1e-5, rtol=0)
+    assert os.path.isfile(tmp_path / "saved" / "vocab.txt")
+
+
+def test_onnx_gives_the_encoders_vectors(model_dir, tmp_path):
+    import onnxruntime
+
+    export_model(model_dir, tmp_path / "onnx", "onnx")
+    model = SimBERT.from_pretrained(model_dir, compilation_cache=None)
+    session = onnxruntime.InferenceSession(str(tmp_path / "onnx" / "model.onnx"))
+    assert [i.name for i in session.get_inputs()] == ["token_ids", "segment_ids"]
+    token_ids, segment_ids = encoder_inputs(model)
+    for rows, length in ((4, token_ids.shape[1]), (1, 5)):  # dynamic batch and length
+        vectors = session.run(None, {"token_ids": token_ids[:rows, :length],
+                                     "segment_ids": segment_ids[:rows, :length]})[0]
+        np.testing.assert_allclose(vectors, model.encode(TEXTS[:rows], normalize=False), atol=1e-5, rtol=0)
+
+
+def test_transformers_loads_the_hf_export(kind, model_dir, tmp_path):
+    out = export_model(model_dir, tmp_path / "hf", "hf")
+    classes = {"bert": (transformers.BertModel, transformers.BertForMaskedLM),
+               "roformer": (transformers.RoFormerModel, transformers.RoFormerForMaskedLM)}[kind]
+    token_ids, segment_ids = padded_batch(TINY_CONFIG["vocab_size"], seed=3)
+    inputs = dict(input_ids=torch.tensor(token_ids, dtype=torch.long),
+                  token_type_ids=torch.tensor(segment_ids, dtype=torch.long),
+                  attention_mask=torch.tensor(token_ids != 0, dtype=torch.long))
+    base, masked = (cls.from_pretrained(out).eval() for cls in classes)
+    with torch.no_grad():
+        hidden = base(**inputs).last_hidden_state.numpy()
+        logits = masked(**inputs).logits.numpy()
+    ours = build_transformer_model(os.path.join(model_dir, "bert_config.json"), model_dir, model=kind)
+    np.testing.assert_allclose(hidden, ours.predict([token_ids, segment_ids], verbose=0), atol=1e-4, rtol=0)
+    with_mlm = build_transformer_model(os.path.join(model_dir, "bert_config.json"), model_dir, model=kind,
+                                       with_mlm="linear")
+    np.testing.assert_allclose(logits, with_mlm.predict([token_ids, segment_ids], verbose=0), atol=1e-4, rtol=0)
+    if kind == "bert":
+        pooled = build_transformer_model(os.path.join(model_dir, "bert_config.json"), model_dir, model=kind,
+                                         with_pool=True).predict([token_ids, segment_ids], verbose=0)
+        with torch.no_grad():
+            np.testing.assert_allclose(base(**inputs).pooler_output.numpy(), pooled, atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("format", ["hf", "bert4keras"])
+def test_exports_read_back_exactly(model_dir, tmp_path, format):
+    out = export_model(model_dir, tmp_path / format, format)
+    original = SimBERT.from_pretrained(model_dir, compilation_cache=None)
+    again = SimBERT.from_pretrained(out, compilation_cache=None)
+    expected = model_values(original.backbone)
+    for name, value in model_values(again.backbone).items():
+        np.testing.assert_array_equal(value, expected[name], err_msg=name)
+    assert again.tokenizer.token_dict == original.tokenizer.token_dict
+    assert again.backbone.config == original.backbone.config
+
+
+def test_every_tensor_has_a_distinct_hf_name(kind, model_dir):
+    names = read_weights(model_dir)
+    translated = {hf_name(name, kind) for name in names}
+    assert len(translated) == len(names) and all(name.startswith((kind + ".", "cls.")) for name in translated)
+
+
+def test_export_refuses_a_used_directory_and_an_unknown_format(model_dir, tmp_path, capsys):
+    (tmp_path / "used").mkdir()
+    (tmp_path / "used" / "mine.txt").write_text("keep")
+    assert main(["export", model_dir, str(tmp_path / "used"), "--format", "hf"]) == 1
+    assert "exists and is not empty" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="--format should be one of"):
+        export_model(model_dir, tmp_path / "new", "torchscript")
