@@ -9,6 +9,7 @@ Transformer, pooler 'linear', MLM 'linear') -> `encode` (pooled [CLS], l2-normal
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import os
 from typing import Callable, Iterable, Sequence
@@ -22,7 +23,7 @@ from simbert.compiled import DEFAULT_CACHE, CompiledFunction, use_compilation_ca
 from simbert.directories import WHITENING_FILE, load_pretrained, save_pretrained, with_latest_checkpoint
 from simbert.generation import CachedDecoder
 from simbert.models import Transformer
-from simbert.retrieval import SimilarityIndex, Whitening, fit_whitening, l2_normalize
+from simbert.retrieval import IndexWriter, SimilarityIndex, Whitening, fit_whitening, l2_normalize
 from simbert.shapes import ShapeBuckets
 from simbert.tokenizer import Tokenizer
 
@@ -226,6 +227,33 @@ class SimBERT:
                                 **index_options)
         index.add(list(texts), self.encode(texts, batch_size=batch_size, progress=progress))
         return index
+
+    def write_index(self, texts: Iterable[str], count: int, directory: str | os.PathLike, batch_size: int = 64,
+                    chunk_size: int = 8192, append: bool = False, progress: bool = False,
+                    **index_options) -> SimilarityIndex:
+        """Encode `texts` (`count` of them, e.g. a file's lines streamed) `chunk_size` at a
+        time straight into the index files of `directory` (`IndexWriter`: one chunk of
+        vectors in memory, the directory replaced whole at the end). With `append`, the
+        index already there is extended (it must be this model's). Returns the index,
+        loaded memory-mapped."""
+        check_integer("chunk_size", chunk_size)
+        iterator = iter(texts)
+        if append:
+            base = SimilarityIndex.load(directory, expected_dimension=self.dimension)
+            base.check_model(self.fingerprint, self.name, strict=True)
+            meta = base.meta
+        else:
+            base = None
+            meta = SimilarityIndex(self.dimension, model_name=self.name, model_fingerprint=self.fingerprint,
+                                   **index_options).meta
+        with IndexWriter(directory, meta, count + (len(base) if base is not None else 0)) as writer:
+            for start in range(0, len(base) if base is not None else 0, chunk_size):
+                writer.add(base.texts[start:start + chunk_size], base.vectors[start:start + chunk_size])
+            with tqdm(total=count, desc="indexing", unit="text", disable=not progress) as bar:
+                for chunk in iter(lambda: list(itertools.islice(iterator, chunk_size)), []):
+                    writer.add(chunk, self.encode(chunk, batch_size=batch_size))
+                    bar.update(len(chunk))
+        return SimilarityIndex.load(directory, expected_dimension=self.dimension)
 
     def build_index(self, texts: Sequence[str], batch_size: int = 64, progress: bool = False,
                     **index_options) -> SimilarityIndex:

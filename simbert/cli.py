@@ -136,16 +136,12 @@ def _index(args) -> int:
     from simbert.api import SimBERT
     from simbert.retrieval import read_lines
 
+    count = sum(1 for _ in read_lines(args.input))  # a first pass: the writer preallocates the vectors
     model = SimBERT.from_pretrained(args.model_dir, max_tokens=args.max_tokens, compilation_cache=_cache(args))
-    texts = list(read_lines(args.input))
-    if args.append:
-        model.load_index(args.output)
-        model.index.check_model(model.fingerprint, model.name, strict=True)
-        model.index.add(texts, model.encode(texts, batch_size=args.batch_size, progress=True))
-    else:
-        model.build_index(texts, batch_size=args.batch_size, progress=True, dtype=args.dtype, backend=args.backend)
-    model.index.save(args.output)
-    print(f"{'appended' if args.append else 'indexed'} {len(texts)} texts; {args.output} holds {len(model.index)}")
+    options = {} if args.append else {"dtype": args.dtype, "backend": args.backend, "faiss_index": args.faiss_index}
+    index = model.write_index(read_lines(args.input), count, args.output, batch_size=args.batch_size,
+                              append=args.append, progress=True, **options)
+    print(f"{'appended' if args.append else 'indexed'} {count} texts; {args.output} holds {len(index)}")
     return 0
 
 
@@ -289,6 +285,8 @@ def build_parser() -> argparse.ArgumentParser:
     index.add_argument("--batch-size", type=argument_type(check_integer, "--batch-size"), default=64)
     index.add_argument("--dtype", choices=["float32", "float16"], default="float32")
     index.add_argument("--backend", choices=["exact", "faiss"], default="exact")
+    index.add_argument("--faiss-index", choices=["hnsw", "ivf", "ivfpq"], default="hnsw",
+                       help="with --backend faiss: hnsw (default), ivf, or ivfpq (compressed, tens of millions)")
 
     search = model_command("search", "the indexed texts most similar to a query", _search)
     search.add_argument("index_dir")

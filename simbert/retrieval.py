@@ -21,6 +21,8 @@ logger = logging.getLogger(__name__)
 
 VECTORS_FILE = "vectors.npy"
 TEXTS_FILE = "texts.jsonl"
+OFFSETS_FILE = "text_offsets.npy"  # byte offset of each line of texts.jsonl
+FAISS_FILE = "faiss.index"
 META_FILE = "index.json"
 
 
@@ -89,6 +91,59 @@ def top_n(scores: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
     return np.take_along_axis(part, order, axis=1), np.take_along_axis(values, order, axis=1)
 
 
+class TextStore(Sequence[str]):
+    """The texts of an index's texts.jsonl, read from disk when asked for: only their
+    byte offsets are held (8 bytes a text), so 10M texts cost 80 MB, not their size."""
+
+    def __init__(self, path: str, offsets: np.ndarray):
+        self.path = path
+        self.offsets = offsets
+        self._file = open(path, "rb")
+
+    def __len__(self) -> int:
+        return len(self.offsets)
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        self._file.seek(int(self.offsets[i]))
+        line = self._file.readline()
+        try:
+            text = json.loads(line.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as error:
+            raise FileFormatError(self.path, f"line {int(i) + 1} is not a JSON string ({error})") from None
+        if not isinstance(text, str):
+            raise FileFormatError(self.path, f"line {int(i) + 1} holds a {type(text).__name__}, expected a string")
+        return text
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, Sequence) and len(other) == len(self) and all(a == b for a, b in zip(self, other))
+
+    @classmethod
+    def open(cls, path: str, offsets_path: str, count: int) -> "TextStore":
+        """The store of `path`, with the offsets the writer saved (checked against
+        `count` and the file size), else found by reading the file once (every line is
+        then checked to be a JSON string)."""
+        if os.path.isfile(offsets_path):
+            try:
+                offsets = np.load(offsets_path, mmap_mode="r", allow_pickle=False)
+            except Exception as error:  # a torn or foreign file
+                raise unreadable(offsets_path, "a .npy of text offsets", error) from error
+            if offsets.shape != (count,) or (count and int(offsets[-1]) >= os.path.getsize(path)):
+                raise FileFormatError(offsets_path, f"holds offsets of shape {offsets.shape} that do not fit "
+                                                    f"{count} texts in {path}")
+            return cls(path, offsets)
+        offsets, position = [], 0
+        with open(path, "rb") as reader:
+            for line in reader:
+                offsets.append(position)
+                position += len(line)
+        store = cls(path, np.asarray(offsets, "int64"))
+        for i in range(len(store)):
+            store[i]  # noqa: B018 (reading checks the line)
+        return store
+
+
 class SimilarityIndex:
     """Texts with their l2-normalised vectors, searched by cosine similarity.
 
@@ -96,9 +151,13 @@ class SimilarityIndex:
         dimension: vector width.
         dtype: "float32", or "float16" to halve memory (scores computed in float32 per chunk).
         backend: "exact" (matrix product + partial sort, in chunks of `chunk_size` rows,
-            so 1M x 768 fits in memory) or "faiss" (`faiss_index` "hnsw" or "ivf").
+            so a memory-mapped matrix larger than memory is searched too) or "faiss"
+            (`faiss_index` "hnsw", "ivf", or "ivfpq": product-quantised codes of
+            `dimension / 8` bytes a vector, for tens of millions).
         model_name, model_fingerprint: the model that made the vectors (recorded in the
             metadata; `check_model` compares them with the model searching).
+
+    A loaded index keeps its vectors memory-mapped and its texts on disk (`TextStore`).
 
     Example:
         >>> index = SimilarityIndex(2)
@@ -107,6 +166,9 @@ class SimilarityIndex:
         'a'
     """
 
+    FAISS_KINDS = ("hnsw", "ivf", "ivfpq")
+    RERANK = 10  # IVF-PQ candidates re-scored exactly, per result asked for
+
     def __init__(self, dimension: int, dtype: str = "float32", backend: str = "exact",
                  model_name: str = "", faiss_index: str = "hnsw", chunk_size: int = 65536,
                  model_fingerprint: str = ""):
@@ -114,6 +176,8 @@ class SimilarityIndex:
             raise ValueError(f"dtype should be 'float32' or 'float16', got {dtype!r}")
         if backend not in ("exact", "faiss"):
             raise ValueError(f"backend should be 'exact' or 'faiss', got {backend!r}")
+        if faiss_index not in self.FAISS_KINDS:
+            raise ValueError(f"faiss_index should be one of {self.FAISS_KINDS}, got {faiss_index!r}")
         self.dimension = dimension
         self.dtype = dtype
         self.backend = backend
@@ -121,7 +185,7 @@ class SimilarityIndex:
         self.model_fingerprint = model_fingerprint
         self.faiss_index = faiss_index
         self.chunk_size = chunk_size
-        self.texts: list[str] = []
+        self.texts: Sequence[str] = []
         self._chunks: list[np.ndarray] = []
         self._vectors: np.ndarray | None = None
         self._faiss = None
@@ -130,19 +194,30 @@ class SimilarityIndex:
         return len(self.texts)
 
     @property
+    def meta(self) -> dict:
+        """index.json's contents."""
+        return {"dimension": self.dimension, "dtype": self.dtype, "backend": self.backend,
+                "model_name": self.model_name, "model_fingerprint": self.model_fingerprint,
+                "faiss_index": self.faiss_index, "size": len(self)}
+
+    @property
     def vectors(self) -> np.ndarray:
         if self._vectors is None:
-            self._vectors = (np.concatenate(self._chunks) if self._chunks
-                             else np.zeros((0, self.dimension), self.dtype))
+            if len(self._chunks) == 1:  # as it is: a memory-mapped matrix stays on disk
+                self._vectors = self._chunks[0]
+            else:
+                self._vectors = (np.concatenate(self._chunks) if self._chunks
+                                 else np.zeros((0, self.dimension), self.dtype))
             self._chunks = [self._vectors]
         return self._vectors
 
     def add(self, texts: Sequence[str], vectors: np.ndarray) -> None:
-        """Add texts and their vectors (normalised here)."""
+        """Add texts and their vectors (normalised here), in memory; see `IndexWriter`
+        for an index built or extended on disk."""
         vectors = np.asarray(vectors)
         if vectors.ndim != 2 or vectors.shape[1] != self.dimension or len(vectors) != len(texts):
             raise ValueError(f"expected {len(texts)} vectors of dimension {self.dimension}, got shape {vectors.shape}")
-        self.texts.extend(texts)
+        self.texts = [*self.texts, *texts]
         self._chunks.append(l2_normalize(vectors).astype(self.dtype))
         self._vectors = None
         self._faiss = None
@@ -164,7 +239,7 @@ class SimilarityIndex:
         best_scores = np.zeros((len(queries), 0), "float32")
         vectors = self.vectors
         for start in range(0, len(vectors), self.chunk_size):
-            chunk = vectors[start:start + self.chunk_size].astype("float32", copy=False)
+            chunk = np.asarray(vectors[start:start + self.chunk_size], "float32")
             indices, scores = top_n(queries @ chunk.T, topn)
             merged_indices = np.concatenate([best_indices, indices + start], axis=1)
             merged_scores = np.concatenate([best_scores, scores], axis=1)
@@ -172,26 +247,49 @@ class SimilarityIndex:
             best_indices = np.take_along_axis(merged_indices, order, axis=1)
         return best_indices, best_scores
 
-    def _faiss_search(self, queries: np.ndarray, topn: int):
+    def build_faiss(self, seed: int = 0):
+        """The faiss index of the vectors, built chunk by chunk (a memory-mapped matrix is
+        never copied whole): "hnsw" (graph, flat vectors), "ivf" (sqrt(n) lists, flat
+        vectors) or "ivfpq" (sqrt(n) lists, `dimension / 8` one-byte codes a vector);
+        the inverted-file kinds train on a sample of at most 256 rows a list."""
         import faiss
 
-        if self._faiss is None:
-            vectors = np.ascontiguousarray(self.vectors, dtype="float32")
-            if self.faiss_index == "hnsw":
-                index = faiss.IndexHNSWFlat(self.dimension, 32, faiss.METRIC_INNER_PRODUCT)
-                index.hnsw.efSearch = 128
-            elif self.faiss_index == "ivf":
-                lists = max(1, min(4096, int(np.sqrt(len(vectors)))))
-                index = faiss.IndexIVFFlat(faiss.IndexFlatIP(self.dimension), self.dimension, lists,
-                                           faiss.METRIC_INNER_PRODUCT)
-                index.train(vectors)
-                index.nprobe = max(1, lists // 8)
+        vectors, dimension = self.vectors, self.dimension
+        lists = max(1, min(65536, int(np.sqrt(len(vectors)))))
+        if self.faiss_index == "hnsw":
+            index = faiss.IndexHNSWFlat(dimension, 32, faiss.METRIC_INNER_PRODUCT)
+            index.hnsw.efSearch = 128
+        else:
+            quantizer = faiss.IndexFlatIP(dimension)
+            if self.faiss_index == "ivf":
+                index = faiss.IndexIVFFlat(quantizer, dimension, lists, faiss.METRIC_INNER_PRODUCT)
             else:
-                raise ValueError(f"faiss_index should be 'hnsw' or 'ivf', got {self.faiss_index!r}")
-            index.add(vectors)
-            self._faiss = index
-        scores, indices = self._faiss.search(np.ascontiguousarray(queries), min(topn, len(self)))
-        return indices, scores
+                index = faiss.IndexIVFPQ(quantizer, dimension, lists, pq_subquantizers(dimension), 8,
+                                         faiss.METRIC_INNER_PRODUCT)
+            sample = np.sort(np.random.default_rng(seed).choice(len(vectors), min(len(vectors), 256 * lists),
+                                                                replace=False))
+            index.train(np.ascontiguousarray(vectors[sample], "float32"))
+            index.nprobe = max(1, lists // 8)
+        for start in range(0, len(vectors), self.chunk_size):
+            index.add(np.ascontiguousarray(vectors[start:start + self.chunk_size], "float32"))
+        self._faiss = index
+        return index
+
+    def _faiss_search(self, queries: np.ndarray, topn: int):
+        """faiss's nearest; IVF-PQ's `RERANK x topn` candidates (scored from lossy codes)
+        are re-scored exactly from the stored vectors, a few rows read per query."""
+        if self._faiss is None:
+            self.build_faiss()
+        if self.faiss_index != "ivfpq":
+            scores, indices = self._faiss.search(np.ascontiguousarray(queries), min(topn, len(self)))
+            return indices, scores
+        _, candidates = self._faiss.search(np.ascontiguousarray(queries), min(self.RERANK * topn, len(self)))
+        rows = np.where(candidates >= 0, candidates, 0)
+        exact = np.einsum("qd,qkd->qk", queries, np.asarray(self.vectors[rows.ravel()], "float32").reshape(
+            *rows.shape, self.dimension))
+        exact = np.where(candidates >= 0, exact, -np.inf)
+        order, scores = top_n(exact, topn)
+        return np.take_along_axis(candidates, order, axis=1), scores
 
     def check_model(self, fingerprint: str, name: str = "", strict: bool = False) -> bool:
         """Whether the vectors come from the model with this fingerprint; when not, warn
@@ -208,38 +306,20 @@ class SimilarityIndex:
         return False
 
     def save(self, directory: str | os.PathLike) -> None:
-        """vectors.npy, texts.jsonl (one JSON string a line) and index.json (metadata),
-        written to a temporary directory that then replaces `directory` (an index
-        already there is swapped out whole, so a crash leaves either the old index or the
-        new one, never a mix). A directory that is not an index is refused."""
-        directory = os.path.normpath(str(directory))
-        if os.path.exists(directory) and not os.path.isfile(os.path.join(directory, META_FILE)) and os.listdir(
-                directory):
-            raise FileExistsError(f"{directory} exists and is not a simbert index (no {META_FILE}); "
-                                  f"choose another output directory")
-        parent, name = os.path.split(directory)
-        temporary = os.path.join(parent, f".{name}.tmp-{os.getpid()}")
-        shutil.rmtree(temporary, ignore_errors=True)
-        os.makedirs(temporary)
-        np.save(os.path.join(temporary, VECTORS_FILE), self.vectors)
-        with open(os.path.join(temporary, TEXTS_FILE), "w", encoding="utf-8") as writer:
-            for text in self.texts:
-                writer.write(json.dumps(text, ensure_ascii=False) + "\n")
-        meta = {"dimension": self.dimension, "dtype": self.dtype, "backend": self.backend,
-                "model_name": self.model_name, "model_fingerprint": self.model_fingerprint,
-                "faiss_index": self.faiss_index, "size": len(self)}
-        with open(os.path.join(temporary, META_FILE), "w", encoding="utf-8") as writer:
-            json.dump(meta, writer, indent=2)
-        old = os.path.join(parent, f".{name}.old-{os.getpid()}")
-        if os.path.exists(directory):
-            os.replace(directory, old)
-        os.replace(temporary, directory)
-        shutil.rmtree(old, ignore_errors=True)
+        """Write the index to `directory` through an `IndexWriter` (a new directory
+        swapped in whole; a directory that is not an index is refused), with the faiss
+        index when one is built."""
+        with IndexWriter(directory, self.meta, len(self)) as writer:
+            for start in range(0, len(self), self.chunk_size):
+                writer.add(self.texts[start:start + self.chunk_size],
+                           self.vectors[start:start + self.chunk_size])
+            writer.faiss = self._faiss
 
     @classmethod
     def load(cls, directory: str | os.PathLike, expected_dimension: int | None = None) -> "SimilarityIndex":
-        """Load a saved index; refuse one whose dimension differs from `expected_dimension`,
-        and any file that does not read or whose vectors are not finite unit vectors."""
+        """Load a saved index, its vectors memory-mapped and its texts left on disk;
+        refuse one whose dimension differs from `expected_dimension`, and any file that
+        does not read or whose vectors are not finite unit vectors."""
         directory = str(directory)
         meta_path = os.path.join(directory, META_FILE)
         if not os.path.isfile(meta_path):
@@ -258,17 +338,128 @@ class SimilarityIndex:
                     meta.get("faiss_index", "hnsw"), model_fingerprint=meta.get("model_fingerprint", ""))
         vectors_path = os.path.join(directory, VECTORS_FILE)
         try:
-            vectors = np.load(vectors_path, allow_pickle=False)
+            vectors = np.load(vectors_path, mmap_mode="r", allow_pickle=False)
         except Exception as error:  # a torn or foreign file
             raise unreadable(vectors_path, "a .npy matrix of vectors", error) from error
-        texts = list(read_json_strings(os.path.join(directory, TEXTS_FILE)))
-        if vectors.shape != (len(texts), dimension):
-            raise FileFormatError(vectors_path, f"has shape {vectors.shape} but the index has {len(texts)} texts "
-                                                f"of dimension {dimension}")
+        if vectors.ndim != 2 or vectors.shape[1] != dimension or vectors.dtype != np.dtype(dtype):
+            raise FileFormatError(vectors_path, f"holds {vectors.dtype} of shape {vectors.shape}; index.json says "
+                                                f"{dtype} rows of dimension {dimension}")
+        texts_path = os.path.join(directory, TEXTS_FILE)
+        if not os.path.isfile(texts_path):
+            raise FileNotFoundError(f"{directory} holds no {TEXTS_FILE}")
+        if meta.get("texts_bytes") not in (None, os.path.getsize(texts_path)):
+            raise FileFormatError(texts_path, f"has {os.path.getsize(texts_path)} bytes but {META_FILE} records "
+                                              f"{meta['texts_bytes']}: it changed after the index was written")
+        texts = TextStore.open(texts_path, os.path.join(directory, OFFSETS_FILE), len(vectors))
+        if len(texts) != len(vectors):
+            raise FileFormatError(vectors_path, f"has {len(vectors)} rows but {TEXTS_FILE} has {len(texts)} texts")
         check_unit_vectors(vectors, vectors_path)
         index.texts = texts
-        index._chunks = [vectors.astype(index.dtype, copy=False)]
+        index._chunks = [vectors]
+        faiss_path = os.path.join(directory, FAISS_FILE)
+        if index.backend == "faiss" and os.path.isfile(faiss_path):
+            import faiss
+
+            try:
+                index._faiss = faiss.read_index(faiss_path)
+            except RuntimeError as error:
+                raise unreadable(faiss_path, "a faiss index", error) from error
+            if index._faiss.ntotal != len(vectors):
+                raise FileFormatError(faiss_path, f"holds {index._faiss.ntotal} vectors, the index {len(vectors)}")
         return index
+
+
+def pq_subquantizers(dimension: int) -> int:
+    """Product-quantiser parts for `dimension`: one a group of 8 dimensions (the largest
+    divisor of `dimension` at most dimension / 8, faiss's usual trade-off)."""
+    target = max(1, dimension // 8)
+    return next(m for m in range(target, 0, -1) if dimension % m == 0)
+
+
+class IndexWriter:
+    """Writes an index directory in chunks, holding one chunk at a time: vectors into a
+    preallocated `vectors.npy` (memory-mapped), texts and their byte offsets streamed.
+    The files go to a temporary directory that replaces `directory` whole when the
+    writer closes (a crash or an error leaves the old index, or none, never a mix); a
+    directory that is not an index is refused. `faiss`: a built faiss index to store.
+
+    Example:
+        >>> with IndexWriter("index", {"dimension": 2, "dtype": "float32"}, total=2) as writer:
+        ...     writer.add(["a", "b"], np.array([[1, 0], [0, 1]]))
+    """
+
+    def __init__(self, directory: str | os.PathLike, meta: dict, total: int):
+        directory = os.path.normpath(str(directory))
+        if os.path.exists(directory) and not os.path.isfile(os.path.join(directory, META_FILE)) and os.listdir(
+                directory):
+            raise FileExistsError(f"{directory} exists and is not a simbert index (no {META_FILE}); "
+                                  f"choose another output directory")
+        self.directory = directory
+        self.meta = {**meta, "size": total}
+        self.total = total
+        self.written = 0
+        self.faiss = None
+        parent, name = os.path.split(directory)
+        self.temporary = os.path.join(parent or ".", f".{name}.tmp-{os.getpid()}")
+        shutil.rmtree(self.temporary, ignore_errors=True)
+        os.makedirs(self.temporary)
+        self._vectors = np.lib.format.open_memmap(os.path.join(self.temporary, VECTORS_FILE), mode="w+",
+                                                  dtype=meta["dtype"], shape=(total, meta["dimension"]))
+        self._texts = open(os.path.join(self.temporary, TEXTS_FILE), "wb")
+        self._offsets = np.zeros(total, "int64")
+
+    def add(self, texts: Sequence[str], vectors: np.ndarray) -> None:
+        """Append texts and their vectors (normalised here)."""
+        vectors = np.asarray(vectors)
+        if vectors.shape != (len(texts), self.meta["dimension"]):
+            raise ValueError(f"expected {len(texts)} vectors of dimension {self.meta['dimension']}, got shape "
+                             f"{vectors.shape}")
+        if self.written + len(texts) > self.total:
+            raise ValueError(f"the writer was opened for {self.total} texts; {self.written + len(texts)} given")
+        self._vectors[self.written:self.written + len(texts)] = l2_normalize(vectors).astype(self.meta["dtype"])
+        for i, text in enumerate(texts):
+            self._offsets[self.written + i] = self._texts.tell()
+            self._texts.write((json.dumps(text, ensure_ascii=False) + "\n").encode("utf-8"))
+        self.written += len(texts)
+
+    def close(self) -> None:
+        if self.written != self.total:
+            raise ValueError(f"the writer was opened for {self.total} texts but {self.written} were written")
+        self._vectors.flush()
+        if self.meta.get("backend") == "faiss" and self.faiss is None:
+            staged = SimilarityIndex(self.meta["dimension"], self.meta["dtype"], "faiss",
+                                     faiss_index=self.meta.get("faiss_index", "hnsw"))
+            staged._chunks = [self._vectors]
+            self.faiss = staged.build_faiss()
+        del self._vectors
+        self._texts.close()
+        np.save(os.path.join(self.temporary, OFFSETS_FILE), self._offsets)
+        if self.faiss is not None:
+            import faiss
+
+            faiss.write_index(self.faiss, os.path.join(self.temporary, FAISS_FILE))
+        meta = {**self.meta, "texts_bytes": os.path.getsize(os.path.join(self.temporary, TEXTS_FILE))}
+        with open(os.path.join(self.temporary, META_FILE), "w", encoding="utf-8") as writer:
+            json.dump(meta, writer, indent=2)
+        parent, name = os.path.split(self.directory)
+        old = os.path.join(parent or ".", f".{name}.old-{os.getpid()}")
+        if os.path.exists(self.directory):
+            os.replace(self.directory, old)
+        os.replace(self.temporary, self.directory)
+        shutil.rmtree(old, ignore_errors=True)
+
+    def abort(self) -> None:
+        self._texts.close()
+        shutil.rmtree(self.temporary, ignore_errors=True)
+
+    def __enter__(self) -> "IndexWriter":
+        return self
+
+    def __exit__(self, kind, error, traceback) -> None:
+        if kind is None:
+            self.close()
+        else:
+            self.abort()
 
 
 def check_unit_vectors(vectors: np.ndarray, source: str, chunk_size: int = 65536, tolerance: float = 1e-2) -> None:
@@ -283,22 +474,6 @@ def check_unit_vectors(vectors: np.ndarray, source: str, chunk_size: int = 65536
             what = "non-finite values" if not finite[bad[0]] else f"norm {norms[bad[0]]:.4g}"
             raise FileFormatError(source, f"row {row} has {what}; an index holds finite unit vectors "
                                           f"({len(bad)} bad rows in rows {start}..{start + len(chunk) - 1})")
-
-
-def read_json_strings(path: str) -> Iterator[str]:
-    """One JSON string a line (an index's texts.jsonl); a bad line raises naming it."""
-    try:
-        with open(path, encoding="utf-8") as reader:
-            for number, line in enumerate(reader, 1):
-                try:
-                    text = json.loads(line)
-                except json.JSONDecodeError as error:
-                    raise FileFormatError(path, f"line {number} is not a JSON string ({error.msg})") from None
-                if not isinstance(text, str):
-                    raise FileFormatError(path, f"line {number} holds a {type(text).__name__}, expected a string")
-                yield text
-    except UnicodeDecodeError as error:
-        raise FileFormatError(path, f"is not UTF-8 ({error.reason})") from None
 
 
 def numbered_lines(path: str) -> Iterator[tuple[int, str]]:

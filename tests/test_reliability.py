@@ -210,7 +210,19 @@ def test_a_bad_texts_line_is_named(two_models, tmp_path):
     two_models[0].make_index(TEXTS).save(tmp_path / "index")
     path = tmp_path / "index" / "texts.jsonl"
     lines = path.read_text(encoding="utf-8").splitlines()
-    path.write_text("\n".join([lines[0], "{not json", lines[2]]) + "\n", encoding="utf-8")
+    assert lines[1] == '"w20 w21"'
+    path.write_text("\n".join([lines[0], "{not json", lines[2]]) + "\n", encoding="utf-8")  # same size
+    index = SimilarityIndex.load(tmp_path / "index")  # texts stay on disk: the line is read when needed
+    with pytest.raises(FileFormatError, match=r"texts.jsonl: line 2 is not a JSON string"):
+        index.search(two_models[0].encode(["w20 w21"]), 1)
+    path.write_text("\n".join([lines[0], "{not json at all", lines[2]]) + "\n", encoding="utf-8")
+    with pytest.raises(FileFormatError, match=r"texts.jsonl: has \d+ bytes but index.json records \d+"):
+        SimilarityIndex.load(tmp_path / "index")
+    # Without the writer's size and offsets (an index written by hand), the file is read through.
+    meta = json.loads((tmp_path / "index" / "index.json").read_text())
+    del meta["texts_bytes"]
+    (tmp_path / "index" / "index.json").write_text(json.dumps(meta))
+    os.remove(tmp_path / "index" / "text_offsets.npy")
     with pytest.raises(FileFormatError, match=r"texts.jsonl: line 2 is not a JSON string"):
         SimilarityIndex.load(tmp_path / "index")
 

@@ -1,0 +1,100 @@
+"""An index that outgrows memory: written in chunks, appended to, loaded memory-mapped with
+its texts on disk, searched exactly in chunks or through a stored faiss IVF-PQ index."""
+
+import numpy as np
+import pytest
+
+from helpers import TINY_CONFIG, write_model_dir
+from simbert.api import SimBERT
+from simbert.cli import main
+from simbert.retrieval import IndexWriter, SimilarityIndex, TextStore
+
+TEXTS = [f"w{i} w{i + 1} w{(3 * i) % 90 + 5}" for i in range(5, 45)]
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    directory = write_model_dir(str(tmp_path_factory.mktemp("indexing") / "model"), TINY_CONFIG)
+    return SimBERT.from_pretrained(directory, max_tokens=16, compilation_cache=None)
+
+
+def clustered(count, dimension, seed=0):
+    """Unit vectors around 50 centres (texts are their row numbers)."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(50, dimension))
+    vectors = centres[rng.integers(0, 50, count)] + 0.5 * rng.normal(size=(count, dimension))
+    return [str(i) for i in range(count)], (vectors / np.linalg.norm(vectors, axis=1, keepdims=True)).astype("float32")
+
+
+def test_written_in_chunks_equals_built_in_memory(model, tmp_path, monkeypatch):
+    encoded = []
+    encode = model.encode
+
+    def recording(texts, **options):
+        encoded.append(len(texts))
+        return encode(texts, **options)
+
+    monkeypatch.setattr(model, "encode", recording)
+    index = model.write_index(iter(TEXTS), len(TEXTS), tmp_path / "index", chunk_size=7, dtype="float16")
+    assert encoded == [7, 7, 7, 7, 7, 5]  # one chunk of vectors in memory at a time
+    monkeypatch.undo()
+    assert isinstance(index.vectors, np.memmap) and isinstance(index.texts, TextStore)
+    in_memory = model.make_index(TEXTS, dtype="float16")
+    assert index.texts == TEXTS
+    np.testing.assert_array_equal(np.asarray(index.vectors), in_memory.vectors)
+    queries = model.encode(TEXTS[:5])
+    assert index.search(queries, 3) == in_memory.search(queries, 3)
+
+
+def test_append_extends_the_index_in_order(model, tmp_path):
+    model.write_index(iter(TEXTS[:25]), 25, tmp_path / "index", chunk_size=10)
+    index = model.write_index(iter(TEXTS[25:]), len(TEXTS) - 25, tmp_path / "index", chunk_size=10, append=True)
+    assert len(index) == len(TEXTS) and index.texts == TEXTS
+    np.testing.assert_allclose(np.asarray(index.vectors), model.make_index(TEXTS).vectors, atol=1e-6)
+    other = SimBERT.from_pretrained(write_model_dir(str(tmp_path / "other"), TINY_CONFIG, seed=1), max_tokens=16,
+                                    compilation_cache=None)
+    with pytest.raises(ValueError, match="rebuild the index with this model"):
+        other.write_index(iter(["w1"]), 1, tmp_path / "index", append=True)
+    assert len(SimilarityIndex.load(tmp_path / "index")) == len(TEXTS)  # refused before anything was written
+
+
+def test_cli_index_and_append(trained_tiny, tmp_path):
+    first, second = tmp_path / "first.txt", tmp_path / "second.txt"
+    first.write_text("花呗怎么还款\n信用卡怎么提高额度\n", encoding="utf-8")
+    second.write_text("明天北京会下雨吗\n", encoding="utf-8")
+    assert main(["index", trained_tiny, "--input", str(first), "--output", str(tmp_path / "index"),
+                 "--no-compile-cache"]) == 0
+    assert main(["index", trained_tiny, "--input", str(second), "--output", str(tmp_path / "index"), "--append",
+                 "--no-compile-cache"]) == 0
+    assert SimilarityIndex.load(tmp_path / "index").texts == ["花呗怎么还款", "信用卡怎么提高额度", "明天北京会下雨吗"]
+
+
+def test_exact_search_over_a_memory_mapped_float16_matrix(tmp_path):
+    texts, vectors = clustered(5000, 32, seed=1)
+    with IndexWriter(tmp_path / "index", {"dimension": 32, "dtype": "float16", "backend": "exact"}, 5000) as writer:
+        for start in range(0, 5000, 1000):
+            writer.add(texts[start:start + 1000], vectors[start:start + 1000])
+    index = SimilarityIndex.load(tmp_path / "index")
+    index.chunk_size = 777  # chunk boundaries inside the matrix
+    queries = vectors[:20] + 0.1
+    expected = np.argsort(-(queries / np.linalg.norm(queries, axis=1, keepdims=True))
+                          @ vectors.astype("float16").astype("float32").T, axis=1, kind="stable")[:, :5]
+    found = index.search(queries, 5)
+    assert [[int(text) for text, _ in row] for row in found] == expected.tolist()
+
+
+def test_ivfpq_recall_and_a_stored_faiss_index(tmp_path, monkeypatch):
+    texts, vectors = clustered(20000, 64, seed=2)
+    queries = vectors[:200] + 0.05 * np.random.default_rng(3).normal(size=(200, 64)).astype("float32")
+    exact = SimilarityIndex(64)
+    exact.add(texts, vectors)
+    meta = {"dimension": 64, "dtype": "float16", "backend": "faiss", "faiss_index": "ivfpq"}
+    with IndexWriter(tmp_path / "index", meta, len(texts)) as writer:
+        writer.add(texts, vectors)
+    monkeypatch.setattr(SimilarityIndex, "build_faiss", lambda self: pytest.fail("the stored index is read"))
+    approximate = SimilarityIndex.load(tmp_path / "index")
+    assert approximate._faiss.ntotal == 20000 and approximate._faiss.code_size == 8  # 64 / 8 one-byte codes
+    hits = sum(len({t for t, _ in a} & {t for t, _ in b})
+               for a, b in zip(exact.search(queries, 10), approximate.search(queries, 10)))
+    print(f"IVF-PQ recall@10 with exact re-ranking: {hits / 2000:.3f}")
+    assert hits / 2000 > 0.8
