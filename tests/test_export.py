@@ -84,6 +84,13 @@ def test_transformers_loads_the_hf_export(kind, model_dir, tmp_path):
                                        with_mlm="linear")
     np.testing.assert_allclose(logits, with_mlm.predict([token_ids, segment_ids], verbose=0), atol=1e-4, rtol=0)
     if kind == "bert":
+        # The SimBERT vector: the pooler's dense layer on [CLS], without transformers' tanh.
+        simbert = SimBERT.from_pretrained(model_dir, compilation_cache=None)
+        ids = torch.tensor(encoder_inputs(simbert)[0], dtype=torch.long)
+        with torch.no_grad():
+            cls = base(input_ids=ids, attention_mask=(ids != 0).long()).last_hidden_state[:, 0]
+            np.testing.assert_allclose(base.pooler.dense(cls).numpy(), simbert.encode(TEXTS, normalize=False),
+                                       atol=1e-4, rtol=0)
         pooled = build_transformer_model(os.path.join(model_dir, "bert_config.json"), model_dir, model=kind,
                                          with_pool=True).predict([token_ids, segment_ids], verbose=0)
         with torch.no_grad():

@@ -3,7 +3,6 @@ micro-batcher, no compile after the warm-up, and the real server over HTTP."""
 
 import asyncio
 import json
-import os
 import signal
 import socket
 import subprocess
