@@ -167,7 +167,7 @@ class SimilarityIndex:
     """
 
     FAISS_KINDS = ("hnsw", "ivf", "ivfpq")
-    RERANK = 10  # IVF-PQ candidates re-scored exactly, per result asked for
+    RERANK = 50  # IVF-PQ candidates re-scored exactly, per result asked for (docs/benchmarks.md, "Index scale")
 
     def __init__(self, dimension: int, dtype: str = "float32", backend: str = "exact",
                  model_name: str = "", faiss_index: str = "hnsw", chunk_size: int = 65536,
