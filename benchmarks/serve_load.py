@@ -2,7 +2,7 @@
 clients, a fixed number of requests (it stops by itself), a mix of /encode, /similar and
 /synonyms; then /encode alone with micro-batching on and off.
 
-    python -m benchmarks.serve_load [--clients 16] [--requests 800] [--small]
+    python -m benchmarks.serve_load [--clients 16] [--requests 800] [--small] [--soak-rounds R] [--only RUN]
 
 Model: 6 layers, hidden 384, vocabulary 13685, random weights (`--small`: the test's
 2-layer model), an index of 10,000 texts. Reports throughput, p50/p95/p99 latency,
@@ -142,6 +142,9 @@ def main():
     parser.add_argument("--clients", type=int, default=16)
     parser.add_argument("--requests", type=int, default=800)
     parser.add_argument("--small", action="store_true", help="the 2-layer model, for a dry run")
+    parser.add_argument("--soak-rounds", type=int, default=0,
+                        help="repeat the measured requests this many more times, reporting memory after each")
+    parser.add_argument("--only", choices=["mixed", "encode", "encode-unbatched"], help="run one of the three")
     args = parser.parse_args()
     from simbert.api import SimBERT
 
@@ -154,13 +157,20 @@ def main():
         SimBERT.from_pretrained(model_dir, max_tokens=32, compilation_cache=None).write_index(
             iter(corpus), len(corpus), index_dir)
         queries = random_texts(characters, 500, seed=1)
-        for label, wait_ms, mix in (("mixed, micro-batching 5 ms", 5.0, MIX),
-                                    ("/encode only, micro-batching 5 ms", 5.0, (("/encode", 1.0),)),
-                                    ("/encode only, micro-batching off", 0.0, (("/encode", 1.0),))):
+        runs = {"mixed": ("mixed, micro-batching 5 ms", 5.0, MIX),
+                "encode": ("/encode only, micro-batching 5 ms", 5.0, (("/encode", 1.0),)),
+                "encode-unbatched": ("/encode only, micro-batching off", 0.0, (("/encode", 1.0),))}
+        for label, wait_ms, mix in [runs[args.only]] if args.only else runs.values():
             server = Server(model_dir, index_dir, wait_ms)
             load(server.port, args.clients, args.requests // 4, mix, queries, seed=3)  # reach the working set
             before = rss_mb(server.process.pid)
             report = load(server.port, args.clients, args.requests, mix, queries, seed=2)
+            rounds = [round(rss_mb(server.process.pid))]
+            for extra in range(args.soak_rounds):  # the same load again: does memory keep growing?
+                report["errors"] += load(server.port, args.clients, args.requests, mix, queries, seed=4 + extra)[
+                    "errors"]
+                rounds.append(round(rss_mb(server.process.pid)))
+            report["rss_after_each_round_mb"] = rounds
             metrics = call(server.port, "/metrics")
             report.update(label=label, ready_s=round(server.ready_s, 1), rss_before_mb=round(before),
                           rss_after_mb=round(rss_mb(server.process.pid)),

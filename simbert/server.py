@@ -235,7 +235,7 @@ def create_app(model: str | os.PathLike | SimBERT, index_dir: str | os.PathLike 
                                              "(create_app(..., index_dir=...))")
         topn = checked_count("topn", request.topn, limits.max_k)
         vectors = await state["batcher"].encode(checked_texts(request.texts))
-        found = model.index.search(vectors, topn)
+        found = await asyncio.to_thread(model.index.search, vectors, topn)  # numpy / faiss, off the event loop
         return {"results": [[[text, score] for text, score in row] for row in found]}
 
     @app.post("/synonyms")
