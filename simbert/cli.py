@@ -230,7 +230,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     train = commands.add_parser("train", help="train from a YAML recipe (see configs/)", parents=[common])
     train.add_argument("--config", required=True, help="YAML recipe, e.g. configs/tiny.yaml")
-    train.add_argument("--steps", type=argument_type(check_integer, "--steps"), help="override training.steps")
+    add_count(train, "--steps", help="override training.steps")
     train.add_argument("--output-dir", help="override output.dir")
     start = train.add_mutually_exclusive_group()
     start.add_argument("--resume", action="store_true",
@@ -256,12 +256,10 @@ def build_parser() -> argparse.ArgumentParser:
     generate = model_command("generate", "paraphrases of a text, ranked by similarity", _generate)
     generate.add_argument("model_dir", help="model directory (released layout, trainer output or HF)")
     generate.add_argument("text")
-    generate.add_argument("-n", type=argument_type(check_integer, "-n"), default=100,
-                          help="samples to draw (default 100)")
-    generate.add_argument("-k", type=argument_type(check_integer, "-k"), default=20,
-                          help="paraphrases to print (default 20)")
-    generate.add_argument("--topk", type=argument_type(check_integer, "--topk"), default=5,
-                          help="sample from the top-k tokens (default 5; at most the vocabulary size)")
+    add_count(generate, "-n", default=100, help="samples to draw (default 100)")
+    add_count(generate, "-k", default=20, help="paraphrases to print (default 20)")
+    add_count(generate, "--topk", default=5,
+              help="sample from the top-k tokens (default 5; at most the vocabulary size)")
     generate.add_argument("--topp", type=argument_type(check_probability, "--topp", float),
                           help="then from the smallest set of tokens whose probability reaches P, in (0, 1]")
     generate.add_argument("--temperature", type=argument_type(check_positive, "--temperature", float), default=1.0,
@@ -272,7 +270,7 @@ def build_parser() -> argparse.ArgumentParser:
     encode.add_argument("model_dir")
     encode.add_argument("--input", required=True, help="UTF-8 text file, one text a line")
     encode.add_argument("--output", required=True, help=".npy file to write, row i for input line i")
-    encode.add_argument("--batch-size", type=argument_type(check_integer, "--batch-size"), default=64)
+    add_count(encode, "--batch-size", default=64)
     encode.add_argument("--skip-blank", action="store_true",
                         help="leave blank lines out (instead of failing) and write each row's input line number "
                              "to OUTPUT.lines.txt")
@@ -282,7 +280,7 @@ def build_parser() -> argparse.ArgumentParser:
     index.add_argument("--input", required=True, help="UTF-8 text file, one text a line")
     index.add_argument("--output", required=True, help="directory to write the index to (replaced atomically)")
     index.add_argument("--append", action="store_true", help="add the texts to the index already in --output")
-    index.add_argument("--batch-size", type=argument_type(check_integer, "--batch-size"), default=64)
+    add_count(index, "--batch-size", default=64)
     index.add_argument("--dtype", choices=["float32", "float16"], default="float32")
     index.add_argument("--backend", choices=["exact", "faiss"], default="exact")
     index.add_argument("--faiss-index", choices=["hnsw", "ivf", "ivfpq"], default="hnsw",
@@ -292,7 +290,7 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("index_dir")
     search.add_argument("model_dir")
     search.add_argument("query")
-    search.add_argument("--topn", type=argument_type(check_integer, "--topn"), default=10)
+    add_count(search, "--topn", default=10)
     search.add_argument("--strict", action="store_true", help="refuse an index built by another model (default: warn)")
 
     evaluate = model_command("eval", "Spearman/Pearson/accuracy/F1 on labelled pair files", _eval)
@@ -304,28 +302,22 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--plot", help="directory for score histograms, one PNG per file")
     evaluate.add_argument("--whiten", help="corpus (one text a line) to fit BERT-whitening on; "
                                            "reports with and without")
-    evaluate.add_argument("--dim", type=argument_type(check_integer, "--dim"),
-                          help="dimensions kept by whitening (default: all)")
+    add_count(evaluate, "--dim", help="dimensions kept by whitening (default: all)")
     evaluate.add_argument("--baseline", choices=["jaccard"], help="also report a char-overlap baseline")
-    evaluate.add_argument("--batch-size", type=argument_type(check_integer, "--batch-size"), default=64)
+    add_count(evaluate, "--batch-size", default=64)
 
     served = model_command("serve", "an HTTP server: /encode, /similar, /synonyms, /health, /metrics", _serve)
     served.add_argument("model_dir")
     served.add_argument("--index", help="index directory for /similar (built by `simbert index` with this model)")
     served.add_argument("--host", default="127.0.0.1")
-    served.add_argument("--port", type=argument_type(check_integer, "--port", maximum=65535), default=8000)
+    add_count(served, "--port", default=8000, maximum=65535)
     served.add_argument("--batch-wait-ms", type=float, default=5.0,
                         help="gather concurrent /encode and /similar requests this long (0: off; default 5)")
-    served.add_argument("--max-batch", type=argument_type(check_integer, "--max-batch"), default=64,
-                        help="texts per encode call (default 64)")
-    served.add_argument("--max-texts", type=argument_type(check_integer, "--max-texts"), default=64,
-                        help="texts a request may hold (default 64)")
-    served.add_argument("--max-chars", type=argument_type(check_integer, "--max-chars"), default=512,
-                        help="characters a text may hold (default 512)")
-    served.add_argument("--max-n", type=argument_type(check_integer, "--max-n"), default=1000,
-                        help="largest /synonyms n (default 1000)")
-    served.add_argument("--max-k", type=argument_type(check_integer, "--max-k"), default=100,
-                        help="largest /synonyms k and /similar topn (default 100)")
+    add_count(served, "--max-batch", default=64, help="texts per encode call (default 64)")
+    add_count(served, "--max-texts", default=64, help="texts a request may hold (default 64)")
+    add_count(served, "--max-chars", default=512, help="characters a text may hold (default 512)")
+    add_count(served, "--max-n", default=1000, help="largest /synonyms n (default 1000)")
+    add_count(served, "--max-k", default=100, help="largest /synonyms k and /similar topn (default 100)")
     served.add_argument("--timeout", type=argument_type(check_positive, "--timeout", float), default=30.0,
                         help="seconds a request may take (default 30)")
 
@@ -345,6 +337,13 @@ def build_parser() -> argparse.ArgumentParser:
                          help="bert4keras: bert_model.ckpt.* (needs TensorFlow); safetensors: bert_model.safetensors")
     convert.set_defaults(run=_convert)
     return parser
+
+
+def add_count(command: argparse.ArgumentParser, *flags: str, default: int | None = None, help: str | None = None,
+              **bounds) -> None:
+    """An integer option checked by `check_integer` (at least 1 unless `bounds` say
+    otherwise), named in its error by its first flag."""
+    command.add_argument(*flags, type=argument_type(check_integer, flags[0], **bounds), default=default, help=help)
 
 
 def add_cache_arguments(command: argparse.ArgumentParser, default: str | None) -> None:

@@ -261,16 +261,15 @@ def with_latest_checkpoint(path: str | os.PathLike, read: Callable[[str], T]) ->
     """`read(directory)` for the model directory `path` resolves to. When that is the
     newest checkpoint of a run still training, rotation may remove it mid-read (as one
     rename, see `remove_checkpoint`); then the read starts again on the new newest."""
-    for attempt in range(READ_ATTEMPTS):
+    for _ in range(READ_ATTEMPTS - 1):
         directory = resolve_model_directory(path)
         try:
             return read(directory)
         except (OSError, ValueError):
-            vanished = directory != str(path) and not os.path.isdir(directory)
-            if not vanished or attempt == READ_ATTEMPTS - 1:
+            if directory == str(path) or os.path.isdir(directory):  # not a rotation: the error stands
                 raise
             logger.info("%s was rotated away while being read; reading the newest checkpoint again", directory)
-    raise AssertionError("unreachable")
+    return read(resolve_model_directory(path))
 
 
 def load_pretrained(

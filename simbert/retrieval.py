@@ -217,7 +217,9 @@ class SimilarityIndex:
         vectors = np.asarray(vectors)
         if vectors.ndim != 2 or vectors.shape[1] != self.dimension or len(vectors) != len(texts):
             raise ValueError(f"expected {len(texts)} vectors of dimension {self.dimension}, got shape {vectors.shape}")
-        self.texts = [*self.texts, *texts]
+        if not isinstance(self.texts, list):  # a loaded index's texts on disk: read in to grow
+            self.texts = list(self.texts)
+        self.texts.extend(texts)
         self._chunks.append(l2_normalize(vectors).astype(self.dtype))
         self._vectors = None
         self._faiss = None

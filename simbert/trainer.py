@@ -9,6 +9,7 @@ state) -> `FitResult`.
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import os
@@ -251,20 +252,24 @@ class Trainer:
         """Read the training file before building anything: a missing file, a directory, an
         unreadable record (`on_error: raise`) or a file without one usable group fails
         here, naming the file. When the vocabulary is built from the data (or may be
-        compared with a checkpoint's) the pass reads the whole file and its characters
-        are kept; otherwise it stops at the first usable group."""
+        compared with a checkpoint's) the pass reads the whole file and its character
+        vocabulary is kept as `data_characters`; otherwise (None) it stops at the first
+        usable group."""
         self.report, self._report_complete = ReadReport(), False
         model = self.config.model
         whole = not model.pretrained and not model.vocab
-        groups = self.read_groups()
-        texts = (text for group in groups for text in group) if whole else next(iter(groups), [])
-        self.data_characters = build_char_vocab(texts)
-        self._report_complete = whole
-        if len(self.data_characters) == len(build_char_vocab([])):
+        groups = iter(self.read_groups())
+        first = next(groups, None)
+        if first is None:
             reasons = "; ".join(self.report.reasons[:3]) or "no records"
             raise DataError(f"data.train {self.config.data.train} holds no group of two or more distinct texts "
                             f"({self.report.skipped_records} records skipped, {self.report.skipped_groups} groups "
                             f"with < 2 distinct texts; {reasons})")
+        self.data_characters = None
+        if whole:
+            self.data_characters = build_char_vocab(text for group in itertools.chain([first], groups)
+                                                    for text in group)
+        self._report_complete = whole
 
     def _build_tokenizer_and_backbone(self) -> tuple[Tokenizer, Transformer]:
         model, precision = self.config.model, self.config.training.precision
