@@ -2,6 +2,11 @@
 function, a stop event, the model to sample from), never the trainer itself.
 
 Steps are counted from the run's start: `start_step + batch + 1` after a batch.
+
+On JAX, `fit` keeps the training state apart from the model's variables within an
+epoch; reading `Callback.model` puts it back (Keras' `jax_state_sync`, a pass over every
+variable). The callbacks that read weights (saving, sampling) do so when they use them;
+the logger, which runs at every logged step, does not.
 """
 
 from __future__ import annotations
@@ -19,6 +24,12 @@ from tqdm import tqdm
 from simbert.api import SimBERT
 
 
+def with_step_weights(callback: keras.callbacks.Callback) -> keras.Model:
+    """The callback's model with the weights of the step just run in its variables: on
+    JAX, `Callback.model` puts the training state back (`jax_state_sync`)."""
+    return callback.model
+
+
 class ProgressLogger(keras.callbacks.Callback):
     """tqdm bar (step, losses, samples/s) and a metrics file (JSON lines), one line per
     logged step holding the mean of each loss over the steps since the previous line.
@@ -27,14 +38,18 @@ class ProgressLogger(keras.callbacks.Callback):
     (k, n] is `(n m_n - k m_k) / (n - k)`. A line is also written at the last step and
     when a stop is requested. A NaN or inf loss is recorded as `nan_step` and `nan_loss`
     (stopping is `keras.callbacks.TerminateOnNaN`'s job, the message the trainer's).
+    `learning_rate` (a number or a Keras schedule of the step) gives the logged `lr`,
+    the rate for the next step, as the optimizer's `learning_rate` would.
     """
 
     KEYS = ("loss", "seq2seq_loss", "similarity_loss", "distillation_loss")
 
     def __init__(self, metrics_path: str, start_step: int, total_steps: int, batch_size: int, log_every: int,
-                 stop_event: threading.Event):
+                 stop_event: threading.Event,
+                 learning_rate: float | keras.optimizers.schedules.LearningRateSchedule):
         super().__init__()
         self.metrics_path = metrics_path
+        self.learning_rate = learning_rate
         self.start_step = self.step = start_step
         self.total_steps = total_steps
         self.batch_size = batch_size
@@ -58,6 +73,12 @@ class ProgressLogger(keras.callbacks.Callback):
             return None
         return steps * self.batch_size / (time.perf_counter() - self.started)
 
+    def learning_rate_at(self, step: int) -> float:
+        rate = self.learning_rate
+        if callable(rate):
+            rate = keras.ops.convert_to_numpy(rate(step))
+        return float(rate)
+
     def on_train_batch_end(self, batch, logs=None):
         count = batch + 1
         self.step = self.start_step + count
@@ -72,7 +93,7 @@ class ProgressLogger(keras.callbacks.Callback):
         means = {key: (sums[key] - self.previous_sums.get(key, 0.0)) / window for key in sums}
         self.previous_sums, self.previous_count = sums, count
         record = {"step": self.step, **{k: round(float(v), 6) for k, v in means.items()},
-                  "lr": float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))}
+                  "lr": self.learning_rate_at(self.step)}
         self.first = self.first or record
         self.last = record
         with open(self.metrics_path, "a", encoding="utf-8") as writer:
@@ -104,10 +125,12 @@ class CheckpointSaver(keras.callbacks.Callback):
         if not np.isfinite(logs.get("loss", 0.0)):
             return
         due = self.save_every and step % self.save_every == 0 and step < self.total_steps
-        if due or self.stop_event.is_set():
+        stopping = self.stop_event.is_set()
+        if due or stopping:
+            model = with_step_weights(self)
             self.save(step)
-        if self.stop_event.is_set():
-            self.model.stop_training = True
+            if stopping:
+                model.stop_training = True
 
 
 class SamplePrinter(keras.callbacks.Callback):
@@ -124,6 +147,7 @@ class SamplePrinter(keras.callbacks.Callback):
         step = self.start_step + batch + 1
         if step % self.every:
             return
+        with_step_weights(self)
         for text in self.texts:
             samples = self.simbert.gen_synonyms(text, n=20, k=3, seed=step)
             tqdm.write(f"step {step} | {text} -> {' / '.join(samples)}")

@@ -63,6 +63,13 @@ def linear_warmup(learning_rate: float, warmup_steps: int) -> keras.optimizers.s
         warmup_target=learning_rate, warmup_steps=warmup_steps - 1)
 
 
+def learning_rate_schedule(training: TrainingConfig) -> float | keras.optimizers.schedules.LearningRateSchedule:
+    """`training.learning_rate`, warmed up linearly over `training.warmup_steps` if any."""
+    if training.warmup_steps:
+        return linear_warmup(training.learning_rate, training.warmup_steps)
+    return training.learning_rate
+
+
 def compiles_step(jit_compile: bool | str) -> bool:
     """`training.jit_compile` for the active backend: "auto" is XLA on JAX (Keras would
     otherwise run the JAX step eagerly, op by op) and TensorFlow's graph path on
@@ -121,9 +128,7 @@ def build_training_model(backbone: Transformer, training: TrainingConfig) -> ker
         losses["distillation"] = DistillationLoss()
         weights["distillation"] = training.distillation_weight
     model = TrainingModel([token_ids, segment_ids, positions], outputs, name="simbert_training")
-    learning_rate = training.learning_rate
-    if training.warmup_steps:
-        learning_rate = linear_warmup(training.learning_rate, training.warmup_steps)
+    learning_rate = learning_rate_schedule(training)
     # A fixed name, so that the optimizer's variable paths (the training-state keys) are
     # the same in every process.
     optimizer = AdamW(learning_rate=learning_rate, weight_decay=training.weight_decay,
@@ -439,7 +444,7 @@ class Trainer:
         metrics_path = os.path.join(self.output_dir, METRICS_FILE)
         keep_metrics_until(metrics_path, start_step)
         progress = ProgressLogger(metrics_path, start_step, total, self.config.training.batch_size,
-                                  output.log_every, self.stop_event)
+                                  output.log_every, self.stop_event, learning_rate_schedule(self.config.training))
         callbacks = [keras.callbacks.TerminateOnNaN(), progress,
                      CheckpointSaver(self.save_checkpoint, start_step, total, output.save_every, self.stop_event),
                      LossCurve(metrics_path, os.path.join(self.output_dir, LOSS_PLOT_FILE)), *(callbacks or [])]

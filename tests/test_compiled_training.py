@@ -3,8 +3,11 @@ number of programs on batches of many lengths; batch workers never outlive `fit`
 Runs on TensorFlow here and on JAX through test_jax_backend.py."""
 
 import keras
+import numpy as np
 
 from helpers import child_processes, tiny_config
+from simbert.checkpoints import read_training_state, read_weights
+from simbert.directories import TRAINING_STATE_FILE, checkpoint_dir
 from simbert.trainer import Trainer
 
 
@@ -51,3 +54,23 @@ def test_batch_workers_stop_when_fit_fails(tmp_path):
     else:
         raise AssertionError("fit should have raised")
     assert child_processes() == []
+
+
+def test_a_checkpoint_between_logged_steps_holds_that_steps_weights(tmp_path):
+    """On JAX `fit` keeps the training state apart from the variables between the steps a
+    callback reads the model at; a checkpoint saved at step 2 of a run that logs every 4
+    steps holds the same weights and state as the last checkpoint of a 2-step run."""
+    between = tiny_config(tmp_path / "between", 4)
+    between.output.save_every, between.output.log_every = 2, 4
+    Trainer(between).fit()
+    straight = tiny_config(tmp_path / "straight", 2)
+    straight.output.log_every = 1
+    Trainer(straight).fit()
+    saved, expected = checkpoint_dir(tmp_path / "between", 2), checkpoint_dir(tmp_path / "straight", 2)
+    later = read_weights(checkpoint_dir(tmp_path / "between", 4))
+    for read in (read_weights, lambda path: read_training_state(f"{path}/{TRAINING_STATE_FILE}")):
+        saved_values, expected_values = read(saved), read(expected)
+        assert saved_values.keys() == expected_values.keys()
+        for name, value in expected_values.items():
+            np.testing.assert_allclose(saved_values[name], value, rtol=1e-5, atol=1e-6, err_msg=name)
+    assert any(not np.allclose(later[name], value) for name, value in read_weights(saved).items())

@@ -7,6 +7,7 @@ import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 MODEL_TESTS = ["test_compiled_training.py::test_training_step_is_compiled_with_a_bounded_number_of_programs",
+               "test_compiled_training.py::test_a_checkpoint_between_logged_steps_holds_that_steps_weights",
                "test_models.py", "test_losses.py", "test_optimizers.py", "test_bert4keras_parity.py", "test_shapes.py",
                "test_hf_parity.py", "test_generation.py"]
 
