@@ -382,7 +382,8 @@ def section_fit(args, work, token_dict):
            steps=size.fit_steps, pipeline_samples_per_second=pipeline.samples_per_second(),
            pure_step_samples_per_second=pure.samples_per_second(),
            fraction=pipeline.samples_per_second() / pure.samples_per_second(),
-           compiled_programs=result.compiled_programs, batch_shapes=result.batch_shapes)
+           compiled_programs=result.compiled_programs, batch_shapes=result.batch_shapes,
+           input_wait_s=result.input_wait_s)
 
 
 # ---------------------------------------------------------------------- encode

@@ -15,6 +15,7 @@ import logging
 import os
 import shutil
 import threading
+import time
 from dataclasses import dataclass
 
 import keras
@@ -48,6 +49,7 @@ from simbert.models import Transformer
 from simbert.optimizers import AdamW
 from simbert.shapes import ShapeBuckets
 from simbert.tokenizer import Tokenizer, load_vocab
+from simbert.workers import Prefetcher
 
 logger = logging.getLogger(__name__)
 
@@ -85,6 +87,10 @@ def batch_buckets(data: DataConfig, step_compiled: bool) -> ShapeBuckets:
     `data.max_tokens`."""
     length_step = data.length_step or (16 if step_compiled else 1)
     return ShapeBuckets(length_step, max_length=data.max_tokens)
+
+
+# Batches kept ready by the prefetch thread for the training loop.
+PREFETCH_BATCHES = 4
 
 
 def default_workers() -> int:
@@ -144,9 +150,11 @@ class FitResult:
     """What `Trainer.fit` did: the steps it started and ended at, the step whose loss was
     NaN or inf (training stopped there), why it stopped early ("requested",
     "already complete") if it did, the first and last metrics lines written, and the
-    throughput after the first (compiling) step, and how many training-step programs were
+    throughput after the first (compiling) step, how many training-step programs were
     compiled (traces; at most `batch_shapes`, the shapes the batch buckets allow when the
-    step is compiled per shape; None for TensorFlow's graph, traced for any shape)."""
+    step is compiled per shape; None for TensorFlow's graph, traced for any shape), and
+    `input_wait_s`, the time the training loop waited for batches (the pipeline is the
+    bottleneck when this is a large part of the run: raise `data.workers`)."""
 
     start_step: int
     step: int
@@ -157,6 +165,7 @@ class FitResult:
     samples_per_second: float | None = None
     compiled_programs: int = 0
     batch_shapes: int | None = None
+    input_wait_s: float = 0.0
 
 
 # Recipe fields a resumed run must share with the checkpoint's: the model, and what
@@ -382,9 +391,10 @@ class Trainer:
                                 self.buckets, self.workers)
 
     def _fit_input(self, batches):
-        """The batch generator as `fit` takes it: a tf.data pipeline on TensorFlow, as it is elsewhere."""
+        """The batches as `fit` takes them: a tf.data pipeline on TensorFlow, a generator
+        elsewhere (Keras takes generators, not any iterator)."""
         if keras.backend.backend() != "tensorflow":
-            return batches
+            return (batch for batch in batches)
         return batch_dataset(lambda: batches, with_distillation=self.teacher is not None)
 
     # ------------------------------------------------------------ checkpoints
@@ -453,12 +463,15 @@ class Trainer:
             sampler = SimBERT(self.backbone, self.tokenizer, max_tokens=self.config.data.max_tokens)
             callbacks.append(SamplePrinter(sampler, texts, output.sample_every, start_step))
         traces_before = self.training_model.step_traces
-        batches = self._batches(start_step)
+        batches = Prefetcher(self._batches(start_step), PREFETCH_BATCHES)
+        started = time.perf_counter()
         try:
             self.training_model.fit(self._fit_input(batches), steps_per_epoch=total - start_step, epochs=1,
                                     shuffle=False, verbose=0, callbacks=callbacks)
         finally:
             batches.close()  # stops the batch workers
+        logger.info("waited %.1f s of %.1f s for batches (data.workers: %d)", batches.waited_s,
+                    time.perf_counter() - started, self.workers)
         programs = self.training_model.step_traces - traces_before
         shapes = self.buckets.training_shapes() if self.training_model.jit_compile else None
         if shapes is None:
@@ -478,7 +491,7 @@ class Trainer:
                            self.report.skipped_records, self.report.skipped_groups)
         return FitResult(start_step, progress.step, progress.nan_step,
                          "requested" if self.stop_event.is_set() else None, progress.first, progress.last,
-                         progress.samples_per_second(), programs, shapes)
+                         progress.samples_per_second(), programs, shapes, round(batches.waited_s, 3))
 
 
 def keep_metrics_until(path: str, step: int) -> None:
