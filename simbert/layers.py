@@ -150,11 +150,13 @@ def rotary(x, positions):
     return x * ops.cast(cos, x.dtype) + rotated * ops.cast(sin, x.dtype)
 
 
-def dense_rows(dense, x):
-    """`dense` applied to `x` (batch, len, features) as one 2-D matmul over the rows, which
-    TensorFlow fuses with the bias add (a 3-D input would go through a tensordot)."""
-    outputs = dense(ops.reshape(x, (-1, ops.shape(x)[-1])))
-    return ops.reshape(outputs, (ops.shape(x)[0], ops.shape(x)[1], ops.shape(outputs)[-1]))
+def dense_rows(dense, x, shape):
+    """`dense` applied to the rows of `x` (..., features) as one 2-D matmul, which
+    TensorFlow fuses with the bias add (a 3-D input would go through a tensordot), the
+    result shaped `shape`. Callers read the sizes in `shape` once per layer: on
+    TensorFlow each read of an unknown size is several graph ops, and tracing them was
+    most of a layer's ops and much of a first call's time."""
+    return ops.reshape(dense(ops.reshape(x, (-1, x.shape[-1]))), shape)
 
 
 def gather_rows(x, positions):
@@ -296,29 +298,29 @@ class MultiHeadAttention(keras.layers.Layer):
         self.output_dense.build(tuple(input_shape[:-1]) + (self.num_heads * self.head_size,))
         self.dropout.build()  # its generator exists even when only the fused path runs
 
-    def _heads(self, x, rows):
-        """`x` (batch, len, heads x size) as (batch, len, heads, size), the first two sizes
-        read from `rows` (the layer input x came from: a converter that folds the
-        reshapes of `dense_rows`, as tf2onnx does, would misread them from x)."""
-        return ops.reshape(x, (ops.shape(rows)[0], ops.shape(rows)[1], self.num_heads, self.head_size))
-
     def call(self, x, attention_mask, cache=None, cache_index=0, queries=None, query_positions=None,
              training=False):
         """`attention_mask` is (batch, queries, keys). By default every row of `x` asks a
         query; with `queries` (batch, n, hidden), the rows of `x` at `query_positions`
         (batch, n), only those do (the output is (batch, n, hidden)). All rows give keys."""
-        key_positions = cache_index + ops.arange(ops.shape(x)[1])
+        batch, length = ops.shape(x)[:2]
+        key_positions = cache_index + ops.arange(length)
         if queries is None:
-            queries, query_positions = x, key_positions
-        q, k, v = (self._heads(dense_rows(self.query, queries), queries), self._heads(dense_rows(self.key, x), x),
-                   self._heads(dense_rows(self.value, x), x))
+            queries, query_positions, query_length = x, key_positions, length
+        else:
+            query_length = ops.shape(queries)[1]
+        # The sizes are the layer inputs' (a converter that folds reshapes, as tf2onnx
+        # does, would misread them from the projected rows).
+        heads = (self.num_heads, self.head_size)
+        q = dense_rows(self.query, queries, (batch, query_length, *heads))
+        k, v = dense_rows(self.key, x, (batch, length, *heads)), dense_rows(self.value, x, (batch, length, *heads))
         if self.rotary:
             q, k = rotary(q, query_positions), rotary(k, key_positions)
         if self.fused and cache is None and not (training and self.dropout.threshold):
             context = ops.dot_product_attention(q, k, v, mask=attention_mask[:, None, :, :],
                                                 scale=1 / math.sqrt(self.head_size))
-            batch, length = ops.shape(context)[0], ops.shape(context)[1]
-            return dense_rows(self.output_dense, ops.reshape(context, (batch, length, self.num_heads * self.head_size)))
+            return dense_rows(self.output_dense, ops.reshape(context, (-1, self.num_heads * self.head_size)),
+                              (batch, query_length, self.hidden_size))
         q = ops.transpose(q, (0, 2, 1, 3))  # (batch, heads, len, head_size)
         keys = ops.transpose(k, (0, 2, 3, 1))  # (batch, heads, head_size, len)
         values = ops.transpose(v, (0, 2, 1, 3))
@@ -332,8 +334,8 @@ class MultiHeadAttention(keras.layers.Layer):
         probs = ops.cast(ops.softmax(scores, axis=-1), self.compute_dtype)
         probs = self.dropout(probs, training=training)
         context = ops.transpose(ops.matmul(probs, values), (0, 2, 1, 3))
-        batch, length = ops.shape(context)[0], ops.shape(context)[1]
-        output = dense_rows(self.output_dense, ops.reshape(context, (batch, length, self.num_heads * self.head_size)))
+        output = dense_rows(self.output_dense, ops.reshape(context, (-1, self.num_heads * self.head_size)),
+                            (batch, query_length, self.hidden_size))
         return output if cache is None else (output, cache)
 
     def get_config(self):
@@ -391,7 +393,9 @@ class TransformerBlock(keras.layers.Layer):
         if cache is not None:
             attended, cache = attended
         x = self.attention_norm((x if queries is None else queries) + self.dropout(attended, training=training))
-        feed_forward = dense_rows(self.output_dense, dense_rows(self.intermediate, x))
+        batch, length = ops.shape(x)[:2]
+        intermediate = dense_rows(self.intermediate, x, (-1, self.intermediate_size))
+        feed_forward = dense_rows(self.output_dense, intermediate, (batch, length, self.hidden_size))
         x = self.output_norm(x + self.dropout(feed_forward, training=training))
         return x if cache is None else (x, cache)
 
