@@ -128,19 +128,25 @@ class CachedDecoder:
         outputs = ops.zeros((samples, steps), "int32")
         finished = ops.zeros((samples,), "bool")
 
-        def keep_going(t, logits, caches, outputs, finished):
-            return ops.logical_and(t < steps, ops.logical_not(ops.all(finished)))
-
-        def body(t, logits, caches, outputs, finished):
+        def pick(t, logits, outputs, finished):
             tokens = pick_tokens(self._without_padding(logits), noise[t], topk, topp, temperature)
             tokens = ops.where(finished, 0, ops.cast(tokens, "int32"))
             outputs = ops.slice_update(outputs, (0, t), tokens[:, None])
-            finished = ops.logical_or(finished, ops.equal(tokens, self.end_id))
+            return tokens, outputs, ops.logical_or(finished, ops.equal(tokens, self.end_id))
+
+        def keep_going(t, logits, caches, outputs, finished):
+            return ops.logical_and(t < steps - 1, ops.logical_not(ops.all(finished)))
+
+        def body(t, logits, caches, outputs, finished):
+            tokens, outputs, finished = pick(t, logits, outputs, finished)
             logits, caches = self._decode_step(tokens, caches, source_len + t)
             return t + 1, logits, caches, outputs, finished
 
-        state = ops.while_loop(keep_going, body, (ops.convert_to_tensor(0), logits, caches, outputs, finished))
-        return state[3]
+        # Every token but the last is fed back; the last is picked without a step after it
+        # (whose logits nobody reads). Rows already finished pick 0, as in the loop.
+        t, logits, _, outputs, finished = ops.while_loop(
+            keep_going, body, (ops.convert_to_tensor(0), logits, caches, outputs, finished))
+        return pick(t, logits, outputs, finished)[1]
 
     # ------------------------------------------------------------------ public
     def prefill(self, source_ids: list[int]):
