@@ -2,6 +2,8 @@
 number of programs on batches of many lengths; batch workers never outlive `fit`.
 Runs on TensorFlow here and on JAX through test_jax_backend.py."""
 
+import json
+
 import keras
 import numpy as np
 
@@ -65,7 +67,14 @@ def test_a_checkpoint_between_logged_steps_holds_that_steps_weights(tmp_path):
     Trainer(between).fit()
     straight = tiny_config(tmp_path / "straight", 2)
     straight.output.log_every = 1
-    Trainer(straight).fit()
+    trainer = Trainer(straight)
+    trainer.fit()
+    # The logged learning rate is the warm-up's (0.002, 10 steps) for the next step, as
+    # the optimizer reads it.
+    with open(tmp_path / "straight" / "metrics.jsonl", encoding="utf-8") as reader:
+        rates = [json.loads(line)["lr"] for line in reader]
+    np.testing.assert_allclose(rates, [0.002 * 2 / 10, 0.002 * 3 / 10], rtol=1e-6)
+    assert abs(float(keras.ops.convert_to_numpy(trainer.training_model.optimizer.learning_rate)) - rates[-1]) < 1e-9
     saved, expected = checkpoint_dir(tmp_path / "between", 2), checkpoint_dir(tmp_path / "straight", 2)
     later = read_weights(checkpoint_dir(tmp_path / "between", 4))
     for read in (read_weights, lambda path: read_training_state(f"{path}/{TRAINING_STATE_FILE}")):
