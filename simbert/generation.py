@@ -1,10 +1,11 @@
 """KV-cached UniLM decoding: random sampling (top-k / top-p / temperature) and beam search.
 
-The source `[CLS] text [SEP]` is encoded once; its keys and values per layer fill the
-first slots of a fixed-size cache that the n samples share (tiled). Each step feeds only
-the newest token of each sample (segment 1, position `source_len + t`), writes its keys
-and values at that slot and attends to every slot `<= source_len + t`, which is exactly
-the UniLM mask of the full sequence. The sampling loop is one `while_loop`
+The source `[CLS] text [SEP]` is encoded once; its keys and values per layer are one
+shared cache that every sample reads (stored once, not tiled per sample). Each sample
+has its own cache of `max_target_len` slots. Step t feeds only the newest token of each
+sample (segment 1, position `source_len + t`), writes its keys and values at slot t and
+attends to the source's real positions and its own slots `<= t`, which is exactly the
+UniLM mask of the full sequence. The sampling loop is one `while_loop`
 compiled by XLA (`simbert.compiled.CompiledFunction`: tf.function(jit_compile=True) on
 TensorFlow, jax.jit on JAX).
 
@@ -71,7 +72,6 @@ class CachedDecoder:
         self.end_id = end_id
         self.max_source_len = max_source_len
         self.max_target_len = max_target_len
-        self.cache_len = max_source_len + max_target_len
         self.variables = backbone.variables
         self._encode = CompiledFunction(self._encode_source, self.variables)
         self._step = CompiledFunction(self._decode_step, self.variables)
@@ -84,47 +84,58 @@ class CachedDecoder:
         return sum(f.traces for f in (self._encode, self._step, *self._samplers.values()))
 
     # ------------------------------------------------------------- graph parts
-    def _empty_caches(self, batch):
-        """Per layer `(keys (b, h, d, T), values (b, h, T, d))`, see MultiHeadAttention."""
+    def empty_caches(self, batch: int):
+        """Per layer `(keys (batch, h, d, max_target_len), values (batch, h, max_target_len,
+        d))`, the layout of `MultiHeadAttention`'s cache."""
         config = self.backbone.config
         heads, size, dtype = config.num_attention_heads, config.head_size, self.backbone.compute_dtype
-        return [(ops.zeros((batch, heads, size, self.cache_len), dtype),
-                 ops.zeros((batch, heads, self.cache_len, size), dtype)) for _ in self.backbone.blocks]
+        return [(ops.zeros((batch, heads, size, self.max_target_len), dtype),
+                 ops.zeros((batch, heads, self.max_target_len, size), dtype)) for _ in self.backbone.blocks]
 
     @staticmethod
     def _map_caches(function, caches):
         return [tuple(function(part) for part in cache) for cache in caches]
 
     def _encode_source(self, token_ids, source_len):
-        """Run the padded source `(1, max_source_len)` and return the logits of its last
-        real position (the first target token's distribution) and the filled caches."""
+        """Run the padded source `(1, max_source_len)`; return the logits of its last real
+        position (the first target token's distribution) and its keys and values per layer
+        (the shared cache of every sample)."""
         x = self.backbone.embed(token_ids, ops.zeros_like(token_ids))
-        mask = (ops.arange(self.cache_len) < source_len)[None, None, :]
-        caches = []
-        for block, cache in zip(self.backbone.blocks, self._empty_caches(1)):
+        mask = (ops.arange(self.max_source_len) < source_len)[None, None, :]
+        config = self.backbone.config
+        heads, size, dtype = config.num_attention_heads, config.head_size, self.backbone.compute_dtype
+        source_caches = []
+        for block in self.backbone.blocks:
+            cache = (ops.zeros((1, heads, size, self.max_source_len), dtype),
+                     ops.zeros((1, heads, self.max_source_len, size), dtype))
             x, cache = block(x, mask, cache=cache, cache_index=0)
-            caches.append(cache)
+            source_caches.append(cache)
         last = ops.take(x, ops.reshape(source_len - 1, (1,)), axis=1)[:, 0]
-        return self.backbone.mlm_logits(last), caches
+        return self.backbone.mlm_logits(last), source_caches
 
     @staticmethod
     def _without_padding(logits):
         return ops.where(ops.arange(ops.shape(logits)[-1])[None, :] == 0, NEGATIVE_INFINITY,
                          ops.cast(logits, "float32"))
 
-    def _decode_step(self, tokens, caches, index):
-        """Feed `tokens` (batch,) at position `index`; return next-token logits and caches."""
+    def _decode_step(self, tokens, source_caches, caches, source_len, t):
+        """Feed `tokens` (batch,) as target token t (position `source_len + t`); return
+        next-token logits and the updated caches."""
         tokens = tokens[:, None]
-        x = self.backbone.embed(tokens, ops.ones_like(tokens), start_index=index)
-        mask = (ops.arange(self.cache_len) <= index)[None, None, :]
+        position = source_len + t
+        x = self.backbone.embed(tokens, ops.ones_like(tokens), start_index=position)
+        mask = ops.concatenate([ops.arange(self.max_source_len) < source_len,
+                                ops.arange(self.max_target_len) <= t])[None, None, :]
         new_caches = []
-        for block, cache in zip(self.backbone.blocks, caches):
-            x, cache = block(x, mask, cache=cache, cache_index=index)
+        for block, source_cache, cache in zip(self.backbone.blocks, source_caches, caches):
+            x, cache = block(x, mask, cache=cache, cache_index=t, shared_cache=source_cache,
+                             start_position=position)
             new_caches.append(cache)
         return self.backbone.mlm_logits(x[:, 0]), new_caches
 
-    def _sample_loop(self, logits, caches, source_len, noise, topk, topp, temperature, steps):
+    def _sample_loop(self, logits, source_caches, source_len, noise, topk, topp, temperature, steps):
         samples = ops.shape(noise)[1]
+        logits = ops.repeat(logits, samples, axis=0)
         outputs = ops.zeros((samples, steps), "int32")
         finished = ops.zeros((samples,), "bool")
 
@@ -139,29 +150,31 @@ class CachedDecoder:
 
         def body(t, logits, caches, outputs, finished):
             tokens, outputs, finished = pick(t, logits, outputs, finished)
-            logits, caches = self._decode_step(tokens, caches, source_len + t)
+            logits, caches = self._decode_step(tokens, source_caches, caches, source_len, t)
             return t + 1, logits, caches, outputs, finished
 
         # Every token but the last is fed back; the last is picked without a step after it
         # (whose logits nobody reads). Rows already finished pick 0, as in the loop.
         t, logits, _, outputs, finished = ops.while_loop(
-            keep_going, body, (ops.convert_to_tensor(0), logits, caches, outputs, finished))
+            keep_going, body, (ops.convert_to_tensor(0), logits, self.empty_caches(samples), outputs, finished))
         return pick(t, logits, outputs, finished)[1]
 
     # ------------------------------------------------------------------ public
     def prefill(self, source_ids: list[int]):
-        """Encode one source; returns `(logits (1, vocab), caches, source_len)`."""
+        """Encode one source; returns `(logits (1, vocab), source_caches, source_len)`."""
         if len(source_ids) > self.max_source_len:
             raise ValueError(f"source has {len(source_ids)} tokens, more than max_source_len {self.max_source_len}")
         padded = keras.utils.pad_sequences([source_ids], maxlen=self.max_source_len, dtype="int32", padding="post")
         source_len = np.int32(len(source_ids))
-        logits, caches = self._encode(ops.convert_to_tensor(padded), ops.convert_to_tensor(source_len))
-        return logits, caches, source_len
+        logits, source_caches = self._encode(ops.convert_to_tensor(padded), ops.convert_to_tensor(source_len))
+        return logits, source_caches, source_len
 
-    def step(self, tokens, caches, index):
-        """One cached step (exposed for tests and custom decoders)."""
-        return self._step(ops.convert_to_tensor(np.asarray(tokens, "int32")), caches,
-                          ops.convert_to_tensor(np.int32(index)))
+    def step(self, tokens, source_caches, caches, source_len, t):
+        """Feed target token t of each row (`tokens`, one per row of `caches`, from
+        `empty_caches(rows)` at t = 0); returns `(logits, caches)`. Exposed for tests and
+        custom decoders."""
+        return self._step(ops.convert_to_tensor(np.asarray(tokens, "int32")), source_caches, caches,
+                          ops.convert_to_tensor(np.int32(source_len)), ops.convert_to_tensor(np.int32(t)))
 
     def sample(self, source_ids: list[int], n: int = 1, topk: int | None = None, topp: float | None = None,
                temperature: float = 1.0, max_new_tokens: int | None = None,
@@ -173,7 +186,7 @@ class CachedDecoder:
         Samples are drawn `rows` at a time (default: n, at most `max_rows`; n larger than
         that in chunks of exactly `rows`, the last one padded, so one compiled program
         serves any n), which bounds memory by the chunk: each row holds its key/value
-        cache, `layers x 2 x hidden x (max_source_len + max_target_len)` values, and a
+        cache, `layers x 2 x hidden x max_target_len` values, and a
         row of logits. The noise of sample i is the same however the samples are chunked.
         """
         check_integer("n", n)
@@ -185,20 +198,19 @@ class CachedDecoder:
         rows = check_integer("rows", rows) if rows is not None else min(n, max_rows)
         key = (rows, steps, topk, topp, float(temperature))
         if key not in self._samplers:
-            def run(logits, caches, source_len, noise):
-                return self._sample_loop(logits, caches, source_len, noise, topk, topp, temperature, steps)
+            def run(logits, source_caches, source_len, noise):
+                return self._sample_loop(logits, source_caches, source_len, noise, topk, topp, temperature, steps)
 
             self._samplers[key] = CompiledFunction(run, self.variables)
-        logits, caches, source_len = self.prefill(source_ids)
-        logits = ops.repeat(logits, rows, axis=0)
-        caches = self._map_caches(lambda part: ops.repeat(part, rows, axis=0), caches)
+        logits, source_caches, source_len = self.prefill(source_ids)
         noise = np.random.default_rng(seed).random((steps, n), dtype="float32")
         chunks = range(0, n, rows)
         samples = []
         for start in tqdm(chunks, desc="sampling", unit="chunk", disable=not progress or len(chunks) < 2):
             chunk = noise[:, start:start + rows]
             chunk = np.pad(chunk, ((0, 0), (0, rows - chunk.shape[1])))
-            outputs = ops.convert_to_numpy(self._samplers[key](logits, caches, ops.convert_to_tensor(source_len),
+            outputs = ops.convert_to_numpy(self._samplers[key](logits, source_caches,
+                                                               ops.convert_to_tensor(source_len),
                                                                ops.convert_to_tensor(chunk)))
             samples.extend(self._until_end(row) for row in outputs[: n - start])
         return samples
@@ -207,8 +219,8 @@ class CachedDecoder:
         """The highest-scoring target by beam search (sum of log-probabilities), as
         bert4keras: stop when the best beam ends; ended beams leave and the beam narrows."""
         steps = min(max_new_tokens or self.max_target_len, self.max_target_len)
-        logits, caches, source_len = self.prefill(source_ids)
-        caches = self._map_caches(lambda part: ops.repeat(part, beam_size, axis=0), caches)
+        logits, source_caches, source_len = self.prefill(source_ids)
+        caches = self.empty_caches(beam_size)
         log_probs = self._log_softmax(logits)
         outputs, scores, width = np.zeros((1, 0), "int32"), np.zeros((1,), "float64"), beam_size
         for t in range(steps):
@@ -227,7 +239,7 @@ class CachedDecoder:
             padding = np.zeros(beam_size - width, "int64")
             order = ops.convert_to_tensor(np.concatenate([rows, padding]))
             caches = self._map_caches(lambda part: ops.take(part, order, axis=0), caches)
-            logits, caches = self.step(np.concatenate([tokens, padding]), caches, int(source_len) + t)
+            logits, caches = self.step(np.concatenate([tokens, padding]), source_caches, caches, source_len, t)
             log_probs = self._log_softmax(logits)
         return self._until_end(outputs[int(np.argmax(scores))])
 

@@ -268,7 +268,10 @@ class MultiHeadAttention(keras.layers.Layer):
     max_len) and values as (batch, heads, max_len, head_size) so that neither product
     copies the cache, the new keys/values of `x` are written at `cache_index` and the
     queries attend over every slot (the mask says which are valid); the call then returns
-    `(output, cache)`.
+    `(output, cache)`. With `shared_cache`, keys and values of the same layout but batch
+    1, every row also attends to those slots, placed before the cache's: a prefix common
+    to all rows (a decoded source) is then stored and read once, not once per row.
+    `start_position` is the position of the first row of `x` (default `cache_index`).
 
     With `fused`, calls without a cache and without attention dropout go through
     `keras.ops.dot_product_attention` (the backend's fused kernel where it has one).
@@ -298,13 +301,14 @@ class MultiHeadAttention(keras.layers.Layer):
         self.output_dense.build(tuple(input_shape[:-1]) + (self.num_heads * self.head_size,))
         self.dropout.build()  # its generator exists even when only the fused path runs
 
-    def call(self, x, attention_mask, cache=None, cache_index=0, queries=None, query_positions=None,
-             training=False):
-        """`attention_mask` is (batch, queries, keys). By default every row of `x` asks a
-        query; with `queries` (batch, n, hidden), the rows of `x` at `query_positions`
-        (batch, n), only those do (the output is (batch, n, hidden)). All rows give keys."""
+    def call(self, x, attention_mask, cache=None, cache_index=0, shared_cache=None, start_position=None,
+             queries=None, query_positions=None, training=False):
+        """`attention_mask` is (batch, queries, keys), the shared slots first. By default
+        every row of `x` asks a query; with `queries` (batch, n, hidden), the rows of `x`
+        at `query_positions` (batch, n), only those do (the output is (batch, n, hidden)).
+        All rows give keys."""
         batch, length = ops.shape(x)[:2]
-        key_positions = cache_index + ops.arange(length)
+        key_positions = (cache_index if start_position is None else start_position) + ops.arange(length)
         if queries is None:
             queries, query_positions, query_length = x, key_positions, length
         else:
@@ -328,12 +332,20 @@ class MultiHeadAttention(keras.layers.Layer):
             keys = ops.slice_update(cache[0], (0, 0, 0, cache_index), ops.cast(keys, cache[0].dtype))
             values = ops.slice_update(cache[1], (0, 0, cache_index, 0), ops.cast(values, cache[1].dtype))
             cache = (keys, values)
-        scores = ops.matmul(q, keys) / math.sqrt(self.head_size)
-        scores = ops.cast(scores, "float32")
+        scores = ops.matmul(q, keys)
+        if shared_cache is not None:
+            scores = ops.concatenate([ops.einsum("bhqd,hds->bhqs", q, shared_cache[0][0]), scores], axis=-1)
+        scores = ops.cast(scores / math.sqrt(self.head_size), "float32")
         scores = ops.where(attention_mask[:, None, :, :], scores, NEGATIVE_INFINITY)
         probs = ops.cast(ops.softmax(scores, axis=-1), self.compute_dtype)
         probs = self.dropout(probs, training=training)
-        context = ops.transpose(ops.matmul(probs, values), (0, 2, 1, 3))
+        if shared_cache is None:
+            context = ops.matmul(probs, values)
+        else:
+            shared = ops.shape(shared_cache[1])[2]
+            context = (ops.einsum("bhqs,hsd->bhqd", probs[..., :shared], shared_cache[1][0])
+                       + ops.matmul(probs[..., shared:], values))
+        context = ops.transpose(context, (0, 2, 1, 3))
         output = dense_rows(self.output_dense, ops.reshape(context, (-1, self.num_heads * self.head_size)),
                             (batch, query_length, self.hidden_size))
         return output if cache is None else (output, cache)
@@ -382,14 +394,17 @@ class TransformerBlock(keras.layers.Layer):
         self.output_dense.build(tuple(input_shape[:-1]) + (self.intermediate_size,))
         self.output_norm.build(input_shape)
 
-    def call(self, x, attention_mask, cache=None, cache_index=0, query_positions=None, training=False):
-        """With `query_positions` (batch, n) only those rows are computed: output (batch, n, hidden)."""
+    def call(self, x, attention_mask, cache=None, cache_index=0, shared_cache=None, start_position=None,
+             query_positions=None, training=False):
+        """With `query_positions` (batch, n) only those rows are computed: output (batch, n, hidden).
+        The cache arguments are `MultiHeadAttention`'s."""
         queries = None
         if query_positions is not None:
             queries = gather_rows(x, query_positions)
             attention_mask = gather_rows(attention_mask, query_positions)
-        attended = self.attention(x, attention_mask, cache=cache, cache_index=cache_index, queries=queries,
-                                  query_positions=query_positions, training=training)
+        attended = self.attention(x, attention_mask, cache=cache, cache_index=cache_index, shared_cache=shared_cache,
+                                  start_position=start_position, queries=queries, query_positions=query_positions,
+                                  training=training)
         if cache is not None:
             attended, cache = attended
         x = self.attention_norm((x if queries is None else queries) + self.dropout(attended, training=training))

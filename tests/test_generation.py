@@ -58,12 +58,13 @@ def test_cached_step_logits_equal_full_recompute(model_dirs, model):
     backbone = unilm(model_dirs, model)
     decoder = CachedDecoder(backbone, END_ID, max_source_len=12, max_target_len=MAXLEN)
     source = SOURCES[1]
-    logits, caches, source_len = decoder.prefill(source)
+    logits, source_caches, source_len = decoder.prefill(source)
+    caches = decoder.empty_caches(1)
     target = [17, 5, 96, 33, 60, 8]
     worst = 0.0
     for t, token in enumerate([None] + target):
         if token is not None:
-            logits, caches = decoder.step([token], caches, source_len + t - 1)
+            logits, caches = decoder.step([token], source_caches, caches, source_len, t - 1)
         expected = full_logits(backbone, source, target[:t])
         got = np.asarray(logits)[0]
         worst = max(worst, float(np.abs(got - expected).max()))
