@@ -153,7 +153,12 @@ class SimBERT:
         if isinstance(texts, str):
             raise ValueError("encode expects a list of texts; wrap a single text in a list")
         check_integer("batch_size", batch_size)
-        encoded = [self._source_ids(text, f"texts[{i}]") for i, text in enumerate(texts)]
+        return self._encode_ids([self._source_ids(text, f"texts[{i}]") for i, text in enumerate(texts)],
+                                batch_size, normalize, progress)
+
+    def _encode_ids(self, encoded: list[list[int]], batch_size: int = 64, normalize: bool = True,
+                    progress: bool = False) -> np.ndarray:
+        """`encode` of texts already turned into `[CLS] ... [SEP]` ids."""
         vectors = np.zeros((len(encoded), self.backbone.config.hidden_size), "float32")
         order = np.argsort([len(ids) for ids in encoded], kind="stable")
         batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
@@ -208,11 +213,16 @@ class SimBERT:
         """Sample n paraphrases (top-k 5 as the original), drop duplicates and the input,
         rank by cosine to the input's vector and return at most k (with scores if asked)."""
         check_integer("k", k)
-        candidates = [c for c in dict.fromkeys(self.generate(text, n, topk=topk, **sampling))
-                      if c and c != text and len(self.tokenizer.tokenize(c)) > 2]
+        source = self._source_ids(text)
+        candidates, encoded = [], [source]
+        for candidate in dict.fromkeys(self.generate(text, n, topk=topk, **sampling)):
+            ids = self.tokenizer.encode(candidate, maxlen=self.max_tokens)[0] if candidate != text else []
+            if len(ids) > 2:
+                candidates.append(candidate)
+                encoded.append(ids)
         if not candidates:
             return []
-        vectors = self.encode([text] + candidates)
+        vectors = self._encode_ids(encoded)
         scores = vectors[1:] @ vectors[0]
         order = np.argsort(-scores, kind="stable")[:k]
         if with_scores:

@@ -15,6 +15,7 @@ from typing import Callable, Iterable, Sequence
 from simbert.errors import FileFormatError
 
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]")
+WORD_MEMO_SIZE = 1 << 17  # distinct words a tokenizer remembers the pieces of
 REQUIRED_TOKENS = ("[UNK]", "[CLS]", "[SEP]")
 
 # Punctuation after which `decode` removes the following space.
@@ -186,6 +187,10 @@ class Tokenizer:
         self.cls_id = self.token_dict["[CLS]"]
         self.sep_id = self.token_dict["[SEP]"]
         self.mask_id = self.token_dict.get("[MASK]")
+        # Memos of pure functions of the vocabulary: how a character is split out, and a
+        # word's WordPiece tokens (bounded: cleared when full).
+        self._split_forms: dict[str, str] = {}
+        self._word_pieces: dict[str, list[str]] = {}
 
     # ------------------------------------------------------------------ ids
     def token_to_id(self, token: str) -> int:
@@ -247,21 +252,34 @@ class Tokenizer:
                 else:
                     tokens.extend(self._tokenize(word, pre_tokenize=False))
             return tokens
-        pieces = []
-        for ch in text:
-            if is_punctuation(ch) or is_cjk_character(ch):
-                pieces.append(f" {ch} ")
-            elif is_space(ch):
-                pieces.append(" ")
-            elif not is_dropped(ch):
-                pieces.append(ch)
+        forms = self._split_forms
+        spaced = "".join([forms[ch] if ch in forms else self._split_form(ch) for ch in text])
+        pieces = self._word_pieces
         tokens = []
-        for word in "".join(pieces).split():
-            tokens.extend(self._word_piece(word))
+        for word in spaced.split():
+            tokens.extend(pieces[word] if word in pieces else self._word_piece(word))
         return tokens
 
+    def _split_form(self, ch: str) -> str:
+        """`ch` as it enters the split on spaces: punctuation and CJK characters spaced
+        apart, spaces as a space, dropped characters as nothing."""
+        if is_punctuation(ch) or is_cjk_character(ch):
+            form = f" {ch} "
+        elif is_space(ch):
+            form = " "
+        else:
+            form = "" if is_dropped(ch) else ch
+        self._split_forms[ch] = form
+        return form
+
     def _word_piece(self, word: str) -> list[str]:
-        """Greedy longest-match-first WordPiece; an unsplittable word stays whole."""
+        """Greedy longest-match-first WordPiece (memoised); an unsplittable word stays whole."""
+        if len(self._word_pieces) >= WORD_MEMO_SIZE:
+            self._word_pieces.clear()
+        tokens = self._word_pieces[word] = self._split_word(word)
+        return tokens
+
+    def _split_word(self, word: str) -> list[str]:
         if len(word) > self.word_maxlen:
             return [word]
         tokens, start = [], 0

@@ -135,6 +135,17 @@ def test_known_values():
     assert tokenizer.encode("xyz")[0] == [2, 1, 3]  # ... and map to [UNK]
 
 
+def test_memoised_pieces_equal_fresh_ones_and_the_memo_is_bounded(monkeypatch):
+    vocab = {t: i for i, t in enumerate(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "我", "play", "##ing", "##er", "!"])}
+    sentences = make_sentences(200, seed=5) + ["我playing player!", "playing我player"] * 3
+    expected = [Tokenizer(vocab).tokenize(text) for text in sentences]  # each from an empty memo ...
+    monkeypatch.setattr("simbert.tokenizer.WORD_MEMO_SIZE", 3)
+    tokenizer = Tokenizer(vocab)
+    assert [tokenizer.tokenize(text) for text in sentences] == expected  # ... equal to one memo reused
+    assert tokenizer.tokenize("playing player!") == ["[CLS]", "play", "##ing", "play", "##er", "!", "[SEP]"]
+    assert 0 < len(tokenizer._word_pieces) <= 3
+
+
 def test_bad_vocab_and_ids(tmp_path):
     with pytest.raises(ValueError, match=r"\[CLS\]"):
         Tokenizer({"[PAD]": 0, "[UNK]": 1, "[SEP]": 2})
