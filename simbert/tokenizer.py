@@ -42,9 +42,12 @@ _CJK_RANGES = (
 )
 
 
+_CJK_CHARACTER = re.compile("[%s]" % "".join(f"{chr(low)}-{chr(high)}" for low, high in _CJK_RANGES))
+
+
 def is_cjk_character(ch: str) -> bool:
-    code = ord(ch)
-    return any(low <= code <= high for low, high in _CJK_RANGES)
+    """`ch` (one character) lies in one of the CJK ideograph blocks above."""
+    return _CJK_CHARACTER.match(ch) is not None
 
 
 def is_punctuation(ch: str) -> bool:
