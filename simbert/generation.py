@@ -87,10 +87,13 @@ class CachedDecoder:
     def empty_caches(self, batch: int):
         """Per layer `(keys (batch, h, d, max_target_len), values (batch, h, max_target_len,
         d))`, the layout of `MultiHeadAttention`'s cache."""
+        return self._zero_caches(batch, self.max_target_len)
+
+    def _zero_caches(self, batch: int, length: int):
         config = self.backbone.config
         heads, size, dtype = config.num_attention_heads, config.head_size, self.backbone.compute_dtype
-        return [(ops.zeros((batch, heads, size, self.max_target_len), dtype),
-                 ops.zeros((batch, heads, self.max_target_len, size), dtype)) for _ in self.backbone.blocks]
+        return [(ops.zeros((batch, heads, size, length), dtype), ops.zeros((batch, heads, length, size), dtype))
+                for _ in self.backbone.blocks]
 
     @staticmethod
     def _map_caches(function, caches):
@@ -102,12 +105,8 @@ class CachedDecoder:
         (the shared cache of every sample)."""
         x = self.backbone.embed(token_ids, ops.zeros_like(token_ids))
         mask = (ops.arange(self.max_source_len) < source_len)[None, None, :]
-        config = self.backbone.config
-        heads, size, dtype = config.num_attention_heads, config.head_size, self.backbone.compute_dtype
         source_caches = []
-        for block in self.backbone.blocks:
-            cache = (ops.zeros((1, heads, size, self.max_source_len), dtype),
-                     ops.zeros((1, heads, self.max_source_len, size), dtype))
+        for block, cache in zip(self.backbone.blocks, self._zero_caches(1, self.max_source_len)):
             x, cache = block(x, mask, cache=cache, cache_index=0)
             source_caches.append(cache)
         last = ops.take(x, ops.reshape(source_len - 1, (1,)), axis=1)[:, 0]
