@@ -260,7 +260,8 @@ class Tokenizer:
         pieces = self._word_pieces
         tokens = []
         for word in spaced.split():
-            tokens.extend(pieces[word] if word in pieces else self._word_piece(word))
+            known = pieces.get(word)  # one lookup: another thread may clear the memo between two
+            tokens.extend(known if known is not None else self._word_piece(word))
         return tokens
 
     def _split_form(self, ch: str) -> str:
