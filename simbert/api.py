@@ -201,9 +201,12 @@ class SimBERT:
         (default and cap: `max_tokens`) tokens; drawn `rows` at a time in chunks of
         bounded memory (see `CachedDecoder.sample`), with a progress bar over the chunks
         if asked."""
-        samples = self.decoder.sample(self._source_ids(text), n, topk, topp, temperature, max_new_tokens, seed,
-                                      progress=progress, rows=rows)
-        return [self.tokenizer.decode(ids) for ids in samples]
+        return self._decoded_samples(self._source_ids(text), n, topk=topk, topp=topp, temperature=temperature,
+                                     max_new_tokens=max_new_tokens, seed=seed, progress=progress, rows=rows)
+
+    def _decoded_samples(self, source_ids: list[int], n: int, **sampling) -> list[str]:
+        """`CachedDecoder.sample` of `source_ids`, each sample decoded to text."""
+        return [self.tokenizer.decode(ids) for ids in self.decoder.sample(source_ids, n, **sampling)]
 
     def beam_search(self, text: str, beam_size: int = 4, max_new_tokens: int | None = None) -> str:
         return self.tokenizer.decode(self.decoder.beam_search(self._source_ids(text), beam_size, max_new_tokens))
@@ -215,9 +218,11 @@ class SimBERT:
         check_integer("k", k)
         source = self._source_ids(text)
         candidates, encoded = [], [source]
-        for candidate in dict.fromkeys(self.generate(text, n, topk=topk, **sampling)):
-            ids = self.tokenizer.encode(candidate, maxlen=self.max_tokens)[0] if candidate != text else []
-            if len(ids) > 2:
+        for candidate in dict.fromkeys(self._decoded_samples(source, n, topk=topk, **sampling)):
+            if candidate == text:
+                continue
+            ids = self.tokenizer.encode(candidate, maxlen=self.max_tokens)[0]
+            if len(ids) > 2:  # a token besides [CLS] and [SEP]
                 candidates.append(candidate)
                 encoded.append(ids)
         if not candidates:

@@ -15,8 +15,8 @@ from typing import Callable, Iterable, Sequence
 from simbert.errors import FileFormatError
 
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]")
-WORD_MEMO_SIZE = 1 << 17  # distinct words a tokenizer remembers the pieces of
 REQUIRED_TOKENS = ("[UNK]", "[CLS]", "[SEP]")
+WORD_MEMO_SIZE = 1 << 17  # distinct words a tokenizer remembers the pieces of
 
 # Punctuation after which `decode` removes the following space.
 _CJK_PUNCTUATION = (
