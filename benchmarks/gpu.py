@@ -34,8 +34,8 @@ import dataclasses
 import json
 import logging
 import os
-import re
 import platform
+import re
 import subprocess
 import sys
 import time
