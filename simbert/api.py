@@ -1,9 +1,9 @@
 """`SimBERT`: load a model directory, encode sentences, generate paraphrases, search.
 
 Flow: `from_pretrained(dir)` -> `directories.load_pretrained` (Tokenizer + UniLM
-Transformer, pooler 'linear', MLM 'linear') -> `encode` (pooled [CLS], l2-normalised) /
-`generate` (CachedDecoder) -> `gen_synonyms` (generate, dedupe, rank by cosine) /
-`most_similar` (SimilarityIndex).
+Transformer, pooler 'linear', MLM 'linear') -> `encode` (SourcePass: pooled [CLS],
+l2-normalised) / `generate` (CachedDecoder, prefilled by the same SourcePass) ->
+`gen_synonyms` (generate, dedupe, rank by cosine) / `most_similar` (SimilarityIndex).
 """
 
 from __future__ import annotations
@@ -19,12 +19,13 @@ import numpy as np
 from tqdm import tqdm
 
 from simbert.arguments import check_integer
-from simbert.compiled import DEFAULT_CACHE, CompiledFunction, use_compilation_cache
+from simbert.compiled import DEFAULT_CACHE, use_compilation_cache
 from simbert.directories import WHITENING_FILE, load_pretrained, save_pretrained, with_latest_checkpoint
 from simbert.generation import CachedDecoder
 from simbert.models import Transformer
 from simbert.retrieval import IndexWriter, SimilarityIndex, Whitening, fit_whitening, l2_normalize
 from simbert.shapes import ShapeBuckets
+from simbert.source_pass import SourcePass
 from simbert.tokenizer import Tokenizer
 
 
@@ -52,15 +53,14 @@ class SimBERT:
         self.tokenizer = tokenizer
         self.max_tokens = max_tokens
         self.name = name
-        self.encoder = backbone.pooled_encoder()
         # On JAX each padded shape is a program compiled once, so batches are padded to
         # buckets (see `simbert.shapes`); TensorFlow's one graph takes any shape, so there
         # padding would only add work (100 gen_synonyms candidates of 34 tokens: 128 x 48).
         per_shape = keras.backend.backend() != "tensorflow"
         self.shapes = ShapeBuckets(length_step=16 if per_shape else 1, pad_rows=per_shape,
                                    max_length=min(max_tokens, backbone.config.max_position_embeddings))
-        self._encode = CompiledFunction(self._pooled, self.encoder.variables, jit_compile=False,
-                                        dynamic_inputs=[(2, "int32")])
+        # One forward pass for encode and the sampler's prefill (one graph on TensorFlow).
+        self.source_pass = SourcePass(backbone)
         self._decoder: CachedDecoder | None = None
         self.index: SimilarityIndex | None = None
         self.whitening: Whitening | None = None
@@ -103,7 +103,7 @@ class SimBERT:
     def compiled_programs(self) -> int:
         """Programs compiled so far by `encode` and the sampler (each distinct input shape
         of a compiled function is one; see `simbert.shapes` for how few there are)."""
-        return self._encode.traces + (self._decoder.compiled_programs if self._decoder is not None else 0)
+        return self._decoder.compiled_programs if self._decoder is not None else self.source_pass.traces
 
     @property
     def fingerprint(self) -> str:
@@ -137,9 +137,6 @@ class SimBERT:
                              f"zero-width characters)")
         return ids
 
-    def _pooled(self, token_ids):
-        return self.encoder([token_ids, keras.ops.zeros_like(token_ids)], training=False)
-
     def encode(self, texts: Sequence[str], batch_size: int = 64, normalize: bool = True,
                progress: bool = False) -> np.ndarray:
         """Pooled [CLS] vectors of `[CLS] text [SEP]`, one float32 row per text, in order.
@@ -165,7 +162,7 @@ class SimBERT:
         for batch in tqdm(batches, desc="encoding", disable=not progress):
             token_ids = self.shapes.pad([encoded[i] for i in batch], batch_size)
             self.backbone.check_inputs(token_ids, np.zeros_like(token_ids))
-            pooled = keras.ops.convert_to_numpy(self._encode(token_ids))
+            pooled = keras.ops.convert_to_numpy(self.source_pass.pooled(token_ids))
             vectors[batch] = np.asarray(pooled[: len(batch)], "float32")
         if self.whitening is not None:
             return self.whitening(vectors, normalize)
@@ -181,7 +178,7 @@ class SimBERT:
         for rows, length in shapes:
             token_ids = np.zeros((rows, length), "int32")
             token_ids[:, 0], token_ids[:, 1] = self.tokenizer.cls_id, self.tokenizer.sep_id
-            self._encode(token_ids)
+            self.source_pass.pooled(token_ids)
         source = [self.tokenizer.cls_id, self.tokenizer.sep_id]
         for rows in sample_rows:
             self.decoder.sample(source, n=rows, topk=5, rows=rows)
@@ -191,7 +188,8 @@ class SimBERT:
     @property
     def decoder(self) -> CachedDecoder:
         if self._decoder is None:
-            self._decoder = CachedDecoder(self.backbone, self.tokenizer.sep_id, self.max_tokens, self.max_tokens)
+            self._decoder = CachedDecoder(self.backbone, self.tokenizer.sep_id, self.max_tokens, self.max_tokens,
+                                          self.source_pass)
         return self._decoder
 
     def generate(self, text: str, n: int = 1, topk: int | None = None, topp: float | None = None,

@@ -1,13 +1,13 @@
 """KV-cached UniLM decoding: random sampling (top-k / top-p / temperature) and beam search.
 
-The source `[CLS] text [SEP]` is encoded once; its keys and values per layer are one
-shared cache that every sample reads (stored once, not tiled per sample). Each sample
-has its own cache of `max_target_len` slots. Step t feeds only the newest token of each
-sample (segment 1, position `source_len + t`), writes its keys and values at slot t and
-attends to the source's real positions and its own slots `<= t`, which is exactly the
-UniLM mask of the full sequence. The sampling loop is one `while_loop`
-compiled by XLA (`simbert.compiled.CompiledFunction`: tf.function(jit_compile=True) on
-TensorFlow, jax.jit on JAX).
+The source `[CLS] text [SEP]` is encoded once (`simbert.source_pass`); its keys and
+values per layer are one shared cache that every sample reads (stored once, not tiled
+per sample). Each sample has its own cache of `max_target_len` slots. Step t feeds only
+the newest token of each sample (segment 1, position `source_len + t`), writes its keys
+and values at slot t and attends to the source's real positions and its own slots
+`<= t`, which is exactly the UniLM mask of the full sequence. The sampling loop is one
+`while_loop` compiled by XLA (`simbert.compiled.CompiledFunction`:
+tf.function(jit_compile=True) on TensorFlow, jax.jit on JAX).
 
 `[PAD]` (id 0) is never emitted: a full recompute would treat it as padding, so it has
 no place in a target (training never targets it either).
@@ -24,6 +24,7 @@ from simbert.arguments import check_integer, check_sampling
 from simbert.compiled import CompiledFunction
 from simbert.layers import NEGATIVE_INFINITY
 from simbert.models import Transformer
+from simbert.source_pass import SourcePass
 
 
 def pick_tokens(logits, uniform, topk=None, topp=None, temperature=1.0):
@@ -60,9 +61,12 @@ class CachedDecoder:
         end_id: the `[SEP]` id that ends a sample.
         max_source_len: sources are padded to this length (one compiled shape).
         max_target_len: the longest target (decoding steps).
+        source_pass: the backbone's `SourcePass` to prefill with (one is made if not
+            given; `SimBERT` shares the one that encodes).
     """
 
-    def __init__(self, backbone: Transformer, end_id: int, max_source_len: int, max_target_len: int):
+    def __init__(self, backbone: Transformer, end_id: int, max_source_len: int, max_target_len: int,
+                 source_pass: SourcePass | None = None):
         if backbone.mlm_dense is None:
             raise ValueError("generation needs a model built with with_mlm")
         if max_source_len + max_target_len > backbone.config.max_position_embeddings:
@@ -73,44 +77,28 @@ class CachedDecoder:
         self.max_source_len = max_source_len
         self.max_target_len = max_target_len
         self.variables = backbone.variables
-        self._encode = CompiledFunction(self._encode_source, self.variables)
+        self.source_pass = source_pass or SourcePass(backbone)
         self._step = CompiledFunction(self._decode_step, self.variables)
         self._samplers = {}
 
     @property
     def compiled_programs(self) -> int:
-        """Programs compiled so far: the source encoder, the step, one sampling loop per
+        """Programs compiled so far: the source pass, the step, one sampling loop per
         (n, steps, topk, topp, temperature)."""
-        return sum(f.traces for f in (self._encode, self._step, *self._samplers.values()))
+        return self.source_pass.traces + sum(f.traces for f in (self._step, *self._samplers.values()))
 
     # ------------------------------------------------------------- graph parts
     def empty_caches(self, batch: int):
         """Per layer `(keys (batch, h, d, max_target_len), values (batch, h, max_target_len,
         d))`, the layout of `MultiHeadAttention`'s cache."""
-        return self._zero_caches(batch, self.max_target_len)
-
-    def _zero_caches(self, batch: int, length: int):
         config = self.backbone.config
         heads, size, dtype = config.num_attention_heads, config.head_size, self.backbone.compute_dtype
-        return [(ops.zeros((batch, heads, size, length), dtype), ops.zeros((batch, heads, length, size), dtype))
-                for _ in self.backbone.blocks]
+        return [(ops.zeros((batch, heads, size, self.max_target_len), dtype),
+                 ops.zeros((batch, heads, self.max_target_len, size), dtype)) for _ in self.backbone.blocks]
 
     @staticmethod
     def _map_caches(function, caches):
         return [tuple(function(part) for part in cache) for cache in caches]
-
-    def _encode_source(self, token_ids, source_len):
-        """Run the padded source `(1, max_source_len)`; return the logits of its last real
-        position (the first target token's distribution) and its keys and values per layer
-        (the shared cache of every sample)."""
-        x = self.backbone.embed(token_ids, ops.zeros_like(token_ids))
-        mask = (ops.arange(self.max_source_len) < source_len)[None, None, :]
-        source_caches = []
-        for block, cache in zip(self.backbone.blocks, self._zero_caches(1, self.max_source_len)):
-            x, cache = block(x, mask, cache=cache, cache_index=0)
-            source_caches.append(cache)
-        last = ops.take(x, ops.reshape(source_len - 1, (1,)), axis=1)[:, 0]
-        return self.backbone.mlm_logits(last), source_caches
 
     @staticmethod
     def _without_padding(logits):
@@ -164,9 +152,8 @@ class CachedDecoder:
         if len(source_ids) > self.max_source_len:
             raise ValueError(f"source has {len(source_ids)} tokens, more than max_source_len {self.max_source_len}")
         padded = keras.utils.pad_sequences([source_ids], maxlen=self.max_source_len, dtype="int32", padding="post")
-        source_len = np.int32(len(source_ids))
-        logits, source_caches = self._encode(ops.convert_to_tensor(padded), ops.convert_to_tensor(source_len))
-        return logits, source_caches, source_len
+        logits, source_caches = self.source_pass.prefill(padded, len(source_ids))
+        return logits, source_caches, np.int32(len(source_ids))
 
     def step(self, tokens, source_caches, caches, source_len, t):
         """Feed target token t of each row (`tokens`, one per row of `caches`, from

@@ -268,9 +268,11 @@ class MultiHeadAttention(keras.layers.Layer):
     max_len) and values as (batch, heads, max_len, head_size) so that neither product
     copies the cache, the new keys/values of `x` are written at `cache_index` and the
     queries attend over every slot (the mask says which are valid); the call then returns
-    `(output, cache)`. With `shared_cache`, keys and values of the same layout but batch
-    1, every row also attends to those slots, placed before the cache's: a prefix common
-    to all rows (a decoded source) is then stored and read once, not once per row.
+    `(output, cache)`; with `return_cache` and no `cache`, the keys and values of `x` are
+    returned in that layout (a cache of exactly its length). With `shared_cache`, keys
+    and values of the same layout but batch 1, every row also attends to those slots,
+    placed before the cache's: a prefix common to all rows (a decoded source) is then
+    stored and read once, not once per row.
     `start_position` is the position of the first row of `x` (default `cache_index`).
 
     With `fused`, calls without a cache and without attention dropout go through
@@ -302,7 +304,7 @@ class MultiHeadAttention(keras.layers.Layer):
         self.dropout.build()  # its generator exists even when only the fused path runs
 
     def call(self, x, attention_mask, cache=None, cache_index=0, shared_cache=None, start_position=None,
-             queries=None, query_positions=None, training=False):
+             return_cache=False, queries=None, query_positions=None, training=False):
         """`attention_mask` is (batch, queries, keys), the shared slots first. By default
         every row of `x` asks a query; with `queries` (batch, n, hidden), the rows of `x`
         at `query_positions` (batch, n), only those do (the output is (batch, n, hidden)).
@@ -320,7 +322,7 @@ class MultiHeadAttention(keras.layers.Layer):
         k, v = dense_rows(self.key, x, (batch, length, *heads)), dense_rows(self.value, x, (batch, length, *heads))
         if self.rotary:
             q, k = rotary(q, query_positions), rotary(k, key_positions)
-        if self.fused and cache is None and not (training and self.dropout.threshold):
+        if self.fused and cache is None and not return_cache and not (training and self.dropout.threshold):
             context = ops.dot_product_attention(q, k, v, mask=attention_mask[:, None, :, :],
                                                 scale=1 / math.sqrt(self.head_size))
             return dense_rows(self.output_dense, ops.reshape(context, (-1, self.num_heads * self.head_size)),
@@ -331,6 +333,7 @@ class MultiHeadAttention(keras.layers.Layer):
         if cache is not None:
             keys = ops.slice_update(cache[0], (0, 0, 0, cache_index), ops.cast(keys, cache[0].dtype))
             values = ops.slice_update(cache[1], (0, 0, cache_index, 0), ops.cast(values, cache[1].dtype))
+        if cache is not None or return_cache:
             cache = (keys, values)
         scores = ops.matmul(q, keys)
         if shared_cache is not None:
@@ -395,7 +398,7 @@ class TransformerBlock(keras.layers.Layer):
         self.output_norm.build(input_shape)
 
     def call(self, x, attention_mask, cache=None, cache_index=0, shared_cache=None, start_position=None,
-             query_positions=None, training=False):
+             return_cache=False, query_positions=None, training=False):
         """With `query_positions` (batch, n) only those rows are computed: output (batch, n, hidden).
         The cache arguments are `MultiHeadAttention`'s."""
         queries = None
@@ -403,9 +406,9 @@ class TransformerBlock(keras.layers.Layer):
             queries = gather_rows(x, query_positions)
             attention_mask = gather_rows(attention_mask, query_positions)
         attended = self.attention(x, attention_mask, cache=cache, cache_index=cache_index, shared_cache=shared_cache,
-                                  start_position=start_position, queries=queries, query_positions=query_positions,
-                                  training=training)
-        if cache is not None:
+                                  start_position=start_position, return_cache=return_cache, queries=queries,
+                                  query_positions=query_positions, training=training)
+        if cache is not None or return_cache:
             attended, cache = attended
         x = self.attention_norm((x if queries is None else queries) + self.dropout(attended, training=training))
         batch, length = ops.shape(x)[:2]

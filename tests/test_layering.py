@@ -15,7 +15,7 @@ LAYERS = [
     {"tokenizer", "layers", "shapes", "compiled"},
     {"config"},
     {"models"},
-    {"checkpoints"},
+    {"checkpoints", "source_pass"},
     {"directories", "data", "losses", "optimizers", "generation", "retrieval"},
     {"evaluation", "export"},
     {"api"},

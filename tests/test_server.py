@@ -42,7 +42,8 @@ def test_health_and_metrics(client, model):
     health = client.get("/health").json()
     assert health["status"] == "ok" and health["dimension"] == 18 and health["index_size"] == len(TEXTS)
     assert health["fingerprint"] == model.fingerprint and health["backend"] in ("tensorflow", "jax")
-    assert health["warm_up_programs"] >= 1 + len([8, 16, 32, 64, 128])
+    # At least the five sampling loops (build_index may have compiled the source pass).
+    assert health["warm_up_programs"] >= len([8, 16, 32, 64, 128])
     before = client.get("/metrics").json()
     client.post("/encode", json={"texts": ["w10"]})
     after = client.get("/metrics").json()

@@ -1,0 +1,74 @@
+"""The forward pass over `[CLS] text [SEP]` inputs (segment 0, padded with `[PAD]`), which
+`SimBERT.encode` and the sampler's prefill share: encoding a text and encoding it as a
+source are the same computation, read at different rows.
+
+`pooled`: the pooler of the [CLS] row, `act(W h_[CLS] + b)`. `prefill`: the MLM logits at
+the source's last token (the first target token's distribution) and every layer's keys
+and values (the cache every sample reads). The last block computes one query row per
+input (the [CLS] row, or the last token), its other rows feeding nothing.
+
+How it is compiled is decided per backend by what a first call costs there. TensorFlow:
+building a graph is the cost (about 0.4 s for 6 layers on CPU, per graph), so one graph
+with every dimension unknown returns everything and serves both uses, traced once (the
+encoder asks for no MLM row; the keys and values it returns are tensors the pass
+computes anyway). JAX: every input shape is its own XLA program anyway, so each use is
+compiled with only its outputs (XLA drops the rest).
+"""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+from keras import ops
+
+from simbert.compiled import CompiledFunction
+from simbert.layers import build_attention_mask
+from simbert.models import Transformer
+
+
+class SourcePass:
+    """`pooled` and `prefill` of a UniLM `Transformer` with a pooler and/or an MLM head.
+    `traces` counts the programs compiled."""
+
+    def __init__(self, backbone: Transformer):
+        self.backbone = backbone
+        variables = backbone.variables
+        if keras.backend.backend() == "tensorflow":
+            shared = CompiledFunction(self._outputs, variables, jit_compile=False,
+                                      dynamic_inputs=[(2, "int32"), (2, "int32"), (1, "int32")])
+            self._functions = [shared]
+            self._pooled = lambda *inputs: shared(*inputs)[0]
+            self._prefill = lambda *inputs: shared(*inputs)[1:]
+        else:
+            self._pooled = CompiledFunction(lambda *inputs: self._outputs(*inputs)[0], variables)
+            self._prefill = CompiledFunction(lambda *inputs: self._outputs(*inputs)[1:], variables)
+            self._functions = [self._pooled, self._prefill]
+
+    @property
+    def traces(self) -> int:
+        return sum(function.traces for function in self._functions)
+
+    def _outputs(self, token_ids, query_positions, mlm_rows):
+        """`(pooled, logits, caches)`: the pooler and, for the inputs `mlm_rows`, the MLM
+        logits of the last block's output at `query_positions` (batch, 1); each layer's
+        `(keys, values)` in `MultiHeadAttention`'s cache layout."""
+        backbone = self.backbone
+        segment_ids = ops.zeros_like(token_ids)
+        x = backbone.embed(token_ids, segment_ids)
+        mask = build_attention_mask(token_ids, segment_ids, backbone.application)
+        caches = []
+        for i, block in enumerate(backbone.blocks):
+            last = i == len(backbone.blocks) - 1
+            x, cache = block(x, mask, return_cache=True, query_positions=query_positions if last else None)
+            caches.append(cache)
+        pooled = backbone.pooler(x[:, 0]) if backbone.pooler is not None else None
+        logits = backbone.mlm_logits(ops.take(x[:, 0], mlm_rows, axis=0)) if backbone.mlm_dense is not None else None
+        return pooled, logits, caches
+
+    def pooled(self, token_ids: np.ndarray):
+        """Pooled [CLS] vectors `(batch, hidden)` of padded `token_ids` (batch, len)."""
+        return self._pooled(token_ids, np.zeros((len(token_ids), 1), "int32"), np.zeros((0,), "int32"))
+
+    def prefill(self, token_ids: np.ndarray, source_len: int):
+        """`(logits (1, vocab), caches)` of one source padded to `token_ids` (1, len)."""
+        return self._prefill(token_ids, np.full((1, 1), source_len - 1, "int32"), np.zeros((1,), "int32"))

@@ -1,0 +1,68 @@
+"""The source pass that encode and the sampler's prefill share: its vectors are the pooled
+encoder's, its keys and values are the layers', and on TensorFlow one graph serves both."""
+
+import keras
+import numpy as np
+import pytest
+
+from helpers import TINY_CONFIG
+from simbert import build_transformer_model
+from simbert.source_pass import SourcePass
+
+MODELS = ["bert", "roformer"]
+
+
+def backbone(model):
+    keras.utils.set_random_seed(5)
+    return build_transformer_model(TINY_CONFIG, model=model, application="unilm", with_pool="linear",
+                                   with_mlm="linear")
+
+
+def padded(rows, length, seed=0):
+    """`[CLS] random ids [SEP]` of random lengths 3..length, padded with 0."""
+    rng = np.random.default_rng(seed)
+    token_ids = np.zeros((rows, length), "int32")
+    for row in token_ids:
+        size = rng.integers(3, length + 1)
+        row[:size] = [2, *rng.integers(5, TINY_CONFIG["vocab_size"], size - 2), 3]
+    return token_ids
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_pooled_equals_the_pooled_encoder_and_prefill_the_full_model(model):
+    transformer = backbone(model)
+    source_pass = SourcePass(transformer)
+    token_ids = padded(6, 9)
+    expected = transformer.pooled_encoder().predict([token_ids, np.zeros_like(token_ids)], verbose=0)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(source_pass.pooled(token_ids)), expected, atol=1e-5)
+
+    source = np.array([[2, 11, 12, 13, 3]], "int32")
+    _, mlm = transformer.predict([source, np.zeros_like(source)], verbose=0)
+    logits, caches = source_pass.prefill(np.pad(source, ((0, 0), (0, 4))), 5)  # padded to 9
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(logits), mlm[:, -1], atol=1e-4)
+    assert len(caches) == TINY_CONFIG["num_hidden_layers"]
+    keys, values = (keras.ops.convert_to_numpy(part) for part in caches[0])
+    heads, size = TINY_CONFIG["num_attention_heads"], TINY_CONFIG["hidden_size"] // TINY_CONFIG["num_attention_heads"]
+    assert keys.shape == (1, heads, size, 9) and values.shape == (1, heads, 9, size)
+
+
+def test_the_first_layers_keys_are_its_projection_of_the_embeddings():
+    transformer = backbone("bert")
+    token_ids = padded(1, 7)
+    keys, values = (keras.ops.convert_to_numpy(part) for part in SourcePass(transformer).prefill(token_ids, 7)[1][0])
+    embedded = keras.ops.convert_to_numpy(transformer.embed(token_ids, np.zeros_like(token_ids)))[0]
+    attention = transformer.blocks[0].attention
+    heads, size = attention.num_heads, attention.head_size
+    for dense, got in ((attention.key, keys[0].transpose(2, 0, 1)), (attention.value, values[0].transpose(1, 0, 2))):
+        kernel, bias = (keras.ops.convert_to_numpy(w) for w in dense.weights)
+        np.testing.assert_allclose(got, (embedded @ kernel + bias).reshape(7, heads, size), atol=1e-5)
+
+
+def test_tensorflow_traces_one_graph_for_every_shape_and_both_uses():
+    transformer = backbone("bert")
+    source_pass = SourcePass(transformer)
+    for rows, length in ((2, 5), (7, 9), (1, 12)):
+        source_pass.pooled(padded(rows, length))
+    source_pass.prefill(padded(1, 12), 6)
+    expected = 1 if keras.backend.backend() == "tensorflow" else 4  # JAX: one program per shape and use
+    assert source_pass.traces == expected
