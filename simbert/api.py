@@ -28,6 +28,8 @@ from simbert.shapes import ShapeBuckets
 from simbert.source_pass import SourcePass
 from simbert.tokenizer import Tokenizer
 
+SYNONYM_BATCH = 64  # texts gen_synonyms encodes per batch (its input and candidates)
+
 
 class SimBERT:
     """A SimBERT model: one UniLM BERT/RoFormer that embeds and generates.
@@ -170,11 +172,14 @@ class SimBERT:
 
     def warm_up(self, batch_size: int = 64, sample_rows: Sequence[int] = ()) -> int:
         """Compile now what later calls would compile: `encode` for every padded shape of
-        batches up to `batch_size` (on TensorFlow its one graph), and the sampler for
-        each of `sample_rows` (`CachedDecoder.sample`'s `rows`). Returns the programs
-        compiled."""
+        batches up to `batch_size` (on TensorFlow its one graph), and for each of
+        `sample_rows` (`CachedDecoder.sample`'s `rows`) the sampler, with the shapes
+        gen_synonyms encodes its candidates in. Returns the programs compiled."""
         before = self.compiled_programs
-        shapes = self.shapes.shapes(batch_size) if self.shapes.pad_rows else [(1, self.shapes.max_length)]
+        shapes = [(1, self.shapes.max_length)]
+        if self.shapes.pad_rows:
+            sizes = {batch_size, SYNONYM_BATCH} if sample_rows else {batch_size}
+            shapes = sorted({shape for size in sizes for shape in self.shapes.shapes(size)})
         for rows, length in shapes:
             token_ids = np.zeros((rows, length), "int32")
             token_ids[:, 0], token_ids[:, 1] = self.tokenizer.cls_id, self.tokenizer.sep_id
@@ -225,7 +230,7 @@ class SimBERT:
                 encoded.append(ids)
         if not candidates:
             return []
-        vectors = self._encode_ids(encoded)
+        vectors = self._encode_ids(encoded, SYNONYM_BATCH)
         scores = vectors[1:] @ vectors[0]
         order = np.argsort(-scores, kind="stable")[:k]
         if with_scores:

@@ -5,14 +5,15 @@ source are the same computation, read at different rows.
 `pooled`: the pooler of the [CLS] row, `act(W h_[CLS] + b)`. `prefill`: the MLM logits at
 the source's last token (the first target token's distribution) and every layer's keys
 and values (the cache every sample reads). The last block computes one query row per
-input (the [CLS] row, or the last token), its other rows feeding nothing.
+input (the [CLS] row, or the last token), its other rows feeding nothing. Logits and
+keys and values are returned for the inputs asked for only (the prefill's one source;
+none when encoding, whose batches would otherwise hold every layer's keys and values).
 
 How it is compiled is decided per backend by what a first call costs there. TensorFlow:
 building a graph is the cost (about 0.4 s for 6 layers on CPU, per graph), so one graph
-with every dimension unknown returns everything and serves both uses, traced once (the
-encoder asks for no MLM row; the keys and values it returns are tensors the pass
-computes anyway). JAX: every input shape is its own XLA program anyway, so each use is
-compiled with only its outputs (XLA drops the rest).
+with every dimension unknown returns everything and serves both uses, traced once. JAX:
+every input shape is its own XLA program anyway, so each use is compiled with only its
+outputs (XLA drops the rest).
 """
 
 from __future__ import annotations
@@ -48,10 +49,10 @@ class SourcePass:
     def traces(self) -> int:
         return sum(function.traces for function in self._functions)
 
-    def _outputs(self, token_ids, query_positions, mlm_rows):
-        """`(pooled, logits, caches)`: the pooler and, for the inputs `mlm_rows`, the MLM
-        logits of the last block's output at `query_positions` (batch, 1); each layer's
-        `(keys, values)` in `MultiHeadAttention`'s cache layout."""
+    def _outputs(self, token_ids, query_positions, source_rows):
+        """`(pooled, logits, caches)`: the pooler of the last block's output at
+        `query_positions` (batch, 1); for the inputs `source_rows` only, the MLM logits of
+        that output and each layer's `(keys, values)` in `MultiHeadAttention`'s cache layout."""
         backbone = self.backbone
         segment_ids = ops.zeros_like(token_ids)
         x = backbone.embed(token_ids, segment_ids)
@@ -60,9 +61,10 @@ class SourcePass:
         for i, block in enumerate(backbone.blocks):
             last = i == len(backbone.blocks) - 1
             x, cache = block(x, mask, return_cache=True, query_positions=query_positions if last else None)
-            caches.append(cache)
-        pooled = backbone.pooler(x[:, 0]) if backbone.pooler is not None else None
-        logits = backbone.mlm_logits(ops.take(x[:, 0], mlm_rows, axis=0)) if backbone.mlm_dense is not None else None
+            caches.append(tuple(ops.take(part, source_rows, axis=0) for part in cache))
+        x = x[:, 0]
+        pooled = backbone.pooler(x) if backbone.pooler is not None else None
+        logits = backbone.mlm_logits(ops.take(x, source_rows, axis=0)) if backbone.mlm_dense is not None else None
         return pooled, logits, caches
 
     def pooled(self, token_ids: np.ndarray):
