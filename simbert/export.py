@@ -9,8 +9,10 @@
   RoFormer classes) load it, and so does `SimBERT.from_pretrained`.
 - `bert4keras`: the released layout (bert_config.json, vocab.txt, bert_model.ckpt.*).
 
-The first two trace the Keras encoder through TensorFlow (`keras.Model.export`; on JAX
-through jax2tf), so they need TensorFlow installed; ONNX also needs tf2onnx.
+The first two trace the Keras encoder through TensorFlow (`keras.Model.export`; ONNX then
+through tf2onnx), on the TensorFlow backend only: on JAX, Keras would write StableHLO
+(jax2tf) that an older TensorFlow cannot load, or need jax2onnx, so they are refused
+with the command to run instead.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from __future__ import annotations
 import json
 import os
 
+import keras
 import numpy as np
 
 from simbert.checkpoints import model_values
@@ -26,6 +29,7 @@ from simbert.models import Transformer
 from simbert.tokenizer import save_vocab
 
 FORMATS = ("saved_model", "onnx", "hf", "bert4keras")
+ENCODER_FORMATS = ("saved_model", "onnx")  # written on the TensorFlow backend
 ONNX_FILE = "model.onnx"
 HF_WEIGHTS_FILE = "model.safetensors"
 
@@ -115,6 +119,11 @@ def export_model(model_dir: str | os.PathLike, out: str | os.PathLike, format: s
     `format` (one of `FORMATS`); returns the path written."""
     if format not in FORMATS:
         raise ValueError(f"export: --format should be one of {FORMATS}, got {format!r}")
+    if format in ENCODER_FORMATS and keras.backend.backend() != "tensorflow":
+        raise ValueError(f"export: --format {format} runs on the TensorFlow backend (KERAS_BACKEND=tensorflow "
+                         f"simbert export ...; the model directory is the same on every backend); on "
+                         f"{keras.backend.backend()} Keras would write StableHLO that the installed TensorFlow "
+                         "may not read, or need jax2onnx")
     out = str(out)
     if os.path.exists(out) and os.listdir(out):
         raise FileExistsError(f"export: {out} exists and is not empty; choose a new directory")

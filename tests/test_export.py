@@ -4,6 +4,7 @@ MLM logits; every format reads back through `from_pretrained` exactly."""
 
 import os
 
+import keras
 import numpy as np
 import pytest
 import torch
@@ -38,6 +39,19 @@ def encoder_inputs(model):
     return token_ids, np.zeros_like(token_ids)
 
 
+ON_TENSORFLOW = pytest.mark.skipif(keras.backend.backend() != "tensorflow",
+                                   reason="the encoder formats are written on the TensorFlow backend")
+
+
+@pytest.mark.parametrize("format", ["saved_model", "onnx"])
+def test_encoder_formats_off_tensorflow_name_the_command_to_run(model_dir, tmp_path, monkeypatch, format):
+    monkeypatch.setattr(keras.backend, "backend", lambda: "jax")
+    with pytest.raises(ValueError, match="KERAS_BACKEND=tensorflow simbert export"):
+        export_model(model_dir, tmp_path / "out", format)
+    assert not os.path.exists(tmp_path / "out")
+
+
+@ON_TENSORFLOW
 def test_saved_model_gives_the_encoders_vectors(model_dir, tmp_path):
     import tensorflow as tf
 
@@ -52,6 +66,7 @@ def test_saved_model_gives_the_encoders_vectors(model_dir, tmp_path):
     assert os.path.isfile(tmp_path / "saved" / "vocab.txt")
 
 
+@ON_TENSORFLOW
 def test_onnx_gives_the_encoders_vectors(model_dir, tmp_path):
     import onnxruntime
 

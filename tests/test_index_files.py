@@ -41,9 +41,15 @@ def test_written_in_chunks_equals_built_in_memory(model, tmp_path, monkeypatch):
     assert isinstance(index.vectors, np.memmap) and isinstance(index.texts, TextStore)
     in_memory = model.make_index(TEXTS, dtype="float16")
     assert index.texts == TEXTS
-    np.testing.assert_array_equal(np.asarray(index.vectors), in_memory.vectors)
+    # Equal up to float16's last bit: on JAX chunks pad to other batch shapes, whose
+    # programs may round the float32 vectors differently in their last bits.
+    np.testing.assert_allclose(np.asarray(index.vectors, "float32"), np.asarray(in_memory.vectors, "float32"),
+                               rtol=2 ** -10, atol=0)
     queries = model.encode(TEXTS[:5])
-    assert index.search(queries, 3) == in_memory.search(queries, 3)
+    found, expected = index.search(queries, 3), in_memory.search(queries, 3)
+    assert [[text for text, _ in row] for row in found] == [[text for text, _ in row] for row in expected]
+    np.testing.assert_allclose([[score for _, score in row] for row in found],
+                               [[score for _, score in row] for row in expected], atol=1e-3)
 
 
 def test_append_extends_the_index_in_order(model, tmp_path):
