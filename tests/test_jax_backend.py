@@ -1,5 +1,6 @@
-"""The model, loss, optimizer, parity and generation tests again under KERAS_BACKEND=jax
-(the backend is fixed at import, so they run in a subprocess)."""
+"""The model, loss, optimizer, parity and generation tests, and the served paths' compiled
+shapes, again under KERAS_BACKEND=jax (the backend is fixed at import, so they run in a
+subprocess)."""
 
 import os
 import subprocess
@@ -9,7 +10,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 MODEL_TESTS = ["test_compiled_training.py::test_training_step_is_compiled_with_a_bounded_number_of_programs",
                "test_compiled_training.py::test_a_checkpoint_between_logged_steps_holds_that_steps_weights",
                "test_models.py", "test_losses.py", "test_optimizers.py", "test_bert4keras_parity.py", "test_shapes.py",
-               "test_hf_parity.py", "test_generation.py"]
+               "test_hf_parity.py", "test_generation.py", "test_source_pass.py",
+               "test_server.py::test_no_request_pays_a_compile"]
 
 
 def test_model_tests_pass_on_jax(tmp_path):
