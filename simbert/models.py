@@ -132,15 +132,23 @@ class Transformer(keras.Model):
             x = self.embedding_mapping(x)
         return x
 
-    def sequence_output(self, token_ids, segment_ids, output_positions=None, training=False):
+    def sequence_output(self, token_ids, segment_ids, output_positions=None, training=False,
+                        return_caches=False):
         """Hidden states `(batch, len, hidden)` under this model's attention mask; with
         `output_positions` (batch, n) only those rows, `(batch, n, hidden)`: the last
-        block then computes just them (its other rows would feed nothing)."""
+        block then computes just them (its other rows would feed nothing). With
+        `return_caches`, `(hidden states, caches)`: each layer's keys and values in
+        `MultiHeadAttention`'s cache layout."""
         x = self.embed(token_ids, segment_ids, training=training)
         mask = build_attention_mask(token_ids, segment_ids, self.application)
-        for block in self.blocks[:-1]:
-            x = block(x, mask, training=training)
-        return self.blocks[-1](x, mask, query_positions=output_positions, training=training)
+        caches = []
+        for i, block in enumerate(self.blocks):
+            positions = output_positions if i == len(self.blocks) - 1 else None
+            x = block(x, mask, return_cache=return_caches, query_positions=positions, training=training)
+            if return_caches:
+                x, cache = x
+                caches.append(cache)
+        return (x, caches) if return_caches else x
 
     def pooled_encoder(self) -> keras.Model:
         """`(token_ids, segment_ids) -> pooled [CLS]`, its last block computing only the

@@ -23,7 +23,6 @@ import numpy as np
 from keras import ops
 
 from simbert.compiled import CompiledFunction
-from simbert.layers import build_attention_mask
 from simbert.models import Transformer
 
 
@@ -54,14 +53,9 @@ class SourcePass:
         `query_positions` (batch, 1); for the inputs `source_rows` only, the MLM logits of
         that output and each layer's `(keys, values)` in `MultiHeadAttention`'s cache layout."""
         backbone = self.backbone
-        segment_ids = ops.zeros_like(token_ids)
-        x = backbone.embed(token_ids, segment_ids)
-        mask = build_attention_mask(token_ids, segment_ids, backbone.application)
-        caches = []
-        for i, block in enumerate(backbone.blocks):
-            last = i == len(backbone.blocks) - 1
-            x, cache = block(x, mask, return_cache=True, query_positions=query_positions if last else None)
-            caches.append(tuple(ops.take(part, source_rows, axis=0) for part in cache))
+        x, caches = backbone.sequence_output(token_ids, ops.zeros_like(token_ids), query_positions,
+                                             return_caches=True)
+        caches = [tuple(ops.take(part, source_rows, axis=0) for part in cache) for cache in caches]
         x = x[:, 0]
         pooled = backbone.pooler(x) if backbone.pooler is not None else None
         logits = backbone.mlm_logits(ops.take(x, source_rows, axis=0)) if backbone.mlm_dense is not None else None
