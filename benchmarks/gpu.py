@@ -331,21 +331,26 @@ def section_train(args, work, token_dict):
 
 # ------------------------------------------------------------------------- fit
 def step_timer(batch_size: int):
-    """A Keras callback noting the time after each batch; its `samples_per_second()` is
-    the rate over the second half of the steps, after every batch shape is compiled."""
+    """A Keras callback noting the time each step's losses are read (when the step is
+    done); its `samples_per_second()` is the rate over the second half of the steps, after
+    every batch shape is compiled. `async_safe`, as the trainer's callbacks are, so that it
+    does not make `fit` wait for each step before starting the next."""
     import keras
 
     class StepTimer(keras.callbacks.Callback):
+        async_safe = True
+
         def __init__(self):
             super().__init__()
             self.times = []
 
         def on_train_batch_end(self, batch, logs=None):
-            self.times.append(time.perf_counter())
+            self.times.append(time.perf_counter())  # after Keras read `logs`: the step is done
 
         def samples_per_second(self):
-            half = len(self.times) // 2
-            return (len(self.times) - 1 - half) * batch_size / (self.times[-1] - self.times[half])
+            times = sorted(self.times)  # batch ends may run in several threads
+            half = len(times) // 2
+            return (len(times) - 1 - half) * batch_size / (times[-1] - times[half])
 
     return StepTimer()
 

@@ -3,10 +3,17 @@ function, a stop event, the model to sample from), never the trainer itself.
 
 Steps are counted from the run's start: `start_step + batch + 1` after a batch.
 
-On JAX, `fit` keeps the training state apart from the model's variables within an
-epoch; reading `Callback.model` puts it back (Keras' `jax_state_sync`, a pass over every
-variable). The callbacks that read weights (saving, sampling) do so when they use them;
-the logger, which runs at every logged step, does not.
+None of them makes `fit` wait for the device after a step. Keras runs the batch-end
+callbacks in a thread pool, letting the loop dispatch the next step while the device
+computes this one, only when every callback is `async_safe` or has no batch-end hook;
+its `pythonify_logs` (reading the loss) is what waits. So the logger, the one that reads
+the loss, is `async_safe` and takes the steps in order whatever thread runs them; the
+callbacks that read weights (saving, sampling) act at the start of the next batch, on
+the loop's thread, when the weights of the step before are the state `fit` holds. On
+JAX, `fit` keeps that state apart from the model's variables within an epoch; reading
+`Callback.model` puts it back (Keras' `jax_state_sync`, a pass over every variable), so
+only those two read it, when they use it. TensorFlow's Keras backend is not thread-safe:
+there every callback runs on the loop's thread, in the same order.
 """
 
 from __future__ import annotations
@@ -36,13 +43,20 @@ class ProgressLogger(keras.callbacks.Callback):
 
     Keras reports running means since the start of `fit`, `m_n`; the mean over steps
     (k, n] is `(n m_n - k m_k) / (n - k)`. A line is also written at the last step and
-    when a stop is requested. A NaN or inf loss is recorded as `nan_step` and `nan_loss`
-    (stopping is `keras.callbacks.TerminateOnNaN`'s job, the message the trainer's).
+    when a stop is requested, and training then stops. A NaN or inf loss is recorded as
+    `nan_step` and `nan_loss` and stops training (the message is the trainer's); later
+    steps are not taken in.
     `learning_rate` (a number or a Keras schedule of the step) gives the logged `lr`,
     the rate for the next step, as the optimizer's `learning_rate` would.
+
+    `async_safe`: Keras may hand the batch ends to several threads, so they are taken
+    under a lock, in batch order (an early arrival waits in `pending`). A batch starts
+    only once the step `AHEAD` before it is taken in.
     """
 
     KEYS = ("loss", "seq2seq_loss", "similarity_loss", "distillation_loss")
+    AHEAD = 2  # steps the loop may start beyond the last one taken in (a bound on a stop's delay)
+    async_safe = True
 
     def __init__(self, metrics_path: str, start_step: int, total_steps: int, batch_size: int, log_every: int,
                  stop_event: threading.Event,
@@ -62,10 +76,20 @@ class ProgressLogger(keras.callbacks.Callback):
         self.nan_step = None
         self.nan_loss = None
         self.started = None
+        self.training_model = None
+        self.pending = {}
+        self.taken = threading.Condition()
+
+    def set_model(self, model):
+        super().set_model(model)
+        self.training_model = model  # `Callback.model` would sync the state on JAX
 
     def on_train_batch_begin(self, batch, logs=None):
         if self.started is None and batch == 1:
             self.started = time.perf_counter()  # after the first (compiling) step
+        with self.taken:
+            self.taken.wait_for(lambda: self.step - self.start_step >= batch - self.AHEAD
+                                or self.nan_step is not None)
 
     def samples_per_second(self) -> float | None:
         steps = self.step - self.start_step - 1
@@ -79,14 +103,33 @@ class ProgressLogger(keras.callbacks.Callback):
             rate = keras.ops.convert_to_numpy(rate(step))
         return float(rate)
 
+    def finite_through(self, step: int) -> bool:
+        """Whether every loss up to `step` was finite; waits until that step is taken in."""
+        with self.taken:
+            self.taken.wait_for(lambda: self.step >= step or self.nan_step is not None)
+            return self.nan_step is None or self.nan_step > step
+
     def on_train_batch_end(self, batch, logs=None):
-        count = batch + 1
-        self.step = self.start_step + count
-        if not np.isfinite(logs["loss"]):
-            self.nan_step, self.nan_loss = self.step, float(logs["loss"])
+        with self.taken:
+            self.pending[batch] = logs
+            while self.step - self.start_step in self.pending:
+                self._take(self.step - self.start_step, self.pending.pop(self.step - self.start_step))
+            self.taken.notify_all()
+
+    def _take(self, batch, logs):
+        if self.nan_step is not None:
             return
+        count = batch + 1
+        if not np.isfinite(logs["loss"]):
+            self.nan_step, self.nan_loss = self.start_step + count, float(logs["loss"])
+            self.training_model.stop_training = True
+            return
+        self.step = self.start_step + count
         self.bar.update(1)
-        if self.step % self.log_every and self.step != self.total_steps and not self.stop_event.is_set():
+        stopping = self.stop_event.is_set()
+        if stopping:
+            self.training_model.stop_training = True
+        if self.step % self.log_every and self.step != self.total_steps and not stopping:
             return
         sums = {key: logs[key] * count for key in self.KEYS if key in logs}
         window = count - self.previous_count
@@ -108,33 +151,29 @@ class ProgressLogger(keras.callbacks.Callback):
 
 class CheckpointSaver(keras.callbacks.Callback):
     """Calls `save(step)` every `save_every` steps before the last (which the caller saves
-    after `fit`), and when a stop is requested: saves, then stops training. Steps with a
-    NaN or inf loss are not saved."""
+    after `fit`), at the start of the next batch, unless a loss up to that step was not
+    finite (`finite_through(step)`)."""
 
     def __init__(self, save: Callable[[int], str], start_step: int, total_steps: int, save_every: int,
-                 stop_event: threading.Event):
+                 finite_through: Callable[[int], bool]):
         super().__init__()
         self.save = save
         self.start_step = start_step
         self.total_steps = total_steps
         self.save_every = save_every
-        self.stop_event = stop_event
+        self.finite_through = finite_through
 
-    def on_train_batch_end(self, batch, logs=None):
-        step = self.start_step + batch + 1
-        if not np.isfinite(logs.get("loss", 0.0)):
-            return
-        due = self.save_every and step % self.save_every == 0 and step < self.total_steps
-        stopping = self.stop_event.is_set()
-        if due or stopping:
-            model = with_step_weights(self)
+    def on_train_batch_begin(self, batch, logs=None):
+        step = self.start_step + batch  # the step just run
+        due = batch and self.save_every and step % self.save_every == 0 and step < self.total_steps
+        if due and self.finite_through(step):
+            with_step_weights(self)
             self.save(step)
-            if stopping:
-                model.stop_training = True
 
 
 class SamplePrinter(keras.callbacks.Callback):
-    """Every `every` steps, prints `model.gen_synonyms` of each of `texts`."""
+    """Every `every` steps, prints `model.gen_synonyms` of each of `texts`: at the start of
+    the next batch, or at the end of training after the last step."""
 
     def __init__(self, model: SimBERT, texts: Sequence[str], every: int, start_step: int):
         super().__init__()
@@ -142,10 +181,17 @@ class SamplePrinter(keras.callbacks.Callback):
         self.texts = list(texts)
         self.every = every
         self.start_step = start_step
+        self.batches = 0
 
-    def on_train_batch_end(self, batch, logs=None):
-        step = self.start_step + batch + 1
-        if step % self.every:
+    def on_train_batch_begin(self, batch, logs=None):
+        self._print_after(self.start_step + batch)
+        self.batches = batch + 1
+
+    def on_train_end(self, logs=None):
+        self._print_after(self.start_step + self.batches)
+
+    def _print_after(self, step: int) -> None:
+        if step == self.start_step or step % self.every:
             return
         with_step_weights(self)
         for text in self.texts:

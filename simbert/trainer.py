@@ -211,7 +211,9 @@ class Trainer:
 
     `request_stop()` (thread-safe; the `simbert train` command calls it on SIGINT and
     SIGTERM, through `stop_event`) makes `fit` save a checkpoint after the current step
-    and return; a stop requested before training starts returns before the first step.
+    (on JAX, where the loop starts steps ahead of the device, after at most
+    `ProgressLogger.AHEAD` more) and return; a stop requested before training starts
+    returns before the first step.
 
     Example:
         >>> trainer = Trainer(TrainConfig.from_yaml("configs/tiny.yaml"))
@@ -455,8 +457,8 @@ class Trainer:
         keep_metrics_until(metrics_path, start_step)
         progress = ProgressLogger(metrics_path, start_step, total, self.config.training.batch_size,
                                   output.log_every, self.stop_event, learning_rate_schedule(self.config.training))
-        callbacks = [keras.callbacks.TerminateOnNaN(), progress,
-                     CheckpointSaver(self.save_checkpoint, start_step, total, output.save_every, self.stop_event),
+        callbacks = [progress,
+                     CheckpointSaver(self.save_checkpoint, start_step, total, output.save_every, progress.finite_through),
                      LossCurve(metrics_path, os.path.join(self.output_dir, LOSS_PLOT_FILE)), *(callbacks or [])]
         if output.sample_every:
             texts = output.sample_texts or [group[0] for _, group in zip(range(3), self.read_groups())]

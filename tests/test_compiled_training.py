@@ -1,13 +1,16 @@
 """The training step is compiled (never run op by op unless asked) and compiles a bounded
-number of programs on batches of many lengths; batch workers never outlive `fit`.
+number of programs on batches of many lengths; on JAX `fit` starts a step before reading
+the loss of the one before; batch workers never outlive `fit`.
 Runs on TensorFlow here and on JAX through test_jax_backend.py."""
 
 import json
+import threading
 
 import keras
 import numpy as np
 
 from helpers import child_processes, tiny_config
+from simbert.callbacks import ProgressLogger
 from simbert.checkpoints import read_training_state, read_weights
 from simbert.directories import TRAINING_STATE_FILE, checkpoint_dir
 from simbert.trainer import Trainer
@@ -83,3 +86,24 @@ def test_a_checkpoint_between_logged_steps_holds_that_steps_weights(tmp_path):
         for name, value in expected_values.items():
             np.testing.assert_allclose(saved_values[name], value, rtol=1e-5, atol=1e-6, err_msg=name)
     assert any(not np.allclose(later[name], value) for name, value in read_weights(saved).items())
+
+
+def test_on_jax_the_loss_is_read_off_the_training_loop(tmp_path, monkeypatch):
+    """Keras starts the next step without waiting for the device only when every callback
+    is `async_safe` or has no batch-end hook; it then reads the loss (`pythonify_logs`)
+    and runs the batch ends in other threads. TensorFlow's Keras backend is not
+    thread-safe: there they run on the loop's thread."""
+    threads = []
+    take = ProgressLogger.on_train_batch_end
+
+    def recording(self, batch, logs=None):
+        threads.append(threading.current_thread())
+        take(self, batch, logs)
+
+    monkeypatch.setattr(ProgressLogger, "on_train_batch_end", recording)
+    config = tiny_config(tmp_path, 6)
+    config.output.save_every = 2
+    result = Trainer(config).fit()
+    assert result.step == 6 and len(threads) == 6
+    off_the_loop = [thread is not threading.main_thread() for thread in threads]
+    assert off_the_loop == [keras.backend.backend() == "jax"] * 6
