@@ -8,6 +8,7 @@ l2-normalised) / `generate` (CachedDecoder, prefilled by the same SourcePass) ->
 
 from __future__ import annotations
 
+import collections
 import hashlib
 import itertools
 import json
@@ -29,6 +30,7 @@ from simbert.source_pass import SourcePass
 from simbert.tokenizer import Tokenizer
 
 SYNONYM_BATCH = 64  # texts gen_synonyms encodes per batch (its input and candidates)
+ENCODE_IN_FLIGHT = 4  # batches `encode` starts before reading the first of them back
 
 
 class SimBERT:
@@ -161,11 +163,22 @@ class SimBERT:
         vectors = np.zeros((len(encoded), self.backbone.config.hidden_size), "float32")
         order = np.argsort([len(ids) for ids in encoded], kind="stable")
         batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+
+        def read_back(rows, pooled):
+            vectors[rows] = np.asarray(keras.ops.convert_to_numpy(pooled)[: len(rows)], "float32")
+
+        # Reading a batch back waits for the device; the batches after it are started
+        # first (on JAX, which dispatches asynchronously), so that the device is not idle
+        # while the host pads the next batch or compiles its shape.
+        in_flight = collections.deque()
         for batch in tqdm(batches, desc="encoding", disable=not progress):
             token_ids = self.shapes.pad([encoded[i] for i in batch], batch_size)
             self.backbone.check_inputs(token_ids, np.zeros_like(token_ids))
-            pooled = keras.ops.convert_to_numpy(self.source_pass.pooled(token_ids))
-            vectors[batch] = np.asarray(pooled[: len(batch)], "float32")
+            in_flight.append((batch, self.source_pass.pooled(token_ids)))
+            if len(in_flight) > ENCODE_IN_FLIGHT:
+                read_back(*in_flight.popleft())
+        for rows, pooled in in_flight:
+            read_back(rows, pooled)
         if self.whitening is not None:
             return self.whitening(vectors, normalize)
         return l2_normalize(vectors) if normalize else vectors
