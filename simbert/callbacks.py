@@ -1,25 +1,24 @@
 """Keras callbacks of a training run, each given the values it uses (paths, a save
-function, a stop event, the model to sample from), never the trainer itself.
+function, a stop event, the model to sample from), never the trainer itself, and the
+callback list that runs them.
 
 Steps are counted from the run's start: `start_step + batch + 1` after a batch.
 
-None of them makes `fit` wait for the device after a step. Keras runs the batch-end
-callbacks in a thread pool, letting the loop dispatch the next step while the device
-computes this one, only when every callback is `async_safe` or has no batch-end hook;
-its `pythonify_logs` (reading the loss) is what waits. So the logger, the one that reads
-the loss, is `async_safe` and takes the steps in order whatever thread runs them; the
-callbacks that read weights (saving, sampling) act at the start of the next batch, on
-the loop's thread, when the weights of the step before are the state `fit` holds. On
-JAX, `fit` keeps that state apart from the model's variables within an epoch; reading
-`Callback.model` puts it back (Keras' `jax_state_sync`, a pass over every variable), so
-only those two read it, when they use it. TensorFlow's Keras backend is not thread-safe:
-there every callback runs on the loop's thread, in the same order.
+`fit` need not wait for the device after a step: reading a step's loss is the wait, and
+`DispatchAhead` moves it, with the batch ends, to a worker thread, so that the loop
+starts the next step while the device computes this one. The callbacks that read
+weights (saving, sampling) act at the start of the next batch, on the loop's thread,
+where the state `fit` holds is the weights of the step just run. On JAX, `fit` keeps
+that state apart from the model's variables within an epoch; reading `Callback.model`
+puts it back (Keras' `jax_state_sync`, a pass over every variable), so only those two
+read it, when they use it.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import queue
 import threading
 import time
 from typing import Callable, Sequence
@@ -37,25 +36,109 @@ def with_step_weights(callback: keras.callbacks.Callback) -> keras.Model:
     return callback.model
 
 
+def runs_off_the_loop(callback: keras.callbacks.Callback) -> bool:
+    """Whether the callback's batch ends may run in another thread, later: it says so
+    (`async_safe`, Keras' flag) or has no batch-end hook."""
+    base = keras.callbacks.Callback
+    return getattr(callback, "async_safe", False) or (
+        type(callback).on_train_batch_end is base.on_train_batch_end
+        and type(callback).on_batch_end is base.on_batch_end)
+
+
+class DispatchAhead(keras.callbacks.CallbackList):
+    """The callback list of a `fit` whose loop runs up to `ahead` steps ahead of its batch
+    ends: these (reading the losses, which waits for the step, then each callback's
+    `on_train_batch_end`) run in order in one worker thread. A batch starts once the
+    batch end `ahead` before it is done; the epoch's and training's ends wait for all.
+    An error in the worker is raised in the loop at the next of these. On JAX only
+    (which dispatches asynchronously; TensorFlow's Keras backend is not thread-safe),
+    and only when every callback `runs_off_the_loop`; otherwise it is a plain
+    `CallbackList`. `close()` stops the worker (for a `fit` that raised)."""
+
+    def __init__(self, callbacks: Sequence[keras.callbacks.Callback], model: keras.Model, ahead: int = 2,
+                 **params):
+        super().__init__(list(callbacks), add_history=True, add_progbar=False, model=model, **params)
+        self.ahead = ahead
+        self.dispatching = keras.backend.backend() == "jax" and all(map(runs_off_the_loop, callbacks))
+        self.batch_ends = queue.Queue()
+        self.progress = threading.Condition()
+        self.submitted = self.done = 0
+        self.error = None
+        self.worker = None
+
+    def on_train_begin(self, logs=None):
+        super().on_train_begin(logs)
+        self.submitted = self.done = 0
+        self.error = None
+        if self.dispatching:
+            self.worker = threading.Thread(target=self._run_batch_ends, name="batch-ends", daemon=True)
+            self.worker.start()
+
+    def on_train_batch_begin(self, batch, logs=None):
+        if self.dispatching:
+            self._wait_for(batch - self.ahead)
+        super().on_train_batch_begin(batch, logs)
+
+    def on_train_batch_end(self, batch, logs=None):
+        if not self.dispatching:
+            return super().on_train_batch_end(batch, logs)
+        self.submitted = batch + 1
+        self.batch_ends.put((batch, logs))
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.dispatching:
+            self._wait_for(self.submitted)
+        super().on_epoch_end(epoch, logs)
+
+    def on_train_end(self, logs=None):
+        if self.dispatching:
+            self._wait_for(self.submitted)
+            self.close()
+        super().on_train_end(logs)
+
+    def close(self) -> None:
+        if self.worker is not None:
+            self.batch_ends.put(None)
+            self.worker = None
+
+    def _wait_for(self, count: int) -> None:
+        with self.progress:
+            self.progress.wait_for(lambda: self.done >= count or self.error is not None)
+            if self.error is not None:
+                raise self.error
+
+    def _run_batch_ends(self) -> None:
+        while (item := self.batch_ends.get()) is not None:
+            batch, logs = item
+            try:
+                logs = {key: float(value) for key, value in logs.items()}
+                for callback in self.callbacks:
+                    callback.on_train_batch_end(batch, logs)
+            except BaseException as error:  # raised in the loop by `_wait_for`
+                with self.progress:
+                    self.error = error
+                    self.progress.notify_all()
+                return
+            with self.progress:
+                self.done = batch + 1
+                self.progress.notify_all()
+
+
 class ProgressLogger(keras.callbacks.Callback):
     """tqdm bar (step, losses, samples/s) and a metrics file (JSON lines), one line per
     logged step holding the mean of each loss over the steps since the previous line.
 
     Keras reports running means since the start of `fit`, `m_n`; the mean over steps
     (k, n] is `(n m_n - k m_k) / (n - k)`. A line is also written at the last step and
-    when a stop is requested, and training then stops. A NaN or inf loss is recorded as
-    `nan_step` and `nan_loss` and stops training (the message is the trainer's); later
-    steps are not taken in.
-    `learning_rate` (a number or a Keras schedule of the step) gives the logged `lr`,
-    the rate for the next step, as the optimizer's `learning_rate` would.
-
-    `async_safe`: Keras may hand the batch ends to several threads, so they are taken
-    under a lock, in batch order (an early arrival waits in `pending`). A batch starts
-    only once the step `AHEAD` before it is taken in.
+    when a stop is requested. A NaN or inf loss is recorded as `nan_step` and `nan_loss`
+    and stops training (the message is the trainer's); the steps after it (started
+    before it was read) are not taken in. `learning_rate` (a number or a Keras schedule
+    of the step) gives the logged `lr`, the rate for the next step, as the optimizer's
+    `learning_rate` would. `async_safe`: it reads no weights, and its batch ends may run
+    in another thread.
     """
 
     KEYS = ("loss", "seq2seq_loss", "similarity_loss", "distillation_loss")
-    AHEAD = 2  # steps the loop may start beyond the last one taken in (a bound on a stop's delay)
     async_safe = True
 
     def __init__(self, metrics_path: str, start_step: int, total_steps: int, batch_size: int, log_every: int,
@@ -77,8 +160,6 @@ class ProgressLogger(keras.callbacks.Callback):
         self.nan_loss = None
         self.started = None
         self.training_model = None
-        self.pending = {}
-        self.taken = threading.Condition()
 
     def set_model(self, model):
         super().set_model(model)
@@ -87,9 +168,6 @@ class ProgressLogger(keras.callbacks.Callback):
     def on_train_batch_begin(self, batch, logs=None):
         if self.started is None and batch == 1:
             self.started = time.perf_counter()  # after the first (compiling) step
-        with self.taken:
-            self.taken.wait_for(lambda: self.step - self.start_step >= batch - self.AHEAD
-                                or self.nan_step is not None)
 
     def samples_per_second(self) -> float | None:
         steps = self.step - self.start_step - 1
@@ -103,33 +181,17 @@ class ProgressLogger(keras.callbacks.Callback):
             rate = keras.ops.convert_to_numpy(rate(step))
         return float(rate)
 
-    def finite_through(self, step: int) -> bool:
-        """Whether every loss up to `step` was finite; waits until that step is taken in."""
-        with self.taken:
-            self.taken.wait_for(lambda: self.step >= step or self.nan_step is not None)
-            return self.nan_step is None or self.nan_step > step
-
     def on_train_batch_end(self, batch, logs=None):
-        with self.taken:
-            self.pending[batch] = logs
-            while self.step - self.start_step in self.pending:
-                self._take(self.step - self.start_step, self.pending.pop(self.step - self.start_step))
-            self.taken.notify_all()
-
-    def _take(self, batch, logs):
         if self.nan_step is not None:
             return
         count = batch + 1
+        self.step = self.start_step + count
         if not np.isfinite(logs["loss"]):
-            self.nan_step, self.nan_loss = self.start_step + count, float(logs["loss"])
+            self.nan_step, self.nan_loss = self.step, float(logs["loss"])
             self.training_model.stop_training = True
             return
-        self.step = self.start_step + count
         self.bar.update(1)
-        stopping = self.stop_event.is_set()
-        if stopping:
-            self.training_model.stop_training = True
-        if self.step % self.log_every and self.step != self.total_steps and not stopping:
+        if self.step % self.log_every and self.step != self.total_steps and not self.stop_event.is_set():
             return
         sums = {key: logs[key] * count for key in self.KEYS if key in logs}
         window = count - self.previous_count
@@ -150,24 +212,33 @@ class ProgressLogger(keras.callbacks.Callback):
 
 
 class CheckpointSaver(keras.callbacks.Callback):
-    """Calls `save(step)` every `save_every` steps before the last (which the caller saves
-    after `fit`), at the start of the next batch, unless a loss up to that step was not
-    finite (`finite_through(step)`)."""
+    """At the start of a batch: stops training after it if a stop was requested, and calls
+    `save(step)` for the step just run every `save_every` steps before the last (which
+    the caller saves after `fit`) unless a loss so far was not finite (the running mean
+    of `fit`'s losses is then not finite)."""
 
     def __init__(self, save: Callable[[int], str], start_step: int, total_steps: int, save_every: int,
-                 finite_through: Callable[[int], bool]):
+                 stop_event: threading.Event):
         super().__init__()
         self.save = save
         self.start_step = start_step
         self.total_steps = total_steps
         self.save_every = save_every
-        self.finite_through = finite_through
+        self.stop_event = stop_event
+        self.training_model = None
+
+    def set_model(self, model):
+        super().set_model(model)
+        self.training_model = model  # `Callback.model` would sync the state on JAX
 
     def on_train_batch_begin(self, batch, logs=None):
-        step = self.start_step + batch  # the step just run
-        due = batch and self.save_every and step % self.save_every == 0 and step < self.total_steps
-        if due and self.finite_through(step):
-            with_step_weights(self)
+        if self.stop_event.is_set():
+            self.training_model.stop_training = True
+        step = self.start_step + batch
+        if not (batch and self.save_every and step % self.save_every == 0 and step < self.total_steps):
+            return
+        model = with_step_weights(self)
+        if np.isfinite(float(model.get_metrics_result()["loss"])):
             self.save(step)
 
 

@@ -49,7 +49,7 @@ def _convert(args) -> int:
 
 def _train(args) -> int:
     # Handlers first, before TensorFlow or JAX start: Ctrl-C or SIGTERM asks the trainer to
-    # save after the current step and stop (a second signal acts at once).
+    # finish the steps started, save and stop (a second signal acts at once).
     stop, received = threading.Event(), []
 
     def on_signal(signum, frame):

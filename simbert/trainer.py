@@ -22,7 +22,7 @@ import keras
 import numpy as np
 
 from simbert.api import SimBERT
-from simbert.callbacks import CheckpointSaver, LossCurve, ProgressLogger, SamplePrinter
+from simbert.callbacks import CheckpointSaver, DispatchAhead, LossCurve, ProgressLogger, SamplePrinter
 from simbert.checkpoints import assign_training_state, read_training_state, write_training_state
 from simbert.compiled import use_compilation_cache
 from simbert.config import DataConfig, TrainConfig, TrainingConfig
@@ -210,10 +210,9 @@ class Trainer:
     process out while this one trains.
 
     `request_stop()` (thread-safe; the `simbert train` command calls it on SIGINT and
-    SIGTERM, through `stop_event`) makes `fit` save a checkpoint after the current step
-    (on JAX, where the loop starts steps ahead of the device, after at most
-    `ProgressLogger.AHEAD` more) and return; a stop requested before training starts
-    returns before the first step.
+    SIGTERM, through `stop_event`) makes `fit` finish the steps it has started (the next
+    one; on JAX, where the loop runs ahead of the device, up to 2 more), save a checkpoint
+    and return; a stop requested before training starts returns before the first step.
 
     Example:
         >>> trainer = Trainer(TrainConfig.from_yaml("configs/tiny.yaml"))
@@ -458,12 +457,13 @@ class Trainer:
         progress = ProgressLogger(metrics_path, start_step, total, self.config.training.batch_size,
                                   output.log_every, self.stop_event, learning_rate_schedule(self.config.training))
         callbacks = [progress,
-                     CheckpointSaver(self.save_checkpoint, start_step, total, output.save_every, progress.finite_through),
+                     CheckpointSaver(self.save_checkpoint, start_step, total, output.save_every, self.stop_event),
                      LossCurve(metrics_path, os.path.join(self.output_dir, LOSS_PLOT_FILE)), *(callbacks or [])]
         if output.sample_every:
             texts = output.sample_texts or [group[0] for _, group in zip(range(3), self.read_groups())]
             sampler = SimBERT(self.backbone, self.tokenizer, max_tokens=self.config.data.max_tokens)
             callbacks.append(SamplePrinter(sampler, texts, output.sample_every, start_step))
+        callbacks = DispatchAhead(callbacks, self.training_model, verbose=0, epochs=1, steps=total - start_step)
         traces_before = self.training_model.step_traces
         batches = Prefetcher(self._batches(start_step), PREFETCH_BATCHES)
         started = time.perf_counter()
@@ -471,6 +471,7 @@ class Trainer:
             self.training_model.fit(self._fit_input(batches), steps_per_epoch=total - start_step, epochs=1,
                                     shuffle=False, verbose=0, callbacks=callbacks)
         finally:
+            callbacks.close()
             batches.close()  # stops the batch workers
         logger.info("waited %.1f s of %.1f s for batches (data.workers: %d)", batches.waited_s,
                     time.perf_counter() - started, self.workers)

@@ -5,12 +5,14 @@ Runs on TensorFlow here and on JAX through test_jax_backend.py."""
 
 import json
 import threading
+import types
 
 import keras
 import numpy as np
+import pytest
 
 from helpers import child_processes, tiny_config
-from simbert.callbacks import ProgressLogger
+from simbert.callbacks import DispatchAhead, ProgressLogger
 from simbert.checkpoints import read_training_state, read_weights
 from simbert.directories import TRAINING_STATE_FILE, checkpoint_dir
 from simbert.trainer import Trainer
@@ -107,3 +109,47 @@ def test_on_jax_the_loss_is_read_off_the_training_loop(tmp_path, monkeypatch):
     assert result.step == 6 and len(threads) == 6
     off_the_loop = [thread is not threading.main_thread() for thread in threads]
     assert off_the_loop == [keras.backend.backend() == "jax"] * 6
+
+
+def test_batch_ends_run_in_order_behind_the_loop_and_their_errors_reach_it():
+    """On JAX `DispatchAhead` runs the batch ends in a worker thread, in order, and a batch
+    starts once the batch end `ahead` (2) before it is done; a callback's error is raised
+    in the loop. On TensorFlow they run in the loop, at once."""
+    on_jax = keras.backend.backend() == "jax"
+    released, seen = threading.Event(), []
+
+    class Recorder(keras.callbacks.Callback):
+        async_safe = True
+
+        def on_train_batch_end(self, batch, logs=None):
+            if batch == 0:
+                released.wait(60)
+            if batch == 4:
+                raise ValueError("disk full")
+            seen.append((batch, logs["loss"], threading.current_thread() is threading.main_thread()))
+
+    callbacks = DispatchAhead([Recorder()], types.SimpleNamespace(), ahead=2)
+    assert callbacks.dispatching == on_jax
+    if not on_jax:
+        released.set()
+
+    def loss(batch):
+        return {"loss": keras.ops.convert_to_tensor(float(batch))}
+
+    callbacks.on_train_begin()
+    for batch in range(3):
+        callbacks.on_train_batch_begin(batch)
+        callbacks.on_train_batch_end(batch, loss(batch))
+    starting = threading.Thread(target=callbacks.on_train_batch_begin, args=(3,))
+    starting.start()
+    starting.join(0.5 if on_jax else 60)
+    assert starting.is_alive() == on_jax  # waiting for batch 0's end
+    released.set()
+    starting.join(60)
+    assert not starting.is_alive()
+    callbacks.on_train_batch_end(3, loss(3))
+    with pytest.raises(ValueError, match="disk full"):
+        callbacks.on_train_batch_end(4, loss(4))
+        callbacks.on_train_batch_begin(7)  # waits for batch 4's end
+    assert seen == [(batch, float(batch), not on_jax) for batch in range(4)]
+    callbacks.close()

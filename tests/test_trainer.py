@@ -8,7 +8,6 @@ import subprocess
 import sys
 import threading
 import time
-import types
 
 import keras
 import numpy as np
@@ -17,7 +16,6 @@ import pytest
 from helpers import ROOT, padded_batch, tiny_config
 from reference.invoke import run_bert4keras
 from simbert import build_transformer_model
-from simbert.callbacks import ProgressLogger
 from simbert.directories import checkpoint_dirs
 from simbert.trainer import Trainer, linear_warmup
 
@@ -229,39 +227,3 @@ def parent_of(pid: str) -> int | None:
     except OSError:
         return None
 
-
-def step_logs(running_mean):
-    return {key: running_mean for key in ("loss", "seq2seq_loss", "similarity_loss")}
-
-
-def finish_in_thread(function, *args):
-    result = []
-    thread = threading.Thread(target=lambda: result.append(function(*args)), daemon=True)
-    thread.start()
-    return thread, result
-
-
-def test_the_logger_takes_batch_ends_in_order_whatever_thread_delivers_them(tmp_path):
-    """Keras may hand batch ends to several threads: they arrive in any order, and the
-    saver asks about steps not yet taken in."""
-    model = types.SimpleNamespace(stop_training=False)
-    logger = ProgressLogger(str(tmp_path / "metrics.jsonl"), start_step=10, total_steps=16, batch_size=2,
-                            log_every=2, stop_event=threading.Event(), learning_rate=0.5)
-    logger.set_model(model)
-    asking, answer = finish_in_thread(logger.finite_through, 11)
-    starting, _ = finish_in_thread(logger.on_train_batch_begin, 4)  # waits for batch 1 (AHEAD = 2)
-    losses = [1.0, 2.0, 3.0, 4.0]  # running means 1, 1.5, 2, 2.5
-    running = np.cumsum(losses) / np.arange(1, 5)
-    logger.on_train_batch_end(1, step_logs(running[1]))
-    assert asking.is_alive() and starting.is_alive() and logger.step == 10
-    logger.on_train_batch_end(0, step_logs(running[0]))
-    asking.join(60)
-    starting.join(60)
-    assert answer == [True] and not starting.is_alive() and logger.step == 12
-    logger.on_train_batch_end(3, step_logs(running[3]))
-    logger.on_train_batch_end(2, step_logs(running[2]))
-    logger.on_train_batch_end(4, step_logs(float("nan")))
-    logger.on_train_batch_end(5, step_logs(float("nan")))
-    assert [(r["step"], r["loss"]) for r in read_metrics(tmp_path)] == [(12, 1.5), (14, 3.5)]
-    assert (logger.step, logger.nan_step, model.stop_training) == (14, 15, True)
-    assert logger.finite_through(14) and not logger.finite_through(15)
