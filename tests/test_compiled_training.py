@@ -19,9 +19,10 @@ from simbert.trainer import Trainer
 
 
 class RaiseAt(keras.callbacks.Callback):
-    def __init__(self, batch):
+    def __init__(self, batch, async_safe=False):
         super().__init__()
         self.batch = batch
+        self.async_safe = async_safe  # on JAX: raised in DispatchAhead's worker, then in the loop
 
     def on_train_batch_end(self, batch, logs=None):
         if batch == self.batch:
@@ -50,12 +51,13 @@ def test_an_eager_step_is_counted_once_per_step(tmp_path):
     assert trainer.fit().compiled_programs == 4
 
 
-def test_batch_workers_stop_when_fit_fails(tmp_path):
+@pytest.mark.parametrize("async_safe", [False, True])
+def test_batch_workers_stop_when_fit_fails(tmp_path, async_safe):
     config = tiny_config(tmp_path, 50)
     config.data.workers = 2
     trainer = Trainer(config)
     try:
-        trainer.fit(callbacks=[RaiseAt(3)])
+        trainer.fit(callbacks=[RaiseAt(3, async_safe)])
     except RuntimeError as error:
         assert "callback failed" in str(error)
     else:
