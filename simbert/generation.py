@@ -27,18 +27,39 @@ from simbert.models import Transformer
 from simbert.source_pass import SourcePass
 
 
-def pick_tokens(logits, uniform, topk=None, topp=None, temperature=1.0):
+TOP_K_BLOCK = 128  # columns per block of `blocked_top_k`
+
+
+def blocked_top_k(values, k: int, block: int = TOP_K_BLOCK):
+    """`keras.ops.top_k(values, k)` of `values` (rows, n), the same values and indices
+    (ties to the lower index), in two small passes instead of one over all n columns:
+    the k largest values lie in the k blocks of `block` columns with the largest maxima;
+    the top k of those blocks' columns, taken in column order, are the answer."""
+    n = values.shape[-1]
+    blocks = -(-n // block)
+    grouped = ops.reshape(ops.pad(values, ((0, 0), (0, blocks * block - n)), constant_values=float("-inf")),
+                          (-1, blocks, block))
+    best = ops.sort(ops.top_k(ops.max(grouped, axis=-1), k)[1], axis=-1)  # (rows, k) block numbers
+    candidates = ops.take_along_axis(grouped, ops.repeat(best[:, :, None], block, axis=2), axis=1)
+    top, position = ops.top_k(ops.reshape(candidates, (-1, k * block)), k)
+    return top, ops.take_along_axis(best, position // block, axis=1) * block + position % block
+
+
+def pick_tokens(logits, uniform, topk=None, topp=None, temperature=1.0, blocked: bool = False):
     """Sample one token per row by inverse-CDF on `uniform` (batch,) in [0, 1).
 
     probabilities = softmax(logits / temperature), restricted to the `topk` largest and
     then to the smallest prefix (by descending probability) whose mass reaches `topp`,
-    renormalised (bert4keras' `random_sample`). `topk=1` is greedy.
+    renormalised (bert4keras' `random_sample`). `topk=1` is greedy. `blocked`: the top k
+    of a vocabulary wider than k blocks by `blocked_top_k` (`Kernels.blocked_top_k`).
     """
     if topk == 1:
         return ops.argmax(logits, axis=-1)
     logits = ops.cast(logits, "float32") / temperature
     indices = None
-    if topk or topp:
+    if topk and blocked and logits.shape[-1] > topk * TOP_K_BLOCK:
+        logits, indices = blocked_top_k(logits, topk)
+    elif topk or topp:
         logits, indices = ops.top_k(logits, topk or ops.shape(logits)[-1])
     probabilities = ops.softmax(logits, axis=-1)
     if topp:
@@ -126,8 +147,10 @@ class CachedDecoder:
         outputs = ops.zeros((samples, steps), "int32")
         finished = ops.zeros((samples,), "bool")
 
+        blocked = self.backbone.kernels.blocked_top_k
+
         def pick(t, logits, outputs, finished):
-            tokens = pick_tokens(self._without_padding(logits), noise[t], topk, topp, temperature)
+            tokens = pick_tokens(self._without_padding(logits), noise[t], topk, topp, temperature, blocked)
             tokens = ops.where(finished, 0, ops.cast(tokens, "int32"))
             outputs = ops.slice_update(outputs, (0, t), tokens[:, None])
             return tokens, outputs, ops.logical_or(finished, ops.equal(tokens, self.end_id))

@@ -2,14 +2,17 @@
 
 import json
 
+import keras
 import numpy as np
 import pytest
 
 from helpers import TINY_CONFIG, random_bert_values
 from reference.invoke import run_bert4keras
-from simbert import build_transformer_model
+from simbert import Transformer, build_transformer_model
 from simbert.checkpoints import write_tf_checkpoint
-from simbert.generation import CachedDecoder, pick_tokens
+from simbert.config import BackboneConfig
+from simbert.generation import CachedDecoder, blocked_top_k, pick_tokens
+from simbert.kernels import Kernels
 
 MODELS = ["bert", "roformer"]
 SOURCES = [[2, 11, 12, 13, 3], [2, 40, 41, 42, 43, 44, 45, 46, 3], [2, 90, 3]]
@@ -131,3 +134,34 @@ def test_samples_stop_at_end_and_are_seeded(model_dirs):
     assert decoder.compiled_programs == 3  # the prefill, the 16-row and the 5-row sampling loops
     with pytest.raises(ValueError, match="max_source_len 12"):
         decoder.sample(list(range(2, 20)), n=1)
+
+
+def test_blocked_top_k_equals_top_k_ties_included():
+    """`blocked_top_k` (the CPU's sampler kernel) gives `ops.top_k`'s values and indices,
+    ties to the lower index, -inf columns and block sizes that do not divide the width."""
+    rng = np.random.default_rng(0)
+    values = rng.standard_normal((7, 1000)).astype("float32")
+    values[1, [5, 500, 900]] = 9.0  # ties across blocks
+    values[2, ::50] = 3.0
+    values[3, :] = 1.0  # every column tied
+    values[4, 10:] = -np.inf  # a [PAD]-like row, ten finite columns
+    values[5] = np.round(values[5], 1)  # many ties inside blocks
+    for k in (1, 3, 5, 8):
+        expected_values, expected_indices = keras.ops.top_k(values, k)
+        for block in (7, 64, 128):
+            top, indices = blocked_top_k(keras.ops.convert_to_tensor(values), k, block)
+            np.testing.assert_array_equal(np.asarray(top), np.asarray(expected_values))
+            np.testing.assert_array_equal(np.asarray(indices), np.asarray(expected_indices))
+
+
+def test_sampling_with_blocked_top_k_equals_plain_top_k():
+    """A vocabulary of 1500 (wider than 5 blocks of 128): the same samples either way."""
+    config = BackboneConfig.from_dict({**TINY_CONFIG, "vocab_size": 1500})
+    samples = []
+    for blocked in (True, False):
+        keras.utils.set_random_seed(4)
+        backbone = Transformer(config, application="unilm", with_mlm="linear",
+                               kernels=Kernels(blocked_top_k=blocked))
+        decoder = CachedDecoder(backbone, END_ID, max_source_len=12, max_target_len=MAXLEN)
+        samples.append(decoder.sample(SOURCES[1], n=16, topk=5, seed=3))
+    assert samples[0] == samples[1] and len({tuple(s) for s in samples[0]}) > 1
