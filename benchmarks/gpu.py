@@ -22,7 +22,8 @@ Sections (results as a markdown table at the end, and JSON lines in WORK_DIR/res
   and the time to tokenize the sentences.
 - generate: `gen_synonyms(n=100, k=20)` at BERT-base, 32 new tokens: first call in a
   fresh process (empty and warm cache) and steady state, against the original algorithm
-  (full recompute per token, then encode and rank) in torch bf16.
+  (full recompute per token, then encode and rank) in torch bf16. Ours also times the
+  sampler alone with `Kernels.blocked_top_k` on and off (which to keep on this device).
 
 `--small` shrinks every size (L2/H128, batch 16, 400 sentences, n=10) for a CPU dry run.
 """
@@ -509,8 +510,26 @@ def child_generate_ours(model_dir, cache, samples, repeats):
         model.gen_synonyms(QUERY, n=samples, k=20)
     first_done = time.perf_counter()
     steady = median_seconds(lambda: model.gen_synonyms(QUERY, n=samples, k=20), repeats, warmup=1)
+    programs = model.compiled_programs
     return {"load_s": loaded - start, "first_s": first_done - loaded, "steady_s": steady,
-            "programs": model.compiled_programs, **phases.report("first")}
+            "programs": programs, **phases.report("first"), **time_top_k_kernels(model, samples, repeats)}
+
+
+def time_top_k_kernels(model, samples, repeats) -> dict:
+    """The sampler alone (`sample(n, topk=5)`, steady) with this platform's top-k kernel
+    and with `Kernels.blocked_top_k` flipped: whether the blocked top-k pays here."""
+    from simbert.generation import CachedDecoder
+
+    source = model.tokenizer.encode(QUERY, maxlen=SOURCE)[0]
+    kernels = model.backbone.kernels
+    seconds = {}
+    for blocked in (kernels.blocked_top_k, not kernels.blocked_top_k):
+        model.backbone.kernels = dataclasses.replace(kernels, blocked_top_k=blocked)
+        decoder = CachedDecoder(model.backbone, model.tokenizer.sep_id, SOURCE, SOURCE, model.source_pass)
+        seconds[f"sampler_s_blocked_top_k_{str(blocked).lower()}"] = median_seconds(
+            lambda: decoder.sample(source, n=samples, topk=5, seed=0), repeats, warmup=1)
+    model.backbone.kernels = kernels
+    return seconds
 
 
 def child_generate_theirs(model_dir, samples, repeats):
