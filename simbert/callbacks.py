@@ -124,7 +124,20 @@ class DispatchAhead(keras.callbacks.CallbackList):
                 self.progress.notify_all()
 
 
-class ProgressLogger(keras.callbacks.Callback):
+class TrainingModelCallback(keras.callbacks.Callback):
+    """A callback that keeps the model `fit` trains as `training_model`, to set
+    `stop_training` on without `Callback.model`'s state sync on JAX."""
+
+    def __init__(self):
+        super().__init__()
+        self.training_model = None
+
+    def set_model(self, model):
+        super().set_model(model)
+        self.training_model = model
+
+
+class ProgressLogger(TrainingModelCallback):
     """tqdm bar (step, losses, samples/s) and a metrics file (JSON lines), one line per
     logged step holding the mean of each loss over the steps since the previous line.
 
@@ -159,11 +172,6 @@ class ProgressLogger(keras.callbacks.Callback):
         self.nan_step = None
         self.nan_loss = None
         self.started = None
-        self.training_model = None
-
-    def set_model(self, model):
-        super().set_model(model)
-        self.training_model = model  # `Callback.model` would sync the state on JAX
 
     def on_train_batch_begin(self, batch, logs=None):
         if self.started is None and batch == 1:
@@ -211,7 +219,7 @@ class ProgressLogger(keras.callbacks.Callback):
         self.bar.close()
 
 
-class CheckpointSaver(keras.callbacks.Callback):
+class CheckpointSaver(TrainingModelCallback):
     """At the start of a batch: stops training after it if a stop was requested, and calls
     `save(step)` for the step just run every `save_every` steps before the last (which
     the caller saves after `fit`) unless a loss so far was not finite (the running mean
@@ -225,11 +233,6 @@ class CheckpointSaver(keras.callbacks.Callback):
         self.total_steps = total_steps
         self.save_every = save_every
         self.stop_event = stop_event
-        self.training_model = None
-
-    def set_model(self, model):
-        super().set_model(model)
-        self.training_model = model  # `Callback.model` would sync the state on JAX
 
     def on_train_batch_begin(self, batch, logs=None):
         if self.stop_event.is_set():
