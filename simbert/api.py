@@ -107,7 +107,7 @@ class SimBERT:
     def compiled_programs(self) -> int:
         """Programs compiled so far by `encode` and the sampler (each distinct input shape
         of a compiled function is one; see `simbert.shapes` for how few there are)."""
-        return self._decoder.compiled_programs if self._decoder is not None else self.source_pass.traces
+        return self._decoder.compiled_programs if self._decoder is not None else self.source_pass.programs
 
     @property
     def fingerprint(self) -> str:

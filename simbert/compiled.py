@@ -3,16 +3,23 @@ they build.
 
 On JAX the function is `jax.jit`-ed with the variables passed in as arguments (through a
 StatelessScope), so later weight updates are seen; each new input shape traces and
-compiles a new program. On TensorFlow it is a `tf.function`, XLA-compiled unless told
-otherwise; with `dynamic_inputs` it is traced once, for inputs of any shape.
+compiles a new program. With a `program_key` and a compilation cache directory, the
+traced program is stored (`simbert.trace_store`) and a later process loads it instead of
+tracing. On TensorFlow it is a `tf.function`, XLA-compiled unless told otherwise; with
+`dynamic_inputs` it is traced once, for inputs of any shape.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 from typing import Callable, Sequence
 
 import keras
+
+from simbert.trace_store import TraceStore
+
+logger = logging.getLogger(__name__)
 
 DEFAULT_CACHE = "default"  # `compilation_cache` value meaning `default_cache_directory()`
 
@@ -53,8 +60,9 @@ def use_compilation_cache(directory: str | None = DEFAULT_CACHE) -> str | None:
 
 
 class CompiledFunction:
-    """`function(*args)` compiled for the active backend; `traces` counts the programs
-    built (a Python counter the function body increments, which runs only when tracing).
+    """`function(*args)` compiled for the active backend. `programs` counts the programs
+    it holds (one per input shape on JAX, whether traced here or loaded); `traces` the
+    times `function` was traced (a Python counter its body increments).
 
     Args:
         function: takes and returns tensors; may read `variables`.
@@ -62,10 +70,13 @@ class CompiledFunction:
         jit_compile: XLA on TensorFlow (JAX always compiles with XLA).
         dynamic_inputs: TensorFlow only: `(rank, dtype)` of each argument; the function is
             then traced once with every dimension unknown, and serves inputs of any shape.
+        program_key: JAX only: what `function` computes, besides the shapes of the weights
+            and inputs and simbert's own code (the model's config and options); with it the
+            traced programs are kept under the compilation cache. None: never kept.
     """
 
     def __init__(self, function: Callable, variables: Sequence, jit_compile: bool = True,
-                 dynamic_inputs: Sequence[tuple[int, str]] | None = None):
+                 dynamic_inputs: Sequence[tuple[int, str]] | None = None, program_key: str | None = None):
         self.traces = 0
 
         def counted(*args):
@@ -73,6 +84,7 @@ class CompiledFunction:
             return function(*args)
 
         backend = keras.backend.backend()
+        self._programs = None
         if backend == "tensorflow":
             import tensorflow as tf
 
@@ -91,9 +103,44 @@ class CompiledFunction:
                     return counted(*args)
 
             jitted = jax.jit(stateless)
-            self._call = lambda *args: jitted([v.value for v in variables], *args)
+            self._programs = {}
+
+            def call(*args):
+                values = [v.value for v in variables]
+                leaves, structure = jax.tree_util.tree_flatten(args)
+                signature = (structure, tuple(jax.typeof(leaf) for leaf in leaves))
+                program = self._programs.get(signature)
+                if program is None:
+                    program = self._programs[signature] = self._program(jitted, program_key, values, args)
+                return program(values, *args)
+
+            self._call = call
         else:
             self._call = counted
+
+    @property
+    def programs(self) -> int:
+        return len(self._programs) if self._programs is not None else self.traces
+
+    @staticmethod
+    def _program(jitted, program_key: str | None, values, args) -> Callable:
+        """`jitted`, or with a key and a store, the stored trace of `jitted(values, *args)`
+        (exported and stored first if absent) compiled by `jax.jit`."""
+        import jax
+
+        store = TraceStore.of_compilation_cache() if program_key is not None else None
+        if store is None:
+            return jitted
+        name = store.name(program_key, (values, args))
+        exported = store.load(name)
+        if exported is None:
+            try:
+                exported = jax.export.export(jitted)(values, *args)
+            except Exception as error:  # e.g. a custom call jax.export does not serialize
+                logger.info("running %s without storing its trace: %s", program_key[:80], error)
+                return jitted
+            store.save(name, exported)
+        return jax.jit(exported.call)
 
     def __call__(self, *args):
         return self._call(*args)

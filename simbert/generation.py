@@ -99,14 +99,16 @@ class CachedDecoder:
         self.max_target_len = max_target_len
         self.variables = backbone.variables
         self.source_pass = source_pass or SourcePass(backbone)
-        self._step = CompiledFunction(self._decode_step, self.variables)
+        model = backbone.computation
+        self._key = model and f"{model} end {end_id} lengths {max_source_len} {max_target_len}"
+        self._step = CompiledFunction(self._decode_step, self.variables, program_key=self._key and f"step {self._key}")
         self._samplers = {}
 
     @property
     def compiled_programs(self) -> int:
         """Programs compiled so far: the source pass, the step, one sampling loop per
         (n, steps, topk, topp, temperature)."""
-        return self.source_pass.traces + sum(f.traces for f in (self._step, *self._samplers.values()))
+        return self.source_pass.programs + sum(f.programs for f in (self._step, *self._samplers.values()))
 
     # ------------------------------------------------------------- graph parts
     def empty_caches(self, batch: int):
@@ -210,7 +212,8 @@ class CachedDecoder:
             def run(logits, source_caches, source_len, noise):
                 return self._sample_loop(logits, source_caches, source_len, noise, topk, topp, temperature, steps)
 
-            self._samplers[key] = CompiledFunction(run, self.variables)
+            program_key = self._key and f"sample {key} {self._key}"
+            self._samplers[key] = CompiledFunction(run, self.variables, program_key=program_key)
         logits, source_caches, source_len = self.prefill(source_ids)
         noise = np.random.default_rng(seed).random((steps, n), dtype="float32")
         chunks = range(0, n, rows)

@@ -3,6 +3,9 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
+
 import keras
 import numpy as np
 
@@ -180,6 +183,17 @@ class Transformer(keras.Model):
         if token_ids.shape[1] > self.config.max_position_embeddings:
             raise ValueError(f"sequence length {token_ids.shape[1]} exceeds max_position_embeddings "
                              f"{self.config.max_position_embeddings}")
+
+    @property
+    def computation(self) -> str | None:
+        """What decides the programs compiled from this model besides the shapes of its
+        inputs and weights, as JSON: its config, application, heads, dtype policy and
+        kernels (a `program_key` part for `simbert.compiled.CompiledFunction`). None for a
+        subclass, whose own code such a key would not cover."""
+        if type(self) is not Transformer:
+            return None
+        config = {key: value for key, value in self.get_config().items() if key not in ("name", "trainable")}
+        return json.dumps({**config, "kernels": dataclasses.asdict(self.kernels)}, sort_keys=True)
 
     def get_config(self):
         return {"config": self.config.to_dict(), "application": self.application, "with_pool": self.with_pool,

@@ -28,7 +28,7 @@ from simbert.models import Transformer
 
 class SourcePass:
     """`pooled` and `prefill` of a UniLM `Transformer` with a pooler and/or an MLM head.
-    `traces` counts the programs compiled."""
+    `programs` counts the programs compiled (or loaded: `simbert.trace_store`)."""
 
     def __init__(self, backbone: Transformer):
         self.backbone = backbone
@@ -40,13 +40,16 @@ class SourcePass:
             self._pooled = lambda *inputs: shared(*inputs)[0]
             self._prefill = lambda *inputs: shared(*inputs)[1:]
         else:
-            self._pooled = CompiledFunction(lambda *inputs: self._outputs(*inputs)[0], variables)
-            self._prefill = CompiledFunction(lambda *inputs: self._outputs(*inputs)[1:], variables)
+            model = backbone.computation
+            self._pooled = CompiledFunction(lambda *inputs: self._outputs(*inputs)[0], variables,
+                                            program_key=model and f"pooled {model}")
+            self._prefill = CompiledFunction(lambda *inputs: self._outputs(*inputs)[1:], variables,
+                                             program_key=model and f"prefill {model}")
             self._functions = [self._pooled, self._prefill]
 
     @property
-    def traces(self) -> int:
-        return sum(function.traces for function in self._functions)
+    def programs(self) -> int:
+        return sum(function.programs for function in self._functions)
 
     def _outputs(self, token_ids, query_positions, source_rows):
         """`(pooled, logits, caches)`: the pooler of the last block's output at

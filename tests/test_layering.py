@@ -11,7 +11,7 @@ PACKAGE = os.path.join(ROOT, "simbert")
 
 # Lowest first. A module may import modules of strictly lower layers only.
 LAYERS = [
-    {"arguments", "errors", "kernels", "workers"},
+    {"arguments", "errors", "kernels", "workers", "trace_store"},
     {"tokenizer", "layers", "shapes", "compiled"},
     {"config"},
     {"models"},

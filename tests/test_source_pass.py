@@ -65,4 +65,4 @@ def test_tensorflow_traces_one_graph_for_every_shape_and_both_uses():
         source_pass.pooled(padded(rows, length))
     source_pass.prefill(padded(1, 12), 6)
     expected = 1 if keras.backend.backend() == "tensorflow" else 4  # JAX: one program per shape and use
-    assert source_pass.traces == expected
+    assert source_pass.programs == expected
