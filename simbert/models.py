@@ -192,8 +192,10 @@ class Transformer(keras.Model):
         subclass, whose own code such a key would not cover."""
         if type(self) is not Transformer:
             return None
-        config = {key: value for key, value in self.get_config().items() if key not in ("name", "trainable")}
-        return json.dumps({**config, "kernels": dataclasses.asdict(self.kernels)}, sort_keys=True)
+        # (Not `get_config`: serializing the dtype policy imports TensorFlow, seconds.)
+        return json.dumps({"config": self.config.to_dict(), "application": self.application,
+                           "with_pool": self.with_pool, "with_mlm": self.with_mlm, "dtype": self.dtype_policy.name,
+                           "kernels": dataclasses.asdict(self.kernels)}, sort_keys=True)
 
     def get_config(self):
         return {"config": self.config.to_dict(), "application": self.application, "with_pool": self.with_pool,

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from helpers import ROOT, TINY_CONFIG, write_model_dir
+from simbert.directories import convert_checkpoint
 from simbert.trace_store import SUBDIRECTORY, SUFFIX, TraceStore
 
 SCRIPT = r"""
@@ -23,7 +24,8 @@ vectors = model.encode(texts, batch_size=2)
 samples = model.decoder.sample(model._source_ids("w30 w31 w32"), n=3, topk=4, seed=7)
 functions = [*model.source_pass._functions, model.decoder._step, *model.decoder._samplers.values()]
 print(json.dumps({"vectors": vectors.tolist(), "samples": samples, "programs": model.compiled_programs,
-                  "traces": sum(function.traces for function in functions)}))
+                  "traces": sum(function.traces for function in functions),
+                  "tensorflow": "tensorflow" in sys.modules}))
 """
 
 
@@ -38,11 +40,16 @@ def run_jax(model_dir, cache):
 
 def test_a_second_process_loads_the_traces_and_a_damaged_one_is_traced_again(tmp_path):
     model_dir = write_model_dir(str(tmp_path / "model"), TINY_CONFIG)
+    convert_checkpoint(model_dir, "safetensors")  # read without TensorFlow
+    for name in os.listdir(model_dir):
+        if name.startswith("bert_model.ckpt"):
+            os.remove(os.path.join(model_dir, name))
     cache = str(tmp_path / "cache")
     first = run_jax(model_dir, cache)
     # Two encode shapes (2 rows of length 16, padded from 4 and 16 tokens), the prefill,
     # one sampling loop.
     assert first["programs"] == first["traces"] == 4
+    assert first["tensorflow"] is False  # the programs' keys are built without it (seconds to import)
     stored = sorted(os.listdir(os.path.join(cache, SUBDIRECTORY)))
     assert len(stored) == 4 and all(name.endswith(SUFFIX) for name in stored)
 
