@@ -18,9 +18,11 @@ Sections (results as a markdown table at the end, and JSON lines in WORK_DIR/res
 - encode: 8,000 AFQMC sentences through an HF directory (batch 128): first pass in a
   fresh process (empty and warm compilation cache, and warm with the stored traces
   removed) and second pass, against
-  sentence-transformers in bf16 on the same weights. Ours also reports the first
-  pass's host time by phase (JAX tracing, lowering, compiling or loading from the cache)
-  and the time to tokenize the sentences.
+  sentence-transformers in bf16 on the same weights; ours in float32 and in
+  mixed_bfloat16. Ours also reports the first pass's host time by phase (JAX tracing,
+  lowering, compiling or loading from the cache), the time to tokenize the sentences,
+  and (in the warm-cache process) a steady pass with `Kernels.fused_attention` off and
+  on (which to keep here).
 - generate: `gen_synonyms(n=100, k=20)` at BERT-base, 32 new tokens: first call in a
   fresh process (empty and warm cache, warm with the traces removed) and steady state,
   against the original algorithm
@@ -435,26 +437,47 @@ class CompilePhases(logging.Handler):
 
 
 # ---------------------------------------------------------------------- encode
-def child_encode_ours(model_dir, texts_path, cache, batch):
+def child_encode_ours(model_dir, texts_path, cache, batch, precision, compare_kernels):
     start = time.perf_counter()
     from simbert.api import SimBERT
 
     with open(texts_path, encoding="utf-8") as reader:
         texts = reader.read().split("\n")
-    model = SimBERT.from_pretrained(model_dir, max_tokens=64, compilation_cache=cache)
+    model = SimBERT.from_pretrained(model_dir, max_tokens=64, compilation_cache=cache, precision=precision)
     loaded = time.perf_counter()
     with CompilePhases() as phases:
         first = model.encode(texts, batch_size=batch)
     first_done = time.perf_counter()
     model.encode(texts, batch_size=batch)
     second_done = time.perf_counter()
-    np.save(texts_path + ".ours.npy", first)
+    np.save(f"{texts_path}.ours_{precision}.npy", first)
     started = time.perf_counter()
     for text in texts:
         model.tokenizer.encode(text, maxlen=64)
     return {"load_s": loaded - start, "first_s": first_done - loaded, "second_s": second_done - first_done,
             "programs": model.compiled_programs, "tokenize_s": time.perf_counter() - started,
-            **phases.report("first")}
+            **phases.report("first"), **(time_fused_attention(model, texts, batch) if compare_kernels else {})}
+
+
+def time_fused_attention(model, texts, batch) -> dict:
+    """A steady `encode` pass (median of 3) with `Kernels.fused_attention` off and on, the
+    same weights and precision: whether `keras.ops.dot_product_attention` pays for
+    inference here; and the largest difference between the two's vectors."""
+    from simbert.api import SimBERT
+    from simbert.models import Transformer
+
+    backbone = model.backbone
+    seconds, vectors = {}, {}
+    for fused in (False, True):
+        twin = Transformer(backbone.config, application=backbone.application, with_pool=backbone.with_pool,
+                           with_mlm=backbone.with_mlm, dtype=backbone.dtype_policy,
+                           kernels=dataclasses.replace(backbone.kernels, fused_attention=fused))
+        twin.set_weights(backbone.get_weights())
+        encoder = SimBERT(twin, model.tokenizer, model.max_tokens)
+        vectors[fused] = encoder.encode(texts, batch_size=batch)
+        seconds[f"pass_s_fused_attention_{str(fused).lower()}"] = median_seconds(
+            lambda: encoder.encode(texts, batch_size=batch), 3, warmup=0)
+    return {**seconds, "fused_attention_max_difference": float(np.abs(vectors[True] - vectors[False]).max())}
 
 
 def child_encode_theirs(model_dir, texts_path, batch):
@@ -505,10 +528,13 @@ def section_encode(args, work, token_dict):
     texts_path = os.path.join(work, "sentences.txt")
     with open(texts_path, "w", encoding="utf-8") as writer:
         writer.write("\n".join(read_sentences(args.data, size.sentences)))
-    cache = os.path.join(work, "encode_cache")
-    for label in cache_states(cache):
-        report = run_child("encode-ours", model_dir, texts_path, cache, 128)
-        record(work, section="encode", name=f"ours, fresh process, {label}", sentences=size.sentences, **report)
+    for precision in ("float32", "mixed_bfloat16"):
+        cache = os.path.join(work, f"encode_cache_{precision}")
+        for label in cache_states(cache):
+            report = run_child("encode-ours", model_dir, texts_path, cache, 128, precision,
+                               int(label == "warm cache"))
+            record(work, section="encode", name=f"ours {precision}, fresh process, {label}",
+                   sentences=size.sentences, **report)
     report = run_child("encode-theirs", model_dir, texts_path, 128)
     record(work, section="encode", name="sentence-transformers bf16, fresh process", sentences=size.sentences,
            **report)
@@ -601,7 +627,7 @@ def section_generate(args, work, token_dict):
 
 
 # ------------------------------------------------------------------------ main
-CHILDREN = {"encode-ours": lambda a: child_encode_ours(a[0], a[1], a[2], int(a[3])),
+CHILDREN = {"encode-ours": lambda a: child_encode_ours(a[0], a[1], a[2], int(a[3]), a[4], a[5] == "1"),
             "encode-theirs": lambda a: child_encode_theirs(a[0], a[1], int(a[2])),
             "generate-ours": lambda a: child_generate_ours(a[0], a[1], int(a[2]), int(a[3])),
             "generate-theirs": lambda a: child_generate_theirs(a[0], int(a[1]), int(a[2]))}

@@ -19,7 +19,7 @@ import keras
 import numpy as np
 from tqdm import tqdm
 
-from simbert.arguments import check_integer
+from simbert.arguments import check_integer, check_precision
 from simbert.compiled import DEFAULT_CACHE, use_compilation_cache
 from simbert.directories import WHITENING_FILE, load_pretrained, save_pretrained, with_latest_checkpoint
 from simbert.generation import CachedDecoder
@@ -72,16 +72,22 @@ class SimBERT:
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, model_type: str | None = None, max_tokens: int = 64,
                         pre_tokenize: Callable[[str], Iterable[str]] | None = None,
-                        compilation_cache: str | None = DEFAULT_CACHE) -> "SimBERT":
+                        compilation_cache: str | None = DEFAULT_CACHE, precision: str | None = None) -> "SimBERT":
         """Load a released TF-checkpoint directory, a trainer output (its latest checkpoint)
         or an HF directory. `model_type` ('bert'/'roformer') defaults to what the files
         say, else 'bert'. A whitening.npz beside the weights is applied.
         `compilation_cache`: where compiled programs are kept for later processes
-        (`simbert.compiled.use_compilation_cache`; default under ~/.cache/simbert, None: off)."""
+        (`simbert.compiled.use_compilation_cache`; default under ~/.cache/simbert, None: off).
+        `precision`: the dtype policy the model computes in (`PRECISIONS`; default Keras'
+        global one, float32 unless set): "mixed_bfloat16" keeps float32 weights and
+        computes in bfloat16 (LayerNorm, GELU and softmax in float32), the GPU's fast path;
+        vectors then differ from float32's by about 1e-2."""
+        if precision is not None:
+            check_precision("precision", precision)
         use_compilation_cache(compilation_cache)
 
         def read(directory: str) -> "SimBERT":
-            tokenizer, backbone = load_pretrained(directory, model_type, pre_tokenize=pre_tokenize)
+            tokenizer, backbone = load_pretrained(directory, model_type, pre_tokenize=pre_tokenize, dtype=precision)
             simbert = cls(backbone, tokenizer, max_tokens, name=os.path.basename(os.path.normpath(str(path))))
             if os.path.isfile(os.path.join(directory, WHITENING_FILE)):
                 simbert.whitening = Whitening.load(os.path.join(directory, WHITENING_FILE))

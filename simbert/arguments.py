@@ -8,6 +8,17 @@ import math
 from typing import Callable
 
 
+# Keras dtype policies a model may compute in: `training.precision`, `SimBERT.from_pretrained`.
+PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
+
+
+def check_precision(name: str, value) -> str:
+    """One of `PRECISIONS`."""
+    if value not in PRECISIONS:
+        raise ValueError(f"{name} should be one of {', '.join(PRECISIONS)}, got {value!r}")
+    return value
+
+
 def check_integer(name: str, value, minimum: int = 1, maximum: int | None = None) -> int:
     """An integer in `[minimum, maximum]` (no upper bound when `maximum` is None)."""
     valid = isinstance(value, int) and not isinstance(value, bool)

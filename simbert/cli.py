@@ -30,7 +30,7 @@ import signal
 import sys
 import threading
 
-from simbert.arguments import argument_type, check_integer, check_positive, check_probability
+from simbert.arguments import PRECISIONS, argument_type, check_integer, check_positive, check_probability
 
 # TensorFlow's C++ start-up log level, unless the user set one: warnings and errors only.
 TF_LOG_LEVEL = "1"
@@ -38,6 +38,14 @@ TF_LOG_LEVEL = "1"
 
 def _cache(args) -> str | None:
     return None if args.no_compile_cache else args.compile_cache
+
+
+def _load_model(args):
+    """The `SimBERT` of a model command's arguments."""
+    from simbert.api import SimBERT
+
+    return SimBERT.from_pretrained(args.model_dir, max_tokens=args.max_tokens, compilation_cache=_cache(args),
+                                   precision=args.precision)
 
 
 def _convert(args) -> int:
@@ -88,9 +96,7 @@ def _train(args) -> int:
 
 
 def _generate(args) -> int:
-    from simbert.api import SimBERT
-
-    model = SimBERT.from_pretrained(args.model_dir, max_tokens=args.max_tokens, compilation_cache=_cache(args))
+    model = _load_model(args)
     for text, score in model.gen_synonyms(args.text, n=args.n, k=args.k, with_scores=True, topk=args.topk,
                                           topp=args.topp, temperature=args.temperature, seed=args.seed,
                                           progress=True):
@@ -101,7 +107,6 @@ def _generate(args) -> int:
 def _encode(args) -> int:
     import numpy as np
 
-    from simbert.api import SimBERT
     from simbert.retrieval import numbered_lines
 
     lines = list(numbered_lines(args.input))
@@ -114,7 +119,7 @@ def _encode(args) -> int:
                          f"so remove them, or pass --skip-blank to leave them out and write the line number of "
                          f"each row beside the vectors")
     kept = [(number, text) for number, text in lines if text]
-    model = SimBERT.from_pretrained(args.model_dir, max_tokens=args.max_tokens, compilation_cache=_cache(args))
+    model = _load_model(args)
     vectors = model.encode([text for _, text in kept], batch_size=args.batch_size, progress=True)
     np.save(args.output, vectors)
     print(f"wrote {vectors.shape[0]} vectors of dimension {vectors.shape[1]} to {args.output}")
@@ -133,11 +138,10 @@ def line_numbers_path(vectors_path: str) -> str:
 
 
 def _index(args) -> int:
-    from simbert.api import SimBERT
     from simbert.retrieval import read_lines
 
     count = sum(1 for _ in read_lines(args.input))  # a first pass: the writer preallocates the vectors
-    model = SimBERT.from_pretrained(args.model_dir, max_tokens=args.max_tokens, compilation_cache=_cache(args))
+    model = _load_model(args)
     options = {} if args.append else {"dtype": args.dtype, "backend": args.backend, "faiss_index": args.faiss_index}
     index = model.write_index(read_lines(args.input), count, args.output, batch_size=args.batch_size,
                               append=args.append, progress=True, **options)
@@ -146,9 +150,7 @@ def _index(args) -> int:
 
 
 def _search(args) -> int:
-    from simbert.api import SimBERT
-
-    model = SimBERT.from_pretrained(args.model_dir, max_tokens=args.max_tokens, compilation_cache=_cache(args))
+    model = _load_model(args)
     model.load_index(args.index_dir)
     model.index.check_model(model.fingerprint, model.name, strict=args.strict)
     for text, score in model.most_similar(args.query, topn=args.topn):
@@ -161,11 +163,10 @@ def _eval(args) -> int:
 
     import numpy as np
 
-    from simbert.api import SimBERT
     from simbert.evaluation import evaluate_files, format_table, jaccard_similarity, plot_histograms
     from simbert.retrieval import read_lines
 
-    model = SimBERT.from_pretrained(args.model_dir, max_tokens=args.max_tokens, compilation_cache=_cache(args))
+    model = _load_model(args)
 
     def cosine(first, second):
         return np.sum(model.encode(first, args.batch_size) * model.encode(second, args.batch_size), axis=1)
@@ -216,8 +217,7 @@ def _serve(args) -> int:
 
     limits = ServerLimits(max_texts=args.max_texts, max_chars=args.max_chars, max_n=args.max_n, max_k=args.max_k,
                           request_timeout_s=args.timeout)
-    app = create_app(args.model_dir, args.index, limits, batch_wait_ms=args.batch_wait_ms, max_batch=args.max_batch,
-                     max_tokens=args.max_tokens, compilation_cache=_cache(args))
+    app = create_app(_load_model(args), args.index, limits, batch_wait_ms=args.batch_wait_ms, max_batch=args.max_batch)
     serve(app, args.host, args.port)
     return 0
 
@@ -249,6 +249,9 @@ def build_parser() -> argparse.ArgumentParser:
         command.add_argument("--maxlen", dest="max_tokens", metavar="TOKENS", default=64,
                              type=argument_type(check_integer, "--maxlen", minimum=3),
                              help="tokens kept per text, and per generated text (default 64)")
+        command.add_argument("--precision", choices=PRECISIONS,
+                             help="compute dtype policy; mixed_bfloat16 computes in bfloat16 on a GPU "
+                                  "(default: float32)")
         command.set_defaults(run=run)
         add_cache_arguments(command, default="default")
         return command

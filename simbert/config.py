@@ -17,6 +17,7 @@ from typing import Any, ClassVar
 
 import yaml
 
+from simbert.arguments import PRECISIONS
 from simbert.layers import ACTIVATIONS, LAYER_NORM_EPSILON
 
 MODEL_TYPES = ("bert", "roformer")
@@ -189,7 +190,7 @@ class TrainConfig:
         "model.model_type": (None, *MODEL_TYPES),
         "data.format": ("groups", "pairs"),
         "data.on_error": ("raise", "skip"),
-        "training.precision": ("float32", "mixed_float16", "mixed_bfloat16"),
+        "training.precision": PRECISIONS,
         "training.jit_compile": (True, False, "auto"),
     }
     # Numbers checked when the recipe is read, before anything is built (None: unset).

@@ -56,8 +56,12 @@ class SourcePass:
         `query_positions` (batch, 1); for the inputs `source_rows` only, the MLM logits of
         that output and each layer's `(keys, values)` in `MultiHeadAttention`'s cache layout."""
         backbone = self.backbone
-        x, caches = backbone.sequence_output(token_ids, ops.zeros_like(token_ids), query_positions,
-                                             return_caches=True)
+        # JAX's `pooled` program asks for no source rows (statically 0): its attention then
+        # returns no keys and values, and may take the fused kernel (`Kernels.fused_attention`).
+        with_caches = source_rows.shape[0] != 0
+        x = backbone.sequence_output(token_ids, ops.zeros_like(token_ids), query_positions,
+                                     return_caches=with_caches)
+        x, caches = x if with_caches else (x, [])
         caches = [tuple(ops.take(part, source_rows, axis=0) for part in cache) for cache in caches]
         x = x[:, 0]
         pooled = backbone.pooler(x) if backbone.pooler is not None else None

@@ -28,6 +28,18 @@ def test_from_pretrained_reads_trainer_output_and_its_checkpoints(trained_tiny, 
     assert model.backbone.config.model_type == "bert"
 
 
+def test_from_pretrained_computes_in_the_precision_asked(trained_tiny, model):
+    half = SimBERT.from_pretrained(trained_tiny, max_tokens=32, precision="mixed_bfloat16")
+    assert half.backbone.compute_dtype == "bfloat16" and half.backbone.blocks[0].attention.query.kernel.dtype == "float32"
+    vectors, reference = half.encode(CORPUS), model.encode(CORPUS)
+    assert vectors.dtype == np.float32
+    cosines = np.sum(vectors * reference, axis=1)
+    assert cosines.min() > 0.99 and np.abs(vectors - reference).max() > 1e-4  # bfloat16's rounding, no more
+    assert model.backbone.compute_dtype == "float32"
+    with pytest.raises(ValueError, match="precision should be one of float32, mixed_float16, mixed_bfloat16, got 'bf16'"):
+        SimBERT.from_pretrained(trained_tiny, precision="bf16")
+
+
 def test_encode_keeps_order_and_normalises(model):
     vectors = model.encode(CORPUS, batch_size=3)
     assert vectors.shape == (len(CORPUS), model.backbone.config.hidden_size) and vectors.dtype == np.float32

@@ -46,6 +46,34 @@ def test_pooled_equals_the_pooled_encoder_and_prefill_the_full_model(model):
     assert keys.shape == (1, heads, size, 9) and values.shape == (1, heads, 9, size)
 
 
+def test_pooled_through_the_fused_attention_kernel_is_the_same(monkeypatch):
+    """With `Kernels.fused_attention`, JAX's `pooled` program (which returns no keys and
+    values) goes through `keras.ops.dot_product_attention` in every layer; the prefill,
+    and TensorFlow's one graph for both, keep the written-out path."""
+    from simbert.directories import read_config
+    from simbert.kernels import Kernels
+    from simbert.models import Transformer
+    from simbert.trace_store import TraceStore
+
+    # Traced here, not loaded from a store an earlier run under a compilation cache left.
+    monkeypatch.setattr(TraceStore, "of_compilation_cache", classmethod(lambda cls: None))
+    plain = backbone("bert")
+    fused = Transformer(read_config(TINY_CONFIG), application="unilm", with_pool="linear", with_mlm="linear",
+                        kernels=Kernels(fused_attention=True))
+    fused.set_weights(plain.get_weights())
+    token_ids = padded(6, 9, seed=3)
+    expected = keras.ops.convert_to_numpy(SourcePass(plain).pooled(token_ids))
+    calls = []
+    attention = keras.ops.dot_product_attention
+    monkeypatch.setattr(keras.ops, "dot_product_attention", lambda *a, **k: calls.append(1) or attention(*a, **k))
+    source_pass = SourcePass(fused)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(source_pass.pooled(token_ids)), expected, atol=1e-5)
+    layers = TINY_CONFIG["num_hidden_layers"]
+    assert len(calls) == (layers if keras.backend.backend() == "jax" else 0)
+    source_pass.prefill(token_ids[:1], int((token_ids[0] != 0).sum()))
+    assert len(calls) == (layers if keras.backend.backend() == "jax" else 0)
+
+
 def test_the_first_layers_keys_are_its_projection_of_the_embeddings():
     transformer = backbone("bert")
     token_ids = padded(1, 7)
