@@ -81,7 +81,7 @@ class SimBERT:
         `precision`: the dtype policy the model computes in (`PRECISIONS`; default Keras'
         global one, float32 unless set): "mixed_bfloat16" keeps float32 weights and
         computes in bfloat16 (LayerNorm, GELU and softmax in float32), the GPU's fast path;
-        vectors then differ from float32's by about 1e-2."""
+        vectors then differ a little from float32's (cosine above 0.9999 on BERT-base)."""
         if precision is not None:
             check_precision("precision", precision)
         use_compilation_cache(compilation_cache)
