@@ -25,9 +25,10 @@ Sections (results as a markdown table at the end, and JSON lines in WORK_DIR/res
   on (which to keep here).
 - generate: `gen_synonyms(n=100, k=20)` at BERT-base, 32 new tokens: first call in a
   fresh process (empty and warm cache, warm with the traces removed) and steady state,
-  against the original algorithm
-  (full recompute per token, then encode and rank) in torch bf16. Ours also times the
-  sampler alone with `Kernels.blocked_top_k` on and off (which to keep on this device).
+  ours in float32 and mixed_bfloat16, against the original algorithm (full recompute per
+  token, then encode and rank) in torch bf16. Ours also times (in the warm-cache
+  process) the sampler alone with `Kernels.blocked_top_k` on and off (which to keep on
+  this device).
 
 `--small` shrinks every size (L2/H128, batch 16, 400 sentences, n=10) for a CPU dry run.
 """
@@ -510,16 +511,18 @@ def run_child(*arguments) -> dict:
     return report
 
 
-def cache_states(cache: str):
+def cache_states(cache: str, precision: str):
     """The label of each fresh-process run of ours: with an empty compilation cache, a
-    warm one, and a warm one whose stored traces (`simbert.trace_store`) are removed
-    first, so that the process traces again: what storing them saves."""
+    warm one, and (float32 only, to spare device time) a warm one whose stored traces
+    (`simbert.trace_store`) are removed first, so that the process traces again: what
+    storing them saves."""
     from simbert.trace_store import SUBDIRECTORY
 
     yield "empty cache"
     yield "warm cache"
-    shutil.rmtree(os.path.join(cache, SUBDIRECTORY), ignore_errors=True)
-    yield "warm XLA cache, traces removed"
+    if precision == "float32":
+        shutil.rmtree(os.path.join(cache, SUBDIRECTORY), ignore_errors=True)
+        yield "warm XLA cache, traces removed"
 
 
 def section_encode(args, work, token_dict):
@@ -530,7 +533,7 @@ def section_encode(args, work, token_dict):
         writer.write("\n".join(read_sentences(args.data, size.sentences)))
     for precision in ("float32", "mixed_bfloat16"):
         cache = os.path.join(work, f"encode_cache_{precision}")
-        for label in cache_states(cache):
+        for label in cache_states(cache, precision):
             report = run_child("encode-ours", model_dir, texts_path, cache, 128, precision,
                                int(label == "warm cache"))
             record(work, section="encode", name=f"ours {precision}, fresh process, {label}",
@@ -541,11 +544,11 @@ def section_encode(args, work, token_dict):
 
 
 # -------------------------------------------------------------------- generate
-def child_generate_ours(model_dir, cache, samples, repeats):
+def child_generate_ours(model_dir, cache, samples, repeats, precision, compare_kernels):
     start = time.perf_counter()
     from simbert.api import SimBERT
 
-    model = SimBERT.from_pretrained(model_dir, max_tokens=SOURCE, compilation_cache=cache)
+    model = SimBERT.from_pretrained(model_dir, max_tokens=SOURCE, compilation_cache=cache, precision=precision)
     loaded = time.perf_counter()
     with CompilePhases() as phases:
         model.gen_synonyms(QUERY, n=samples, k=20)
@@ -553,7 +556,8 @@ def child_generate_ours(model_dir, cache, samples, repeats):
     steady = median_seconds(lambda: model.gen_synonyms(QUERY, n=samples, k=20), repeats, warmup=1)
     programs = model.compiled_programs
     return {"load_s": loaded - start, "first_s": first_done - loaded, "steady_s": steady,
-            "programs": programs, **phases.report("first"), **time_top_k_kernels(model, samples, repeats)}
+            "programs": programs, **phases.report("first"),
+            **(time_top_k_kernels(model, samples, repeats) if compare_kernels else {})}
 
 
 def time_top_k_kernels(model, samples, repeats) -> dict:
@@ -618,10 +622,13 @@ def child_generate_theirs(model_dir, samples, repeats):
 def section_generate(args, work, token_dict):
     size = sizes(args.small)
     model_dir = write_hf_directory(os.path.join(work, "hf_model"), size.model, token_dict)
-    cache = os.path.join(work, "generate_cache")
-    for label in cache_states(cache):
-        report = run_child("generate-ours", model_dir, cache, size.samples, 5)
-        record(work, section="generate", name=f"ours gen_synonyms, fresh process, {label}", n=size.samples, **report)
+    for precision in ("float32", "mixed_bfloat16"):
+        cache = os.path.join(work, f"generate_cache_{precision}")
+        for label in cache_states(cache, precision):
+            report = run_child("generate-ours", model_dir, cache, size.samples, 5, precision,
+                               int(label == "warm cache"))
+            record(work, section="generate", name=f"ours gen_synonyms {precision}, fresh process, {label}",
+                   n=size.samples, **report)
     report = run_child("generate-theirs", model_dir, size.samples, 5)
     record(work, section="generate", name="torch bf16 original algorithm, fresh process", n=size.samples, **report)
 
@@ -629,7 +636,7 @@ def section_generate(args, work, token_dict):
 # ------------------------------------------------------------------------ main
 CHILDREN = {"encode-ours": lambda a: child_encode_ours(a[0], a[1], a[2], int(a[3]), a[4], a[5] == "1"),
             "encode-theirs": lambda a: child_encode_theirs(a[0], a[1], int(a[2])),
-            "generate-ours": lambda a: child_generate_ours(a[0], a[1], int(a[2]), int(a[3])),
+            "generate-ours": lambda a: child_generate_ours(a[0], a[1], int(a[2]), int(a[3]), a[4], a[5] == "1"),
             "generate-theirs": lambda a: child_generate_theirs(a[0], int(a[1]), int(a[2]))}
 SECTIONS = {"train": section_train, "fit": section_fit, "encode": section_encode, "generate": section_generate}
 
