@@ -27,6 +27,10 @@ def test_generate_encode_index_search(trained_tiny, tmp_path):
     vectors = np.load(tmp_path / "vectors.npy")
     assert vectors.shape[0] == len(CORPUS)
     np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+    simbert("encode", trained_tiny, "--input", corpus, "--output", tmp_path / "half.npy", "--precision",
+            "mixed_bfloat16")
+    cosines = np.sum(np.load(tmp_path / "half.npy") * vectors, axis=1)
+    assert cosines.min() > 0.99 and not np.array_equal(np.load(tmp_path / "half.npy"), vectors)  # in bfloat16
 
     simbert("index", trained_tiny, "--input", corpus, "--output", tmp_path / "index")
     best = simbert("search", tmp_path / "index", trained_tiny, "花呗怎么还款", "--topn", 2).splitlines()
