@@ -137,3 +137,28 @@ def test_the_models_computation_key_covers_its_config_dtype_and_kernels():
         pass
 
     assert computation(Custom) is None  # its own code is not in the key: never stored
+
+
+def test_a_program_that_cannot_be_exported_runs_without_storing(tmp_path, monkeypatch):
+    """On JAX a function `jax.export` refuses (a host callback here) runs as a plain jit,
+    and nothing is stored; on TensorFlow nothing is ever stored."""
+    import keras
+
+    from simbert.compiled import CompiledFunction
+
+    store = TraceStore(str(tmp_path / "traces"))
+    monkeypatch.setattr(TraceStore, "of_compilation_cache", classmethod(lambda cls: store))
+    offset = keras.Variable(np.ones(3, "float32"))
+
+    def function(x):
+        if keras.backend.backend() == "jax":
+            import jax
+
+            x = jax.pure_callback(lambda values: 2 * values, jax.ShapeDtypeStruct(x.shape, x.dtype), x)
+        else:
+            x = 2 * x
+        return x + offset
+
+    compiled = CompiledFunction(function, [offset], program_key="twice plus one")
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(compiled(np.arange(3, dtype="float32"))), [1, 3, 5])
+    assert compiled.programs == 1 and not os.path.exists(store.directory)
