@@ -94,7 +94,7 @@ class TraceStore:
             return None
         try:
             return export.deserialize(bytearray(payload))
-        except Exception as error:  # a payload of another JAX version's format
+        except Exception as error:  # a payload this JAX cannot read
             logger.warning("ignoring the stored trace %s: %s", path, error)
             return None
 
