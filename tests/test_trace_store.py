@@ -74,8 +74,9 @@ def test_a_second_process_loads_the_traces_and_a_damaged_one_is_traced_again(tmp
 
 @pytest.fixture
 def exported():
-    """`2 x + 1` over float32 (3,), exported by jax.export."""
-    jax = pytest.importorskip("jax")
+    """`2 x + 1` over float32 (3,), exported by jax.export (jax is a dev dependency)."""
+    import jax
+
     return jax.export.export(jax.jit(lambda x: 2 * x + 1))(np.zeros(3, "float32"))
 
 
@@ -105,7 +106,6 @@ def test_a_store_that_cannot_be_written_is_skipped(tmp_path, exported, caplog):
 
 
 def test_the_name_changes_with_the_key_and_the_shapes_and_dtypes_of_the_arguments(tmp_path):
-    pytest.importorskip("jax")
     store = TraceStore(str(tmp_path))
     weights, inputs = [np.zeros((4, 3), "float32")], np.zeros((2, 8), "int32")
     name = store.name("pooled", (weights, (inputs,)))
