@@ -20,12 +20,11 @@ import argparse
 import json
 import os
 import shutil
-import subprocess
-import sys
 import time
 
 import numpy as np
 
+from benchmarks.children import run_child
 from benchmarks.gpu import QUERY, read_sentences, simplified_vocab, write_hf_directory
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -70,14 +69,6 @@ def child(task: str, model_dir: str, cache: str, data: str) -> dict:
             "programs": model.compiled_programs}
 
 
-def run_child(task: str, model_dir: str, cache: str, data: str) -> dict:
-    command = [sys.executable, "-m", "benchmarks.first_call", "--child", task, model_dir, cache, data]
-    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
-    if result.returncode:
-        raise RuntimeError(f"{' '.join(command)} failed:\n{result.stderr[-4000:]}")
-    return json.loads(result.stdout.strip().splitlines()[-1])
-
-
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", default=os.path.join(ROOT, "..", "shared", "data"))
@@ -97,14 +88,14 @@ def main():
     cache = os.path.join(args.work, "cache")
     shutil.rmtree(cache, ignore_errors=True)
     for task in TASKS:  # fills the cache: XLA's programs and the traces
-        run_child(task, model_dir, cache, args.data)
+        run_child("benchmarks.first_call", task, model_dir, cache, args.data)
     results = {(task, kept): [] for task in TASKS for kept in (True, False)}
     for _ in range(args.repeats):
         for kept in (True, False):
             if not kept:
                 shutil.rmtree(os.path.join(cache, "traces"))
             for task in TASKS:
-                results[task, kept].append(run_child(task, model_dir, cache, args.data))
+                results[task, kept].append(run_child("benchmarks.first_call", task, model_dir, cache, args.data))
     print(f"{args.layers} layers, width {args.hidden}; warm compilation cache; each value one fresh process")
     print("| call | traces | first s | host overhead s | steady s | programs |")
     print("|---|---|---|---|---|---|")

@@ -20,13 +20,12 @@ import argparse
 import json
 import os
 import platform
-import subprocess
-import sys
 import tempfile
 import time
 
 import numpy as np
 
+from benchmarks.children import run_child
 from reference.invoke import run_job
 
 from simbert import build_transformer_model
@@ -37,7 +36,6 @@ CONFIG = {"vocab_size": 13685, "hidden_size": 384, "num_hidden_layers": 6, "num_
           "intermediate_size": 1536, "max_position_embeddings": 512, "hidden_act": "gelu"}
 END_ID = 3  # [SEP] of the vocabulary below
 TEXT = "今天北京的天气怎么样"
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def vocabulary():
@@ -98,12 +96,9 @@ def end_to_end(args):
         write_model(directory)
         cache = os.path.join(directory, "cache")
         for label in ("empty cache", "warm cache"):
-            started = time.perf_counter()
-            command = [sys.executable, "-m", "benchmarks.gen_synonyms_speed", "--child", directory, cache,
-                       str(args.n), str(args.k), str(args.maxlen), str(args.repeats)]
-            result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, check=True)
-            report = json.loads(result.stdout.strip().splitlines()[-1])
-            rows.append((f"simbert SimBERT.gen_synonyms, {label}", report, time.perf_counter() - started))
+            report = run_child("benchmarks.gen_synonyms_speed", directory, cache, args.n, args.k, args.maxlen,
+                               args.repeats)
+            rows.append((f"simbert SimBERT.gen_synonyms, {label}", report, report["process_s"]))
         started = time.perf_counter()
         report = run_job({"kind": "time_gen_synonyms", "config": f"{directory}/bert_config.json",
                           "checkpoint": f"{directory}/bert_model.ckpt", "vocab": f"{directory}/vocab.txt",

@@ -43,12 +43,14 @@ import os
 import platform
 import re
 import shutil
-import subprocess
 import sys
 import time
 
 import numpy as np
 
+from benchmarks.children import run_child
+
+MODULE = "benchmarks.gpu"
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BASE = {"hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12, "intermediate_size": 3072}
 SMALL = {"hidden_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 512}
@@ -500,17 +502,6 @@ def child_encode_theirs(model_dir, texts_path, batch):
     return {"load_s": loaded - start, "first_s": first_done - loaded, "second_s": second_done - first_done}
 
 
-def run_child(*arguments) -> dict:
-    command = [sys.executable, "-m", "benchmarks.gpu", "--child", *map(str, arguments)]
-    started = time.perf_counter()
-    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
-    if result.returncode:
-        raise RuntimeError(f"{' '.join(command)} failed:\n{result.stderr[-4000:]}")
-    report = json.loads(result.stdout.strip().splitlines()[-1])
-    report["process_s"] = time.perf_counter() - started
-    return report
-
-
 def cache_states(cache: str, precision: str):
     """The label of each fresh-process run of ours: with an empty compilation cache, a
     warm one, and (float32 only, to spare device time) a warm one whose stored traces
@@ -534,11 +525,11 @@ def section_encode(args, work, token_dict):
     for precision in ("float32", "mixed_bfloat16"):
         cache = os.path.join(work, f"encode_cache_{precision}")
         for label in cache_states(cache, precision):
-            report = run_child("encode-ours", model_dir, texts_path, cache, 128, precision,
+            report = run_child(MODULE, "encode-ours", model_dir, texts_path, cache, 128, precision,
                                int(label == "warm cache"))
             record(work, section="encode", name=f"ours {precision}, fresh process, {label}",
                    sentences=size.sentences, **report)
-    report = run_child("encode-theirs", model_dir, texts_path, 128)
+    report = run_child(MODULE, "encode-theirs", model_dir, texts_path, 128)
     record(work, section="encode", name="sentence-transformers bf16, fresh process", sentences=size.sentences,
            **report)
 
@@ -625,11 +616,11 @@ def section_generate(args, work, token_dict):
     for precision in ("float32", "mixed_bfloat16"):
         cache = os.path.join(work, f"generate_cache_{precision}")
         for label in cache_states(cache, precision):
-            report = run_child("generate-ours", model_dir, cache, size.samples, 5, precision,
+            report = run_child(MODULE, "generate-ours", model_dir, cache, size.samples, 5, precision,
                                int(label == "warm cache"))
             record(work, section="generate", name=f"ours gen_synonyms {precision}, fresh process, {label}",
                    n=size.samples, **report)
-    report = run_child("generate-theirs", model_dir, size.samples, 5)
+    report = run_child(MODULE, "generate-theirs", model_dir, size.samples, 5)
     record(work, section="generate", name="torch bf16 original algorithm, fresh process", n=size.samples, **report)
 
 
