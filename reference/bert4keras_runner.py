@@ -10,6 +10,7 @@ Job kinds:
   time_train: seconds per training step of the original recipe (benchmarks/), under the
               job's tf_keras dtype policy ("precision", float32 by default)
   tokenize: Tokenizer.encode on sentences -> JSON of tokens, ids, segment ids
+  decode:   Tokenizer.decode of id sequences (JSON) -> JSON of texts
   vocab:    load_vocab(simplified=True) -> JSON of token dict and keep_tokens
 """
 
@@ -193,6 +194,14 @@ def run_tokenize(job):
         json.dump(results, writer, ensure_ascii=False)
 
 
+def run_decode(job):
+    tokenizer = Tokenizer(job["vocab"], do_lower_case=job["do_lower_case"])
+    with open(job["ids"], encoding="utf-8") as reader:
+        sequences = json.load(reader)
+    with open(job["output"], "w", encoding="utf-8") as writer:
+        json.dump([tokenizer.decode(ids) for ids in sequences], writer, ensure_ascii=False)
+
+
 def run_vocab(job):
     token_dict, keep_tokens = load_vocab(job["vocab"], simplified=True, startswith=job["startswith"])
     with open(job["output"], "w", encoding="utf-8") as writer:
@@ -205,4 +214,4 @@ if __name__ == "__main__":
     for job in jobs:
         {"model": run_model, "generate": run_generate, "time_sample": run_time_sample, "time_train": run_time_train,
          "time_gen_synonyms": run_time_gen_synonyms,
-         "tokenize": run_tokenize, "vocab": run_vocab}[job["kind"]](job)
+         "tokenize": run_tokenize, "decode": run_decode, "vocab": run_vocab}[job["kind"]](job)

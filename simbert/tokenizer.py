@@ -190,10 +190,11 @@ class Tokenizer:
         self.cls_id = self.token_dict["[CLS]"]
         self.sep_id = self.token_dict["[SEP]"]
         self.mask_id = self.token_dict.get("[MASK]")
-        # Memos of pure functions of the vocabulary: how a character is split out, and a
-        # word's WordPiece tokens (bounded: cleared when full).
+        # Memos of pure functions of the vocabulary: how a character is split out, a
+        # word's WordPiece tokens (bounded: cleared when full) and how an id decodes.
         self._split_forms: dict[str, str] = {}
         self._word_pieces: dict[str, list[str]] = {}
+        self._decode_forms: dict[int, tuple[str, bool, bool]] = {}
 
     # ------------------------------------------------------------------ ids
     def token_to_id(self, token: str) -> int:
@@ -302,25 +303,49 @@ class Tokenizer:
 
     # --------------------------------------------------------------- decode
     def decode(self, ids: Iterable[int]) -> str:
-        """Readable text: special tokens dropped, word pieces merged, CJK unspaced."""
-        tokens = [t for t in self.ids_to_tokens(ids) if not is_special(t)]
-        text = ""
-        for i, token in enumerate(tokens):
-            if token.startswith("##"):
-                text += token[2:]
-            elif len(token) == 1 and is_cjk_character(token):
-                text += token
-            elif len(token) == 1 and is_punctuation(token):
-                text += token + " "
-            elif i > 0 and is_cjk_character(text[-1]):
-                text += token
-            else:
-                text += " " + token
-        text = re.sub(" +", " ", text)
-        text = re.sub("' (re|m|s|t|ve|d|ll) ", "'\\1 ", text)
-        text = _NO_SPACE_AFTER.sub("\\1", text)
-        text = re.sub(r"(\d\.) (\d)", "\\1\\2", text)
+        """Readable text: special tokens dropped, word pieces merged, CJK unspaced.
+
+        bert4keras' rules, per token (looked up once per id, `_decode_form`): `##x` adds
+        `x`; one CJK character adds itself; one punctuation mark adds itself and a space;
+        any other token adds itself after a CJK character, else a space and itself. Then
+        runs of spaces become one, and no space is kept after CJK punctuation, `+-/={(<[`,
+        in `'s`-style contractions or inside a decimal number (all need a space to apply).
+        """
+        forms = self._decode_forms
+        parts, after_cjk = [], False
+        for token_id in ids:
+            piece, joins, ends_cjk = forms.get(token_id) or self._decode_form(token_id)
+            if not joins:
+                piece = piece if parts and after_cjk else " " + piece
+            if piece:
+                parts.append(piece)
+                after_cjk = ends_cjk
+        text = "".join(parts)
+        if " " in text:
+            text = re.sub(" +", " ", text)
+            text = re.sub("' (re|m|s|t|ve|d|ll) ", "'\\1 ", text)
+            text = _NO_SPACE_AFTER.sub("\\1", text)
+            text = re.sub(r"(\d\.) (\d)", "\\1\\2", text)
         return text.strip()
+
+    def _decode_form(self, token_id: int) -> tuple[str, bool, bool]:
+        """How token `token_id` enters `decode`: `(piece, joins, ends_cjk)`, the text it
+        adds, whether it adds it as it is (else it follows a CJK character unspaced,
+        anything else after a space) and whether that text ends in a CJK character. A
+        special token adds nothing."""
+        token = self.id_to_token(token_id)
+        if is_special(token):
+            form = ("", True, False)
+        elif token.startswith("##"):
+            form = (token[2:], True, bool(token[2:]) and is_cjk_character(token[-1]))
+        elif len(token) == 1 and is_cjk_character(token):
+            form = (token, True, True)
+        elif len(token) == 1 and is_punctuation(token):
+            form = (token + " ", True, False)
+        else:
+            form = (token, False, bool(token) and is_cjk_character(token[-1]))
+        self._decode_forms[token_id] = form
+        return form
 
     def rematch(self, text: str, tokens: Sequence[str]) -> list[list[int]]:
         """For each token, the indices of the characters of `text` it came from."""

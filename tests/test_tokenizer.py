@@ -64,6 +64,17 @@ def chinese_vocab():
     return list(dict.fromkeys(tokens))
 
 
+def sampled_ids(vocab_path, count, seed):
+    """Id sequences as a sampler emits them: any token in any order (word pieces first,
+    special tokens and punctuation anywhere), 0-40 long; a third drawn from 300 ids, so
+    that tokens repeat. Not `##` alone, on which bert4keras fails."""
+    tokens = load_vocab(vocab_path)
+    ids = [i for token, i in tokens.items() if token != "##"]
+    rng = random.Random(seed)
+    few = rng.sample(ids, 300)
+    return [rng.choices(ids if n % 3 else few, k=rng.randint(0, 40)) for n in range(count)]
+
+
 @pytest.fixture(scope="module")
 def vocab_files(session_dir):
     workdir = session_dir / "tokenizer"
@@ -88,6 +99,9 @@ def reference(vocab_files):
                      "sentences": str(workdir / "cases.json"),
                      "output": str(workdir / f"{vocab}-{lower}-{use_jieba}.json")})
     for vocab in vocabs:
+        (workdir / f"{vocab}-sampled.json").write_text(json.dumps(sampled_ids(vocabs[vocab], 2000, seed=13)))
+        jobs.append({"kind": "decode", "vocab": vocabs[vocab], "do_lower_case": True,
+                     "ids": str(workdir / f"{vocab}-sampled.json"), "output": str(workdir / f"{vocab}-decoded.json")})
         jobs.append({"kind": "vocab", "vocab": vocabs[vocab], "startswith": ["[PAD]", "[UNK]", "[CLS]", "[SEP]"],
                      "output": str(workdir / f"{vocab}-simplified.json")})
     run_bert4keras(jobs, str(workdir))
@@ -109,6 +123,17 @@ def test_tokens_ids_decode_rematch_match_bert4keras(reference, vocab, lower, use
         assert tokenizer.rematch(first, ours_tokens) == offsets, first
         if maxlen is not None:
             assert len(ids) <= maxlen and ids[-1] == tokenizer.sep_id
+
+
+@pytest.mark.parametrize("vocab", ["chinese", "english"])
+def test_decoding_sampled_ids_matches_bert4keras(reference, vocab):
+    workdir, vocabs, _ = reference
+    tokenizer = Tokenizer(vocabs[vocab])
+    sequences = json.loads((workdir / f"{vocab}-sampled.json").read_text())
+    expected = json.loads((workdir / f"{vocab}-decoded.json").read_text(encoding="utf-8"))
+    assert len(expected) == len(sequences) == 2000 and sum(map(bool, expected)) > 1800
+    assert [tokenizer.decode(ids) for ids in sequences] == expected
+    assert [Tokenizer(vocabs[vocab]).decode(ids) for ids in sequences[:50]] == expected[:50]  # an empty memo
 
 
 @pytest.mark.parametrize("vocab", ["chinese", "english"])
