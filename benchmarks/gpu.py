@@ -27,8 +27,8 @@ Sections (results as a markdown table at the end, and JSON lines in WORK_DIR/res
   fresh process (empty and warm cache, warm with the traces removed) and steady state,
   ours in float32 and mixed_bfloat16, against the original algorithm (full recompute per
   token, then encode and rank) in torch bf16. Ours also times (in the warm-cache
-  process) the sampler alone with `Kernels.blocked_top_k` on and off (which to keep on
-  this device).
+  process) the sampler alone with `Kernels.blocked_top_k` on and off and with
+  `Kernels.end_check_every` 1, 8 and 32 (which to keep on this device).
 
 `--small` shrinks every size (L2/H128, batch 16, 400 sentences, n=10) for a CPU dry run.
 """
@@ -548,24 +548,31 @@ def child_generate_ours(model_dir, cache, samples, repeats, precision, compare_k
     programs = model.compiled_programs
     return {"load_s": loaded - start, "first_s": first_done - loaded, "steady_s": steady,
             "programs": programs, **phases.report("first"),
-            **(time_top_k_kernels(model, samples, repeats) if compare_kernels else {})}
+            **(time_sampler_kernels(model, samples, repeats) if compare_kernels else {})}
 
 
-def time_top_k_kernels(model, samples, repeats) -> dict:
-    """The sampler alone (`sample(n, topk=5)`, steady) with this platform's top-k kernel
-    and with `Kernels.blocked_top_k` flipped: whether the blocked top-k pays here."""
+def time_sampler_kernels(model, samples, repeats) -> dict:
+    """The sampler alone (`sample(n, topk=5)`, steady) with this platform's kernels, with
+    `Kernels.blocked_top_k` flipped, and checking for ended samples every 8 steps and
+    never (`Kernels.end_check_every`; each check makes the GPU wait for the loop's
+    condition): which of them pay here."""
     from simbert.generation import CachedDecoder
 
     source = model.tokenizer.encode(QUERY, maxlen=SOURCE)[0]
     kernels = model.backbone.kernels
+    variants = {"platform": kernels,
+                f"blocked_top_k_{str(not kernels.blocked_top_k).lower()}":
+                    dataclasses.replace(kernels, blocked_top_k=not kernels.blocked_top_k),
+                "end_check_every_8": dataclasses.replace(kernels, end_check_every=8),
+                f"end_check_every_{SOURCE}": dataclasses.replace(kernels, end_check_every=SOURCE)}
     seconds = {}
-    for blocked in (kernels.blocked_top_k, not kernels.blocked_top_k):
-        model.backbone.kernels = dataclasses.replace(kernels, blocked_top_k=blocked)
+    for label, variant in variants.items():
+        model.backbone.kernels = variant
         decoder = CachedDecoder(model.backbone, model.tokenizer.sep_id, SOURCE, SOURCE, model.source_pass)
-        seconds[f"sampler_s_blocked_top_k_{str(blocked).lower()}"] = median_seconds(
+        seconds[f"sampler_s_{label}"] = median_seconds(
             lambda: decoder.sample(source, n=samples, topk=5, seed=0), repeats, warmup=1)
     model.backbone.kernels = kernels
-    return seconds
+    return {"platform_kernels": dataclasses.asdict(kernels), **seconds}
 
 
 def child_generate_theirs(model_dir, samples, repeats):

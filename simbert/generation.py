@@ -157,18 +157,31 @@ class CachedDecoder:
             outputs = ops.slice_update(outputs, (0, t), tokens[:, None])
             return tokens, outputs, ops.logical_or(finished, ops.equal(tokens, self.end_id))
 
-        def keep_going(t, logits, caches, outputs, finished):
-            return ops.logical_and(t < steps - 1, ops.logical_not(ops.all(finished)))
-
         def body(t, logits, caches, outputs, finished):
             tokens, outputs, finished = pick(t, logits, outputs, finished)
             logits, caches = self._decode_step(tokens, source_caches, caches, source_len, t)
             return t + 1, logits, caches, outputs, finished
 
-        # Every token but the last is fed back; the last is picked without a step after it
-        # (whose logits nobody reads). Rows already finished pick 0, as in the loop.
-        t, logits, _, outputs, finished = ops.while_loop(
-            keep_going, body, (ops.convert_to_tensor(0), logits, self.empty_caches(samples), outputs, finished))
+        def steps_unchecked(count, state):
+            return ops.fori_loop(0, count, lambda _, state: body(*state), state)
+
+        # Every token but the last is fed back (steps - 1 steps); the last is picked
+        # without a step after it (whose logits nobody reads). The loop stops early once
+        # every sample has ended, checked every `end_check_every` steps (each check makes
+        # a GPU wait for the loop's condition); rows already finished pick 0, so steps run
+        # past the end change nothing, and the last `(steps - 1) % every` always run.
+        every = self.backbone.kernels.end_check_every
+        checked, unchecked = divmod(steps - 1, every)
+        state = (ops.convert_to_tensor(0), logits, self.empty_caches(samples), outputs, finished)
+        if checked:
+            def keep_going(t, logits, caches, outputs, finished):
+                return ops.logical_and(t < checked * every, ops.logical_not(ops.all(finished)))
+
+            state = ops.while_loop(keep_going, body if every == 1 else lambda *state: steps_unchecked(every, state),
+                                   state)
+        if unchecked:
+            state = steps_unchecked(unchecked, state)
+        t, logits, _, outputs, finished = state
         return pick(t, logits, outputs, finished)[1]
 
     # ------------------------------------------------------------------ public

@@ -165,3 +165,25 @@ def test_sampling_with_blocked_top_k_equals_plain_top_k():
         decoder = CachedDecoder(backbone, END_ID, max_source_len=12, max_target_len=MAXLEN)
         samples.append(decoder.sample(SOURCES[1], n=16, topk=5, seed=3))
     assert samples[0] == samples[1] and len({tuple(s) for s in samples[0]}) > 1
+
+
+@pytest.mark.parametrize("end_bias", [0.3, 1.0])
+def test_checking_for_ended_samples_less_often_gives_the_same_samples(end_bias):
+    """`Kernels.end_check_every`: the loop checks whether every sample has ended after
+    every k steps; rows that ended pick nothing, so the samples are the same for any k,
+    whether some samples run to the limit (bias 0.3) or all end early (bias 1: the loop
+    stops before the limit)."""
+    samples = {}
+    for every in (1, 2, 3, 5, MAXLEN - 1, MAXLEN, 50):
+        keras.utils.set_random_seed(6)
+        backbone = Transformer(BackboneConfig.from_dict(TINY_CONFIG), application="unilm", with_mlm="linear",
+                               kernels=Kernels(end_check_every=every))
+        bias = backbone.mlm_bias.bias.numpy()
+        bias[END_ID] = end_bias
+        backbone.mlm_bias.bias.assign(bias)
+        decoder = CachedDecoder(backbone, END_ID, max_source_len=12, max_target_len=MAXLEN)
+        samples[every] = decoder.sample(SOURCES[0], n=24, topk=5, seed=8)
+    lengths = [len(sample) for sample in samples[1]]
+    assert len(set(lengths)) > 2
+    assert (max(lengths) == MAXLEN) if end_bias < 1 else (max(lengths) < MAXLEN - 2)
+    assert all(samples[every] == samples[1] for every in samples)
