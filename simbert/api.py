@@ -169,6 +169,9 @@ class SimBERT:
         vectors = np.zeros((len(encoded), self.backbone.config.hidden_size), "float32")
         order = np.argsort([len(ids) for ids in encoded], kind="stable")
         batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+        # Every shape this call needs is known now: their programs are built side by side.
+        self.source_pass.prepare_pooled({self.shapes.shape([len(encoded[i]) for i in batch], batch_size)
+                                         for batch in batches})
 
         def read_back(rows, pooled):
             vectors[rows] = np.asarray(keras.ops.convert_to_numpy(pooled)[: len(rows)], "float32")
@@ -199,13 +202,14 @@ class SimBERT:
         if self.shapes.pad_rows:
             sizes = {batch_size, SYNONYM_BATCH} if sample_rows else {batch_size}
             shapes = sorted({shape for size in sizes for shape in self.shapes.shapes(size)})
+        self.source_pass.prepare_pooled(shapes)  # built in other threads while the samplers are
+        source = [self.tokenizer.cls_id, self.tokenizer.sep_id]
+        for rows in sample_rows:
+            self.decoder.sample(source, n=rows, topk=5, rows=rows)
         for rows, length in shapes:
             token_ids = np.zeros((rows, length), "int32")
             token_ids[:, 0], token_ids[:, 1] = self.tokenizer.cls_id, self.tokenizer.sep_id
             self.source_pass.pooled(token_ids)
-        source = [self.tokenizer.cls_id, self.tokenizer.sep_id]
-        for rows in sample_rows:
-            self.decoder.sample(source, n=rows, topk=5, rows=rows)
         return self.compiled_programs - before
 
     # -------------------------------------------------------------- generation

@@ -5,7 +5,8 @@ On JAX the function is `jax.jit`-ed with the variables passed in as arguments (t
 StatelessScope), so later weight updates are seen; each new input shape traces and
 compiles a new program. With a `program_key` and a compilation cache directory, the
 traced program is stored (`simbert.trace_store`) and a later process loads it instead of
-tracing. On TensorFlow it is a `tf.function`, XLA-compiled unless told otherwise; with
+tracing; `prepare` builds the programs of shapes a caller knows it will need in other
+threads, ahead of the calls. On TensorFlow it is a `tf.function`, XLA-compiled unless told otherwise; with
 `dynamic_inputs` it is traced once, for inputs of any shape.
 """
 
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Callable, Sequence
 
 import keras
@@ -85,6 +87,7 @@ class CompiledFunction:
 
         backend = keras.backend.backend()
         self._programs = None
+        self._prepare = None
         if backend == "tensorflow":
             import tensorflow as tf
 
@@ -103,18 +106,40 @@ class CompiledFunction:
                     return counted(*args)
 
             jitted = jax.jit(stateless)
-            self._programs = {}
+            self._programs = {}  # input signature -> program, or the Future of one being compiled
+
+            def signature(args):
+                leaves, structure = jax.tree_util.tree_flatten(args)
+                return structure, tuple(jax.typeof(leaf) for leaf in leaves)
 
             def call(*args):
                 values = [v.value for v in variables]
-                leaves, structure = jax.tree_util.tree_flatten(args)
-                signature = (structure, tuple(jax.typeof(leaf) for leaf in leaves))
-                program = self._programs.get(signature)
+                key = signature(args)
+                program = self._programs.get(key)
                 if program is None:
-                    program = self._programs[signature] = self._program(jitted, program_key, values, args)
+                    program = self._programs[key] = self._program(jitted, program_key, values, args)
+                elif isinstance(program, Future):
+                    program = self._programs[key] = program.result()
                 return program(values, *args)
 
+            def compiled(values, args):
+                return self._program(jitted, program_key, values, args).lower(values, *args).compile()
+
+            def prepare(calls):
+                values = [v.value for v in variables]
+                pending = {}
+                for args in calls:
+                    key = signature(args)
+                    if key not in self._programs:
+                        pending[key] = args
+                if pending:
+                    threads = ThreadPoolExecutor(min(len(pending), os.cpu_count() or 1), "compile")
+                    for key, args in pending.items():
+                        self._programs[key] = threads.submit(compiled, values, args)
+                    threads.shutdown(wait=False)
+
             self._call = call
+            self._prepare = prepare
         else:
             self._call = counted
 
@@ -141,6 +166,15 @@ class CompiledFunction:
                 return jitted
             store.save(name, exported)
         return jax.jit(exported.call)
+
+    def prepare(self, calls: Sequence[tuple]) -> None:
+        """Start building, in other threads, the programs that calls with these arguments
+        (tuples of arrays, only their shapes and dtypes matter) will run, and return: a
+        call with many new shapes then waits for the slowest program, not for their sum,
+        and the host's tracing and loading overlaps the device's work. JAX only (a
+        no-op elsewhere); a failure is raised by the call that needs that program."""
+        if self._prepare is not None:
+            self._prepare(calls)
 
     def __call__(self, *args):
         return self._call(*args)

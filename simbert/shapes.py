@@ -58,9 +58,13 @@ class ShapeBuckets:
         lengths = sorted({self.length(n) for n in range(1, self.max_length + 1)})
         return sum(1 for length in lengths for width in lengths if width <= length)
 
+    def shape(self, lengths: Sequence[int], batch_size: int) -> tuple[int, int]:
+        """`(rows, length)` of the padded batch of sequences of these lengths."""
+        return self.rows(len(lengths), batch_size), self.length(max(lengths))
+
     def pad(self, sequences: Sequence[Sequence[int]], batch_size: int) -> np.ndarray:
-        """int32 `(rows(len(sequences)), length(longest))` array: each sequence at the
-        start of its row, zeros after it and in the padding rows."""
-        padding_rows = [[]] * (self.rows(len(sequences), batch_size) - len(sequences))
-        return keras.utils.pad_sequences([*sequences, *padding_rows], maxlen=self.length(max(map(len, sequences))),
-                                         dtype="int32", padding="post")
+        """int32 `shape(lengths, batch_size)` array: each sequence at the start of its
+        row, zeros after it and in the padding rows."""
+        rows, length = self.shape([len(sequence) for sequence in sequences], batch_size)
+        padding_rows = [[]] * (rows - len(sequences))
+        return keras.utils.pad_sequences([*sequences, *padding_rows], maxlen=length, dtype="int32", padding="post")

@@ -68,9 +68,19 @@ class SourcePass:
         logits = backbone.mlm_logits(ops.take(x, source_rows, axis=0)) if backbone.mlm_dense is not None else None
         return pooled, logits, caches
 
+    @staticmethod
+    def _pooled_inputs(token_ids: np.ndarray) -> tuple:
+        return token_ids, np.zeros((len(token_ids), 1), "int32"), np.zeros((0,), "int32")
+
     def pooled(self, token_ids: np.ndarray):
         """Pooled [CLS] vectors `(batch, hidden)` of padded `token_ids` (batch, len)."""
-        return self._pooled(token_ids, np.zeros((len(token_ids), 1), "int32"), np.zeros((0,), "int32"))
+        return self._pooled(*self._pooled_inputs(token_ids))
+
+    def prepare_pooled(self, shapes) -> None:
+        """Start building `pooled`'s programs for these `(rows, length)` shapes in other
+        threads (`CompiledFunction.prepare`; on TensorFlow one graph serves them all)."""
+        if isinstance(self._pooled, CompiledFunction):
+            self._pooled.prepare([self._pooled_inputs(np.zeros(shape, "int32")) for shape in shapes])
 
     def prefill(self, token_ids: np.ndarray, source_len: int):
         """`(logits (1, vocab), caches)` of one source padded to `token_ids` (1, len)."""

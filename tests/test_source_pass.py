@@ -1,6 +1,8 @@
 """The source pass that encode and the sampler's prefill share: its vectors are the pooled
 encoder's, its keys and values are the layers', and on TensorFlow one graph serves both."""
 
+import threading
+
 import keras
 import numpy as np
 import pytest
@@ -94,3 +96,36 @@ def test_tensorflow_traces_one_graph_for_every_shape_and_both_uses():
     source_pass.prefill(padded(1, 12), 6)
     expected = 1 if keras.backend.backend() == "tensorflow" else 4  # JAX: one program per shape and use
     assert source_pass.programs == expected
+
+
+def test_programs_prepared_side_by_side_give_the_same_vectors(monkeypatch):
+    """`prepare_pooled` builds the programs of several shapes in other threads before
+    any call (JAX; on TensorFlow one graph serves every shape and it does nothing): the
+    calls then trace nothing, and give the vectors of programs built as they are called.
+    A program that fails to build raises in the call that needs it."""
+    from simbert.trace_store import TraceStore
+
+    monkeypatch.setattr(TraceStore, "of_compilation_cache", classmethod(lambda cls: None))
+    transformer = backbone("bert")
+    batches = [padded(rows, length, seed=seed) for seed, (rows, length) in enumerate(((4, 8), (2, 16), (8, 24), (4, 8)))]
+    expected = [keras.ops.convert_to_numpy(SourcePass(transformer).pooled(batch)) for batch in batches]
+
+    traced_in = []
+    outputs = SourcePass._outputs
+    monkeypatch.setattr(SourcePass, "_outputs", lambda self, *inputs: traced_in.append(threading.current_thread())
+                        or outputs(self, *inputs))
+    source_pass = SourcePass(transformer)
+    source_pass.prepare_pooled({batch.shape for batch in batches})
+    got = [keras.ops.convert_to_numpy(source_pass.pooled(batch)) for batch in batches]
+    for vectors, reference in zip(got, expected):
+        np.testing.assert_allclose(vectors, reference, atol=1e-6)
+    if keras.backend.backend() == "jax":
+        assert source_pass.programs == 3 and len(traced_in) == 3
+        assert threading.main_thread() not in traced_in
+        failing = SourcePass(transformer)
+        monkeypatch.setattr(SourcePass, "_outputs", lambda self, token_ids, *inputs: 1 / 0)
+        failing.prepare_pooled([(2, 8)])
+        with pytest.raises(ZeroDivisionError):
+            failing.pooled(padded(2, 8))
+    else:
+        assert source_pass.programs == 1 and traced_in == [threading.main_thread()]
