@@ -202,7 +202,7 @@ class SimBERT:
         if self.shapes.pad_rows:
             sizes = {batch_size, SYNONYM_BATCH} if sample_rows else {batch_size}
             shapes = sorted({shape for size in sizes for shape in self.shapes.shapes(size)})
-        self.source_pass.prepare_pooled(shapes)  # built in other threads while the samplers are
+        self.source_pass.prepare_pooled(shapes)  # built in other threads while the samplers compile
         source = [self.tokenizer.cls_id, self.tokenizer.sep_id]
         for rows in sample_rows:
             self.decoder.sample(source, n=rows, topk=5, rows=rows)

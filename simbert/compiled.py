@@ -6,8 +6,8 @@ StatelessScope), so later weight updates are seen; each new input shape traces a
 compiles a new program. With a `program_key` and a compilation cache directory, the
 traced program is stored (`simbert.trace_store`) and a later process loads it instead of
 tracing; `prepare` builds the programs of shapes a caller knows it will need in other
-threads, ahead of the calls. On TensorFlow it is a `tf.function`, XLA-compiled unless told otherwise; with
-`dynamic_inputs` it is traced once, for inputs of any shape.
+threads, ahead of the calls. On TensorFlow it is a `tf.function`, XLA-compiled unless
+told otherwise; with `dynamic_inputs` it is traced once, for inputs of any shape.
 """
 
 from __future__ import annotations
