@@ -119,7 +119,12 @@ class CompiledFunction:
                 if program is None:
                     program = self._programs[key] = self._program(jitted, program_key, values, args)
                 elif isinstance(program, Future):
-                    program = self._programs[key] = program.result()
+                    try:
+                        program = program.result()
+                    except BaseException:
+                        self._programs.pop(key, None)  # the next call builds it again
+                        raise
+                    self._programs[key] = program
                 return program(values, *args)
 
             def compiled(values, args):

@@ -102,7 +102,8 @@ def test_programs_prepared_side_by_side_give_the_same_vectors(monkeypatch):
     """`prepare_pooled` builds the programs of several shapes in other threads before
     any call (JAX; on TensorFlow one graph serves every shape and it does nothing): the
     calls then trace nothing, and give the vectors of programs built as they are called.
-    A program that fails to build raises in the call that needs it."""
+    A program that fails to build raises in the call that needs it, and the next call
+    builds it again."""
     from simbert.trace_store import TraceStore
 
     monkeypatch.setattr(TraceStore, "of_compilation_cache", classmethod(lambda cls: None))
@@ -122,10 +123,18 @@ def test_programs_prepared_side_by_side_give_the_same_vectors(monkeypatch):
     if keras.backend.backend() == "jax":
         assert source_pass.programs == 3 and len(traced_in) == 3
         assert threading.main_thread() not in traced_in
+        failures = [ZeroDivisionError("a build that fails once")]
+
+        def fails_once(self, *inputs):
+            if failures:
+                raise failures.pop()
+            return outputs(self, *inputs)
+
+        monkeypatch.setattr(SourcePass, "_outputs", fails_once)
         failing = SourcePass(transformer)
-        monkeypatch.setattr(SourcePass, "_outputs", lambda self, token_ids, *inputs: 1 / 0)
-        failing.prepare_pooled([(2, 8)])
-        with pytest.raises(ZeroDivisionError):
-            failing.pooled(padded(2, 8))
+        failing.prepare_pooled([(4, 8)])
+        with pytest.raises(ZeroDivisionError, match="fails once"):
+            failing.pooled(batches[0])
+        np.testing.assert_allclose(keras.ops.convert_to_numpy(failing.pooled(batches[0])), expected[0], atol=1e-6)
     else:
         assert source_pass.programs == 1 and traced_in == [threading.main_thread()]
