@@ -48,6 +48,10 @@ class Kernels:
     blocked_top_k: bool = True
     end_check_every: int = 1
 
+    def __post_init__(self):
+        if not isinstance(self.end_check_every, int) or self.end_check_every < 1:
+            raise ValueError(f"end_check_every should be a positive integer, got {self.end_check_every!r}")
+
 
 CPU_KERNELS = Kernels()
 GPU_KERNELS = Kernels(blocked_top_k=False)  # measured: see the module docstring

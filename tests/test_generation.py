@@ -187,3 +187,5 @@ def test_checking_for_ended_samples_less_often_gives_the_same_samples(end_bias):
     assert len(set(lengths)) > 2
     assert (max(lengths) == MAXLEN) if end_bias < 1 else (max(lengths) < MAXLEN - 2)
     assert all(samples[every] == samples[1] for every in samples)
+    with pytest.raises(ValueError, match="end_check_every should be a positive integer, got 0"):
+        Kernels(end_check_every=0)
