@@ -508,18 +508,20 @@ def child_encode_theirs(model_dir, texts_path, batch):
     return {"load_s": loaded - start, "first_s": first_done - loaded, "second_s": second_done - first_done}
 
 
-def cache_states(cache: str, precision: str):
+def cache_states(cache: str, precision: str, one_at_a_time: bool = False):
     """The label of each fresh-process run of ours: with an empty compilation cache, a
     warm one, and (float32 only, to spare device time) a warm one whose stored traces
     (`simbert.trace_store`) are removed first, so that the process traces again: what
-    storing them saves. Before that, for encode, a warm one whose programs are built one
-    at a time as batches need them, not side by side ahead (`CompiledFunction.prepare`)."""
+    storing them saves. Before that, with `one_at_a_time`, a warm one whose programs are
+    built one at a time as batches need them, not side by side ahead
+    (`CompiledFunction.prepare`)."""
     from simbert.trace_store import SUBDIRECTORY
 
     yield "empty cache"
     yield "warm cache"
     if precision == "float32":
-        yield ONE_AT_A_TIME
+        if one_at_a_time:
+            yield ONE_AT_A_TIME
         shutil.rmtree(os.path.join(cache, SUBDIRECTORY), ignore_errors=True)
         yield "warm XLA cache, traces removed"
 
@@ -532,7 +534,7 @@ def section_encode(args, work, token_dict):
         writer.write("\n".join(read_sentences(args.data, size.sentences)))
     for precision in ("float32", "mixed_bfloat16"):
         cache = os.path.join(work, f"encode_cache_{precision}")
-        for label in cache_states(cache, precision):
+        for label in cache_states(cache, precision, one_at_a_time=True):
             report = run_child(MODULE, "encode-ours", model_dir, texts_path, cache, 128, precision,
                                int(label == "warm cache"), int(label != ONE_AT_A_TIME))
             record(work, section="encode", name=f"ours {precision}, fresh process, {label}",
@@ -631,8 +633,6 @@ def section_generate(args, work, token_dict):
     for precision in ("float32", "mixed_bfloat16"):
         cache = os.path.join(work, f"generate_cache_{precision}")
         for label in cache_states(cache, precision):
-            if label == ONE_AT_A_TIME:
-                continue
             report = run_child(MODULE, "generate-ours", model_dir, cache, size.samples, 5, precision,
                                int(label == "warm cache"))
             record(work, section="generate", name=f"ours gen_synonyms {precision}, fresh process, {label}",
