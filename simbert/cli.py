@@ -11,6 +11,7 @@ imported inside the commands, so `--help` and argument errors answer at once.
     simbert convert MODEL_DIR --to bert4keras|safetensors
     simbert serve MODEL_DIR [--index INDEX_DIR] [--host 127.0.0.1] [--port 8000]
     simbert export MODEL_DIR OUT --format saved_model|onnx|hf|bert4keras
+    simbert --version
 
 Commands that load a model keep compiled programs in `--compile-cache DIR` (default
 ~/.cache/simbert/xla; `--no-compile-cache` turns it off), so the next process starts faster.
@@ -30,6 +31,7 @@ import signal
 import sys
 import threading
 
+from simbert import __version__
 from simbert.arguments import PRECISIONS, argument_type, check_integer, check_positive, check_probability
 
 # TensorFlow's C++ start-up log level, unless the user set one: warnings and errors only.
@@ -226,6 +228,7 @@ def build_parser() -> argparse.ArgumentParser:
     common = Parser(add_help=False)
     common.add_argument("--debug", action="store_true", help="show the traceback of an error")
     parser = Parser(prog="simbert", description="Train and use SimBERT models.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
 
     train = commands.add_parser("train", help="train from a YAML recipe (see configs/)", parents=[common])

@@ -1,5 +1,6 @@
 """The simbert command end to end on a tiny trained model."""
 
+import importlib.metadata
 import subprocess
 import sys
 
@@ -40,3 +41,11 @@ def test_generate_encode_index_search(trained_tiny, tmp_path):
 @pytest.mark.parametrize("command", ["train", "generate", "encode", "index", "search"])
 def test_help(command):
     assert "usage: simbert " + command in simbert(command, "--help")
+
+
+def test_version_is_the_installed_one():
+    """`simbert --version` names the package's one version, the one pip installed."""
+    import simbert as package
+
+    assert simbert("--version").strip() == f"simbert {package.__version__}"
+    assert package.__version__ == importlib.metadata.version("simbert")

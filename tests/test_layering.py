@@ -5,6 +5,7 @@ inside functions included)."""
 import ast
 import os
 
+import simbert
 from helpers import ROOT
 
 PACKAGE = os.path.join(ROOT, "simbert")
@@ -26,15 +27,25 @@ LAYERS = [
 RANK = {module: rank for rank, layer in enumerate(LAYERS) for module in layer}
 
 
+def package_name_module(name):
+    """The module behind `from simbert import name`: a module itself, the module a public
+    name is exported from, or None for what `__init__` defines (`__version__`)."""
+    if os.path.exists(os.path.join(PACKAGE, f"{name}.py")):
+        return name
+    return simbert._EXPORTS[name].split(".")[1] if name in simbert._EXPORTS else None
+
+
 def simbert_imports(path):
     """`(line, module)` for each `simbert.<module>` this file imports."""
     with open(path, encoding="utf-8") as reader:
         tree = ast.parse(reader.read(), path)
     for node in ast.walk(tree):
-        if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "simbert":
-            names = [node.module] if node.module != "simbert" else [f"simbert.{a.name}" for a in node.names]
-            for name in names:
-                yield node.lineno, name.split(".")[1]
+        if isinstance(node, ast.ImportFrom) and node.module == "simbert":
+            for alias in node.names:
+                if package_name_module(alias.name) is not None:
+                    yield node.lineno, package_name_module(alias.name)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "simbert":
+            yield node.lineno, node.module.split(".")[1]
         elif isinstance(node, ast.Import):
             for alias in node.names:
                 if alias.name.startswith("simbert."):
