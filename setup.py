@@ -12,7 +12,7 @@ setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     packages=find_packages(include=["simbert", "simbert.*"]),
-    python_requires=">=3.10,<3.13",
+    python_requires=">=3.10,<3.14",
     install_requires=[
         "tensorflow>=2.16",
         # simbert.optimizers.AdamW uses private attributes of Keras' AdamW: only the versions
@@ -29,7 +29,7 @@ setup(
     ],
     extras_require={
         # NVIDIA GPU: JAX with CUDA 12 (pip wheels bring the CUDA libraries); run with
-        # KERAS_BACKEND=jax. Resolves on Python 3.10 (JAX 0.6.2) to 3.12. Older JAX: before
+        # KERAS_BACKEND=jax. Resolves on Python 3.10 (JAX 0.6.2) to 3.13. Older JAX: before
         # 0.5.3 it lacks jax.typeof; 0.5.3 fails our JAX tests (wrong values).
         "gpu": ["jax[cuda12]>=0.6.2"],
         # simbert serve
