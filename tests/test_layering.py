@@ -42,8 +42,8 @@ def simbert_imports(path):
     for node in ast.walk(tree):
         if isinstance(node, ast.ImportFrom) and node.module == "simbert":
             for alias in node.names:
-                if package_name_module(alias.name) is not None:
-                    yield node.lineno, package_name_module(alias.name)
+                if (module := package_name_module(alias.name)) is not None:
+                    yield node.lineno, module
         elif isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "simbert":
             yield node.lineno, node.module.split(".")[1]
         elif isinstance(node, ast.Import):
