@@ -1,11 +1,15 @@
 """Checks of the arguments users pass (counts, sizes, sampling settings): each returns
 the value or raises `ValueError` naming the argument and its valid range. The CLI's
-argparse types are made from the same checks (`argument_type`)."""
+argparse types are made from the same checks (`argument_type`), and `existing_path`
+checks a path argument before anything loads."""
 
 from __future__ import annotations
 
 import math
+import os
 from typing import Callable
+
+from simbert.errors import missing_path
 
 
 # Keras dtype policies a model may compute in: `training.precision`, `SimBERT.from_pretrained`.
@@ -64,6 +68,23 @@ def argument_type(check: Callable, name: str, convert: Callable = int, **bounds)
             raise argparse.ArgumentTypeError(message) from None
 
     parse.__name__ = name
+    return parse
+
+
+def existing_path(what: str, directory: bool = False) -> Callable[[str], str]:
+    """An argparse `type`: the path as given, if it exists and is a directory (when
+    `directory`) or a file; else an error naming `what`."""
+    import argparse
+
+    def parse(text: str) -> str:
+        if not os.path.exists(text):
+            raise argparse.ArgumentTypeError(str(missing_path(what, text)))
+        if os.path.isdir(text) != directory:
+            expected, found = ("a directory", "a file") if directory else ("a file", "a directory")
+            raise argparse.ArgumentTypeError(f"{what} {text} is {found}; expected {expected}")
+        return text
+
+    parse.__name__ = what
     return parse
 
 

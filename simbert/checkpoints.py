@@ -16,7 +16,7 @@ from typing import Sequence
 
 import numpy as np
 
-from simbert.errors import unreadable
+from simbert.errors import missing_path, unreadable
 from simbert.models import Transformer
 
 logger = logging.getLogger(__name__)
@@ -324,7 +324,7 @@ def read_training_state(path: str | os.PathLike) -> dict[str, np.ndarray]:
             return {name: saved[name] for name in saved.files}
     except OSError as error:
         if not os.path.isfile(path):
-            raise FileNotFoundError(f"training state {path} does not exist") from None
+            raise missing_path("training state", path) from None
         raise unreadable(path, "a training-state .npz", error) from error
     except Exception as error:  # zipfile's BadZipFile, EOFError, ValueError on a torn array
         raise unreadable(path, "a training-state .npz", error) from error

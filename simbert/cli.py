@@ -32,7 +32,8 @@ import sys
 import threading
 
 from simbert import __version__
-from simbert.arguments import PRECISIONS, argument_type, check_integer, check_positive, check_probability
+from simbert.arguments import (PRECISIONS, argument_type, check_integer, check_positive, check_probability,
+                               existing_path)
 
 # TensorFlow's C++ start-up log level, unless the user set one: warnings and errors only.
 TF_LOG_LEVEL = "1"
@@ -232,7 +233,8 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
 
     train = commands.add_parser("train", help="train from a YAML recipe (see configs/)", parents=[common])
-    train.add_argument("--config", required=True, help="YAML recipe, e.g. configs/tiny.yaml")
+    train.add_argument("--config", required=True, type=existing_path("recipe"),
+                       help="YAML recipe, e.g. configs/tiny.yaml")
     add_count(train, "--steps", help="override training.steps")
     train.add_argument("--output-dir", help="override output.dir")
     start = train.add_mutually_exclusive_group()
@@ -260,7 +262,7 @@ def build_parser() -> argparse.ArgumentParser:
         return command
 
     generate = model_command("generate", "paraphrases of a text, ranked by similarity", _generate)
-    generate.add_argument("model_dir", help="model directory (released layout, trainer output or HF)")
+    add_model_directory(generate, help="model directory (released layout, trainer output or HF)")
     generate.add_argument("text")
     add_count(generate, "-n", default=100, help="samples to draw (default 100)")
     add_count(generate, "-k", default=20, help="paraphrases to print (default 20)")
@@ -273,8 +275,9 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--seed", type=int, help="random seed")
 
     encode = model_command("encode", "sentence vectors of a text file (one text a line) to .npy", _encode)
-    encode.add_argument("model_dir")
-    encode.add_argument("--input", required=True, help="UTF-8 text file, one text a line")
+    add_model_directory(encode)
+    encode.add_argument("--input", required=True, type=existing_path("input file"),
+                        help="UTF-8 text file, one text a line")
     encode.add_argument("--output", required=True, help=".npy file to write, row i for input line i")
     add_count(encode, "--batch-size", default=64)
     encode.add_argument("--skip-blank", action="store_true",
@@ -282,8 +285,9 @@ def build_parser() -> argparse.ArgumentParser:
                              "to OUTPUT.lines.txt")
 
     index = model_command("index", "build a similarity index over a corpus (one text a line)", _index)
-    index.add_argument("model_dir")
-    index.add_argument("--input", required=True, help="UTF-8 text file, one text a line")
+    add_model_directory(index)
+    index.add_argument("--input", required=True, type=existing_path("input file"),
+                       help="UTF-8 text file, one text a line")
     index.add_argument("--output", required=True, help="directory to write the index to (replaced atomically)")
     index.add_argument("--append", action="store_true", help="add the texts to the index already in --output")
     add_count(index, "--batch-size", default=64)
@@ -293,28 +297,29 @@ def build_parser() -> argparse.ArgumentParser:
                        help="with --backend faiss: hnsw (default), ivf, or ivfpq (compressed, tens of millions)")
 
     search = model_command("search", "the indexed texts most similar to a query", _search)
-    search.add_argument("index_dir")
-    search.add_argument("model_dir")
+    search.add_argument("index_dir", type=existing_path("index directory", directory=True))
+    add_model_directory(search)
     search.add_argument("query")
     add_count(search, "--topn", default=10)
     search.add_argument("--strict", action="store_true", help="refuse an index built by another model (default: warn)")
 
     evaluate = model_command("eval", "Spearman/Pearson/accuracy/F1 on labelled pair files", _eval)
-    evaluate.add_argument("model_dir")
-    evaluate.add_argument("files", nargs="+", help="pair files (TSV, ATEC CSV, STS, CSV with header, JSONL)")
+    add_model_directory(evaluate)
+    evaluate.add_argument("files", nargs="+", type=existing_path("pair file"),
+                          help="pair files (TSV, ATEC CSV, STS, CSV with header, JSONL)")
     evaluate.add_argument("--format", choices=["tsv", "atec", "sts", "csv", "jsonl"], help="default: detected")
     evaluate.add_argument("--threshold", type=float, default=0.9, help="fixed cosine threshold (default 0.9)")
     evaluate.add_argument("--output", help="write all metrics as JSON here")
     evaluate.add_argument("--plot", help="directory for score histograms, one PNG per file")
-    evaluate.add_argument("--whiten", help="corpus (one text a line) to fit BERT-whitening on; "
+    evaluate.add_argument("--whiten", type=existing_path("whitening corpus"), help="corpus (one text a line) to fit BERT-whitening on; "
                                            "reports with and without")
     add_count(evaluate, "--dim", help="dimensions kept by whitening (default: all)")
     evaluate.add_argument("--baseline", choices=["jaccard"], help="also report a char-overlap baseline")
     add_count(evaluate, "--batch-size", default=64)
 
     served = model_command("serve", "an HTTP server: /encode, /similar, /synonyms, /health, /metrics", _serve)
-    served.add_argument("model_dir")
-    served.add_argument("--index", help="index directory for /similar (built by `simbert index` with this model)")
+    add_model_directory(served)
+    served.add_argument("--index", type=existing_path("index directory", directory=True), help="index directory for /similar (built by `simbert index` with this model)")
     served.add_argument("--host", default="127.0.0.1")
     add_count(served, "--port", default=8000, maximum=65535)
     served.add_argument("--batch-wait-ms", type=float, default=5.0,
@@ -329,7 +334,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     exported = commands.add_parser("export", help="the model in another format: SavedModel, ONNX, Hugging Face, "
                                                   "bert4keras", parents=[common])
-    exported.add_argument("model_dir", help="model directory (or a training output: its latest checkpoint)")
+    add_model_directory(exported, help="model directory (or a training output: its latest checkpoint)")
     exported.add_argument("out", help="new directory to write")
     exported.add_argument("--format", required=True, choices=["saved_model", "onnx", "hf", "bert4keras"],
                           help="saved_model / onnx: the encoder (token_ids, segment_ids -> pooled vector); "
@@ -338,7 +343,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     convert = commands.add_parser("convert", help="add the other weight format to a model directory",
                                   parents=[common])
-    convert.add_argument("model_dir", help="model directory (or a training output: its latest checkpoint)")
+    add_model_directory(convert, help="model directory (or a training output: its latest checkpoint)")
     convert.add_argument("--to", required=True, choices=["bert4keras", "safetensors"],
                          help="bert4keras: bert_model.ckpt.* (needs TensorFlow); safetensors: bert_model.safetensors")
     convert.set_defaults(run=_convert)
@@ -350,6 +355,11 @@ def add_count(command: argparse.ArgumentParser, *flags: str, default: int | None
     """An integer option checked by `check_integer` (at least 1 unless `bounds` say
     otherwise), named in its error by its first flag."""
     command.add_argument(*flags, type=argument_type(check_integer, flags[0], **bounds), default=default, help=help)
+
+
+def add_model_directory(command: argparse.ArgumentParser, help: str | None = None) -> None:
+    """The `model_dir` positional, checked to be an existing directory before anything loads."""
+    command.add_argument("model_dir", type=existing_path("model directory", directory=True), help=help)
 
 
 def add_cache_arguments(command: argparse.ArgumentParser, default: str | None) -> None:

@@ -18,6 +18,7 @@ from typing import Any, ClassVar
 import yaml
 
 from simbert.arguments import PRECISIONS
+from simbert.errors import missing_path
 from simbert.layers import ACTIVATIONS, LAYER_NORM_EPSILON
 
 MODEL_TYPES = ("bert", "roformer")
@@ -226,6 +227,8 @@ class TrainConfig:
 
     @classmethod
     def from_yaml(cls, path: str | os.PathLike) -> "TrainConfig":
+        if not os.path.exists(path):
+            raise missing_path("recipe", path)
         with open(path, encoding="utf-8") as reader:
             try:
                 data = yaml.safe_load(reader) or {}

@@ -24,6 +24,7 @@ import keras
 import numpy as np
 
 from simbert.config import DataConfig
+from simbert.errors import missing_path
 from simbert.shapes import ShapeBuckets
 from simbert.tokenizer import SPECIAL_TOKENS, Tokenizer, is_cjk_character, is_dropped, is_punctuation, normalize
 from simbert.workers import ordered_map
@@ -178,7 +179,7 @@ def read_pair_rows(path: str, fail: Callable[[str], None],
     tolerated; layout from `detect_pair_format` unless given); `label` is None where the
     row has none. A row that cannot be read goes to `fail(message)`."""
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"pair file {path} does not exist")
+        raise missing_path("pair file", path)
     format = format or detect_pair_format(path)
     if format not in PAIR_FORMATS:
         raise ValueError(f"format should be one of {PAIR_FORMATS}, got {format!r}")
@@ -264,7 +265,7 @@ def read_training_groups(data: DataConfig, report: ReadReport) -> Iterator[list[
     if os.path.isdir(data.train):
         raise IsADirectoryError(f"data.train {data.train} is a directory; expected a data file")
     if not os.path.isfile(data.train):
-        raise FileNotFoundError(f"data.train {data.train} does not exist")
+        raise missing_path("data.train", data.train)
     if data.format == "groups":
         return read_groups(data.train, data.on_error, report)
     return read_pairs(data.train, data.on_error, report, data.pair_threshold)

@@ -37,7 +37,7 @@ from simbert.checkpoints import (
     write_tf_checkpoint,
 )
 from simbert.config import MODEL_TYPES, BackboneConfig
-from simbert.errors import FileFormatError
+from simbert.errors import FileFormatError, missing_path
 from simbert.models import Transformer
 from simbert.tokenizer import SPECIAL_TOKENS, Tokenizer, load_vocab, save_vocab
 
@@ -68,7 +68,7 @@ def read_config(config: str | os.PathLike | dict | BackboneConfig, **overrides) 
         return BackboneConfig.from_dict(config, **overrides)
     source = str(config)
     if not os.path.isfile(source):
-        raise FileNotFoundError(f"config file {source} does not exist")
+        raise missing_path("config file", source)
     return BackboneConfig.from_dict(read_json(source, "a BERT config (JSON object)"), source, **overrides)
 
 
@@ -188,7 +188,7 @@ def resolve_model_directory(path: str | os.PathLike) -> str:
     """A model directory, or the latest checkpoint inside a training output directory."""
     path = str(path)
     if not os.path.isdir(path):
-        raise FileNotFoundError(f"model directory {path} does not exist")
+        raise missing_path("model directory", path)
     checkpoints = checkpoint_dirs(path)
     if checkpoints and not os.path.isfile(os.path.join(path, VOCAB_FILE)):
         return checkpoints[-1][1]
@@ -294,7 +294,8 @@ def load_pretrained(
     def read(directory: str) -> tuple[Tokenizer, Transformer]:
         vocab_path = os.path.join(directory, VOCAB_FILE)
         if not os.path.isfile(vocab_path):
-            raise FileNotFoundError(f"{directory} has no {VOCAB_FILE}")
+            raise FileNotFoundError(f"{directory} has no {VOCAB_FILE}: not a model directory (a released "
+                                    f"checkpoint, a training output or a Hugging Face directory)")
         keep_tokens = None
         if simplify_vocab:
             token_dict, keep_tokens = load_vocab(vocab_path, simplified=True, startswith=list(SPECIAL_TOKENS))

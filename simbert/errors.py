@@ -5,6 +5,15 @@ from __future__ import annotations
 import os
 
 
+def missing_path(what: str, path: str | os.PathLike) -> FileNotFoundError:
+    """`FileNotFoundError`: "`what` `path` does not exist"; a relative path also names the
+    directory it was looked up from (recipes and commands read paths from the current
+    directory, not from the recipe's)."""
+    path = str(path)
+    where = "" if os.path.isabs(path) else f" (looked up from the current directory {os.getcwd()})"
+    return FileNotFoundError(f"{what} {path} does not exist{where}")
+
+
 class FileFormatError(ValueError):
     """A file that exists but cannot be read as the format expected (truncated, corrupt,
     another format); the message names the file and what was expected."""

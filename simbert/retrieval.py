@@ -15,7 +15,7 @@ from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 
-from simbert.errors import FileFormatError, unreadable
+from simbert.errors import FileFormatError, missing_path, unreadable
 
 logger = logging.getLogger(__name__)
 
@@ -323,6 +323,8 @@ class SimilarityIndex:
         refuse one whose dimension differs from `expected_dimension`, and any file that
         does not read or whose vectors are not finite unit vectors."""
         directory = str(directory)
+        if not os.path.exists(directory):
+            raise missing_path("index directory", directory)
         meta_path = os.path.join(directory, META_FILE)
         if not os.path.isfile(meta_path):
             raise FileNotFoundError(f"{directory} holds no {META_FILE}; not a saved index")
@@ -481,6 +483,8 @@ def check_unit_vectors(vectors: np.ndarray, source: str, chunk_size: int = 65536
 def numbered_lines(path: str) -> Iterator[tuple[int, str]]:
     """`(line number, stripped text)` for every line of a UTF-8 text file (BOM tolerated),
     blank ones included; a line that is not UTF-8 raises naming the file and line."""
+    if not os.path.exists(path):
+        raise missing_path("text file", path)
     with open(path, "rb") as reader:
         for number, raw in enumerate(reader, 1):
             try:

@@ -12,7 +12,7 @@ import re
 import unicodedata
 from typing import Callable, Iterable, Sequence
 
-from simbert.errors import FileFormatError
+from simbert.errors import FileFormatError, missing_path
 
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]")
 REQUIRED_TOKENS = ("[UNK]", "[CLS]", "[SEP]")
@@ -106,7 +106,7 @@ def load_vocab(
     `keep_tokens[new_id] = old_id` selects embedding rows of the original checkpoint.
     """
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"vocab file {path!s} does not exist")
+        raise missing_path("vocab file", path)
     token_dict: dict[str, int] = {}
     with open(path, encoding=encoding) as reader:
         try:

@@ -55,3 +55,19 @@ def test_bad_keys_and_types_are_named(tmp_path):
     with pytest.raises(ValueError, match="broken.yaml: not valid YAML"):
         TrainConfig.from_yaml(path)
     assert TrainConfig.from_dict({"training": {"learning_rate": 1}}).training.learning_rate == 1.0
+
+
+def test_a_missing_recipe_or_data_file_names_where_a_relative_path_was_looked_up(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(FileNotFoundError, match=rf"^recipe absent.yaml does not exist \(looked up from the current "
+                                                rf"directory {tmp_path}\)$"):
+        TrainConfig.from_yaml("absent.yaml")
+    with pytest.raises(FileNotFoundError, match=rf"^recipe {tmp_path / 'absent.yaml'} does not exist$"):
+        TrainConfig.from_yaml(tmp_path / "absent.yaml")
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("data:\n  train: pairs.txt\n", encoding="utf-8")
+    from simbert.data import ReadReport, read_training_groups
+
+    with pytest.raises(FileNotFoundError, match=rf"^data.train pairs.txt does not exist \(looked up from the "
+                                                rf"current directory {tmp_path}\)$"):
+        read_training_groups(TrainConfig.from_yaml(recipe).data, ReadReport())

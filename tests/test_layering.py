@@ -12,8 +12,8 @@ PACKAGE = os.path.join(ROOT, "simbert")
 
 # Lowest first. A module may import modules of strictly lower layers only.
 LAYERS = [
-    {"arguments", "errors", "kernels", "workers", "trace_store"},
-    {"tokenizer", "layers", "shapes", "compiled"},
+    {"errors", "kernels", "workers", "trace_store"},
+    {"arguments", "tokenizer", "layers", "shapes", "compiled"},
     {"config"},
     {"models"},
     {"checkpoints", "source_pass"},

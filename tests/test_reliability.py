@@ -459,15 +459,47 @@ def test_readers_of_a_live_training_never_fail(tmp_path):
 
 # ------------------------------------------------------- 9. messages and exit codes
 def test_cli_errors_are_one_line_and_debug_shows_the_traceback(tmp_path):
-    result = simbert("generate", tmp_path / "missing", "text")
+    result = simbert("generate", tmp_path, "text")  # a directory, but no model in it
     assert result.returncode == 1
-    assert error_lines(result.stderr) == [f"simbert: error: model directory {tmp_path / 'missing'} does not exist"]
+    assert error_lines(result.stderr) == [
+        f"simbert: error: {tmp_path} has no vocab.txt: not a model directory (a released checkpoint, a training "
+        "output or a Hugging Face directory)"]
     assert "Traceback" not in result.stderr
-    debug = simbert("generate", tmp_path / "missing", "text", "--debug")
+    debug = simbert("generate", tmp_path, "text", "--debug")
     assert debug.returncode == 1 and "Traceback" in debug.stderr
-    usage = simbert("train", "--config", "x.yaml", "--resume-anyway")
+    usage = simbert("train", "--config", os.path.join(ROOT, "configs", "tiny.yaml"), "--resume-anyway")
     assert usage.returncode == 2 and error_lines(usage.stderr) == [
         "simbert: error: --resume-anyway goes with --resume (see simbert --help)"]
+
+
+def test_path_arguments_are_checked_before_anything_loads(tmp_path):
+    """A path that does not exist, or a file where a directory is expected (and the
+    reverse), is a usage error naming the argument (exit 2), found before the backend is
+    started; a relative path names the directory it was looked up from."""
+    text_file = tmp_path / "texts.txt"
+    text_file.write_text("花呗怎么还款\n", encoding="utf-8")
+    missing = tmp_path / "missing"
+    cases = [
+        (("generate", missing, "text"), f"argument model_dir: model directory {missing} does not exist",
+         "generate"),
+        (("generate", text_file, "text"), f"argument model_dir: model directory {text_file} is a file; expected a "
+                                          "directory", "generate"),
+        (("encode", tmp_path, "--input", missing, "--output", tmp_path / "v.npy"),
+         f"argument --input: input file {missing} does not exist", "encode"),
+        (("search", text_file, tmp_path, "query"),
+         f"argument index_dir: index directory {text_file} is a file; expected a directory", "search"),
+        (("eval", tmp_path, text_file, missing), f"argument files: pair file {missing} does not exist", "eval"),
+        (("train", "--config", tmp_path), f"argument --config: recipe {tmp_path} is a directory; expected a file",
+         "train"),
+        (("train", "--config", "no_such_recipe.yaml"), f"argument --config: recipe no_such_recipe.yaml does not "
+                                                       f"exist (looked up from the current directory {ROOT})",
+         "train"),
+    ]
+    for args, message, command in cases:
+        result = simbert(*args)
+        assert result.returncode == 2, (args, result.stderr[-2000:])
+        # stderr is that one line: no backend started (TensorFlow and JAX log as they start).
+        assert result.stderr == f"simbert: error: {message} (see simbert {command} --help)\n", args
 
 
 def test_ctrl_c_while_starting_stops_before_training(tmp_path):

@@ -81,5 +81,7 @@ def test_save_load_round_trip_and_dimension_check(tmp_path):
         SimilarityIndex.load(tmp_path / "index", expected_dimension=32)
     with pytest.raises(FileNotFoundError, match="not a saved index"):
         SimilarityIndex.load(tmp_path)
+    with pytest.raises(FileNotFoundError, match=rf"^index directory {tmp_path / 'absent'} does not exist$"):
+        SimilarityIndex.load(tmp_path / "absent")
     with pytest.raises(ValueError, match="dimension 16"):
         index.add(["x"], np.zeros((1, 8)))
