@@ -309,10 +309,16 @@ class SimBERT:
     def most_similar(self, text: str, topn: int = 10, index: SimilarityIndex | None = None) -> list[tuple[str, float]]:
         """The `topn` texts of `index` (default: `model.index`) closest to `text`, as
         (text, cosine) pairs."""
+        if not isinstance(text, str):
+            raise ValueError(f"text should be a string, got {type(text).__name__} {text!r}; for several texts "
+                             f"use most_similar_batch")
         return self.most_similar_batch([text], topn, index)[0]
 
     def most_similar_batch(self, texts: Sequence[str], topn: int = 10,
                            index: SimilarityIndex | None = None) -> list[list[tuple[str, float]]]:
+        """`most_similar` of each of `texts`, encoded together."""
+        if isinstance(texts, str):
+            raise ValueError("most_similar_batch expects a list of texts; for one text use most_similar")
         index = index if index is not None else self.index
         if index is None:
             raise ValueError("no index: call build_index(texts) or load_index(directory) first, or pass one")

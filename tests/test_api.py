@@ -74,6 +74,10 @@ def test_most_similar_finds_the_query_first(model):
     batch = model.most_similar_batch([TEXT, CORPUS[1]], topn=2)
     assert batch[0][0][0] == TEXT and batch[1][0][0] == CORPUS[1]
     assert most_similar(model, CORPUS[2], CORPUS, topn=1)[0][0] == CORPUS[2]
+    with pytest.raises(ValueError, match="got list .*for several texts use most_similar_batch"):
+        model.most_similar([TEXT, CORPUS[1]])
+    with pytest.raises(ValueError, match="most_similar_batch expects a list of texts; for one text use most_similar"):
+        model.most_similar_batch(TEXT)
 
 
 def test_most_similar_helper_leaves_the_model_index_alone(model):
