@@ -30,7 +30,7 @@ import keras
 import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, StrictInt, StrictStr
+from pydantic import BaseModel, ConfigDict, StrictInt, StrictStr
 
 from simbert.api import SimBERT
 from simbert.arguments import check_integer
@@ -60,16 +60,23 @@ class RequestError(Exception):
         self.status, self.field, self.limit = status, field, limit
 
 
-class EncodeRequest(BaseModel):
+class RequestBody(BaseModel):
+    """A request body: an unknown field (a misspelt `topn`, an option the endpoint does
+    not take) is refused (422, naming it), not ignored."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class EncodeRequest(RequestBody):
     texts: list[StrictStr]
 
 
-class SimilarRequest(BaseModel):
+class SimilarRequest(RequestBody):
     texts: list[StrictStr]
     topn: StrictInt = 10
 
 
-class SynonymsRequest(BaseModel):
+class SynonymsRequest(RequestBody):
     text: StrictStr
     n: StrictInt = 100
     k: StrictInt = 20

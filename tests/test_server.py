@@ -100,6 +100,18 @@ def test_non_string_texts_are_refused(client):
     assert response.status_code == 422 and response.json()["detail"][0]["loc"] == ["body", "texts", 1]
 
 
+@pytest.mark.parametrize("path, body, field", [
+    ("/similar", {"texts": ["w1"], "top_n": 3}, "top_n"),
+    ("/synonyms", {"text": "w1", "n": 4, "topk": 3}, "topk"),
+    ("/encode", {"texts": ["w1"], "normalize": False}, "normalize"),
+])
+def test_unknown_fields_are_refused_not_ignored(client, path, body, field):
+    response = client.post(path, json=body)
+    assert response.status_code == 422
+    assert [(error["type"], error["loc"]) for error in response.json()["detail"]] == [
+        ("extra_forbidden", ["body", field])]
+
+
 def test_similar_without_an_index_names_the_option(model):
     index, model.index = model.index, None
     try:
