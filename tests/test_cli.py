@@ -1,6 +1,7 @@
 """The simbert command end to end on a tiny trained model."""
 
 import importlib.metadata
+import os
 import subprocess
 import sys
 
@@ -28,10 +29,11 @@ def test_generate_encode_index_search(trained_tiny, tmp_path):
     vectors = np.load(tmp_path / "vectors.npy")
     assert vectors.shape[0] == len(CORPUS)
     np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
-    simbert("encode", trained_tiny, "--input", corpus, "--output", tmp_path / "half.npy", "--precision",
-            "mixed_bfloat16")
-    cosines = np.sum(np.load(tmp_path / "half.npy") * vectors, axis=1)
-    assert cosines.min() > 0.99 and not np.array_equal(np.load(tmp_path / "half.npy"), vectors)  # in bfloat16
+    half = tmp_path / "new" / "half"  # written exactly there (no .npy added), its directory created
+    simbert("encode", trained_tiny, "--input", corpus, "--output", half, "--precision", "mixed_bfloat16")
+    assert sorted(os.listdir(tmp_path / "new")) == ["half"]
+    cosines = np.sum(np.load(half) * vectors, axis=1)
+    assert cosines.min() > 0.99 and not np.array_equal(np.load(half), vectors)  # in bfloat16
 
     simbert("index", trained_tiny, "--input", corpus, "--output", tmp_path / "index")
     best = simbert("search", tmp_path / "index", trained_tiny, "花呗怎么还款", "--topn", 2).splitlines()
