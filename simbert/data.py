@@ -58,10 +58,11 @@ class ReadReport:
 
 def problem_handler(on_error: str, report: ReadReport | None) -> Callable[[str], None]:
     """What a reader does with a record it cannot read: `on_error` "raise" raises a
-    DataError with the message, "skip" counts it in `report`."""
+    DataError with the message (and how to skip such records instead), "skip" counts it
+    in `report`."""
     def fail(message: str) -> None:
         if on_error != "skip":
-            raise DataError(message)
+            raise DataError(f"{message} (data.on_error: skip skips and counts such records)")
         if report is not None:
             report.skip(message)
 

@@ -96,7 +96,8 @@ def test_pair_readers(tmp_path):
     assert list(read_pairs(str(jsonl))) == [["x", "y"]]
     broken = tmp_path / "broken.tsv"
     broken.write_text("only one field\n甲\t乙\tmaybe\n", encoding="utf-8")
-    with pytest.raises(DataError, match="broken.tsv, line 1"):
+    with pytest.raises(DataError, match=r"broken.tsv, line 1: .* \(data.on_error: skip skips and counts such "
+                                         r"records\)$"):
         list(read_pairs(str(broken)))
     report = ReadReport()
     assert list(read_pairs(str(broken), on_error="skip", report=report)) == []
