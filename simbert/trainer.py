@@ -43,7 +43,7 @@ from simbert.directories import (
     remove_checkpoint,
     save_pretrained,
 )
-from simbert.errors import FileFormatError
+from simbert.errors import FileFormatError, missing_path
 from simbert.losses import DistillationLoss, Seq2SeqLoss, SimilarityLoss
 from simbert.models import Transformer
 from simbert.optimizers import AdamW
@@ -194,6 +194,13 @@ class ResumePoint:
     backbone: Transformer
 
 
+def recipe_path(field: str, path: str) -> str:
+    """`path`, the value of the recipe's `field`, if it exists; else an error naming both."""
+    if not os.path.exists(path):
+        raise missing_path(field, path)
+    return path
+
+
 def recipe_value(recipe: dict, dotted: str):
     section, name = dotted.split(".")
     return recipe.get(section, {}).get(name)
@@ -242,7 +249,8 @@ class Trainer:
                 self.tokenizer, self.backbone = self._build_tokenizer_and_backbone()
             self.teacher = None
             if training.teacher:
-                self.teacher = SimBERT.from_pretrained(training.teacher, max_tokens=config.data.max_tokens,
+                self.teacher = SimBERT.from_pretrained(recipe_path("training.teacher", training.teacher),
+                                                       max_tokens=config.data.max_tokens,
                                                        compilation_cache=None)
             self.training_model = build_training_model(self.backbone, training)
         except BaseException:
@@ -289,7 +297,8 @@ class Trainer:
     def _build_tokenizer_and_backbone(self) -> tuple[Tokenizer, Transformer]:
         model, precision = self.config.model, self.config.training.precision
         if model.pretrained:
-            tokenizer, backbone = load_pretrained(model.pretrained, model.model_type,
+            tokenizer, backbone = load_pretrained(recipe_path("model.pretrained", model.pretrained),
+                                                  model.model_type,
                                                   simplify_vocab=model.simplify_vocab,
                                                   dropout_rate=model.dropout_rate, dtype=precision)
             self._check_positions(backbone.config.max_position_embeddings, f"model.pretrained {model.pretrained}")
@@ -299,7 +308,7 @@ class Trainer:
                              "(bert_config fields for a random model)")
         self._check_positions(model.config.get("max_position_embeddings", 512),
                               "model.config.max_position_embeddings")
-        token_dict = load_vocab(model.vocab) if model.vocab else self.data_characters
+        token_dict = load_vocab(recipe_path("model.vocab", model.vocab)) if model.vocab else self.data_characters
         backbone = build_backbone({**model.config, "vocab_size": len(token_dict)},
                                   model_type=model.model_type or "bert", application="unilm", with_pool="linear",
                                   with_mlm="linear", dropout_rate=model.dropout_rate, dtype=precision)

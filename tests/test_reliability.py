@@ -338,6 +338,15 @@ def test_a_directory_as_data_is_named(tmp_path):
         Trainer(config)
 
 
+@pytest.mark.parametrize("field", ["model.pretrained", "model.vocab", "training.teacher"])
+def test_a_missing_path_of_the_recipe_is_named_with_its_field(tmp_path, field):
+    config = short_config(tmp_path / "run", 2)
+    section, name = field.split(".")
+    setattr(getattr(config, section), name, str(tmp_path / "absent"))
+    with pytest.raises(FileNotFoundError, match=rf"^{field} {tmp_path / 'absent'} does not exist$"):
+        Trainer(config)
+
+
 @pytest.mark.parametrize("override, message", [
     ({"data": {"max_chars": 0}}, "data.max_chars should be at least 1, got 0"),
     ({"data": {"shuffle_buffer": 0}}, "data.shuffle_buffer should be at least 1, got 0"),
