@@ -325,15 +325,16 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--threshold", type=float, default=0.9, help="fixed cosine threshold (default 0.9)")
     evaluate.add_argument("--output", help="write all metrics as JSON here")
     evaluate.add_argument("--plot", help="directory for score histograms, one PNG per file")
-    evaluate.add_argument("--whiten", type=existing_path("whitening corpus"), help="corpus (one text a line) to fit BERT-whitening on; "
-                                           "reports with and without")
+    evaluate.add_argument("--whiten", type=existing_path("whitening corpus"),
+                          help="corpus (one text a line) to fit BERT-whitening on; reports with and without")
     add_count(evaluate, "--dim", help="dimensions kept by whitening (default: all)")
     evaluate.add_argument("--baseline", choices=["jaccard"], help="also report a char-overlap baseline")
     add_count(evaluate, "--batch-size", default=64)
 
     served = model_command("serve", "an HTTP server: /encode, /similar, /synonyms, /health, /metrics", _serve)
     add_model_directory(served)
-    served.add_argument("--index", type=existing_path("index directory", directory=True), help="index directory for /similar (built by `simbert index` with this model)")
+    served.add_argument("--index", type=existing_path("index directory", directory=True),
+                        help="index directory for /similar (built by `simbert index` with this model)")
     served.add_argument("--host", default="127.0.0.1")
     add_count(served, "--port", default=8000, maximum=65535)
     served.add_argument("--batch-wait-ms", type=float, default=5.0,
