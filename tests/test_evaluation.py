@@ -107,8 +107,9 @@ def test_eval_cli_end_to_end(trained_tiny, tmp_path):
     corpus = write(tmp_path / "corpus.txt", "\n".join(
         json.loads(line)["text"] for line in open("data_sample.json", encoding="utf-8")))
     result = subprocess.run([sys.executable, "-m", "simbert.cli", "eval", trained_tiny, pairs, "--output",
-                             str(tmp_path / "new" / "report.json"), "--plot", str(tmp_path / "plots"), "--whiten", corpus,
-                             "--dim", "32", "--baseline", "jaccard"], capture_output=True, text=True)
+                             str(tmp_path / "new" / "report.json"), "--plot", str(tmp_path / "plots"),
+                             "--whiten", corpus, "--dim", "32", "--baseline", "jaccard"],
+                            capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads((tmp_path / "new" / "report.json").read_text())  # its directory created
     assert set(report) == {"cosine", "whitened", "jaccard"}
