@@ -36,6 +36,8 @@ setup(
         "serve": ["fastapi>=0.110", "uvicorn>=0.29"],
         # simbert export --format onnx (saved_model needs only TensorFlow)
         "export": ["tf2onnx>=1.17", "onnx", "onnxruntime"],
+        # simbert index --backend faiss, and searching such an index
+        "faiss": ["faiss-cpu>=1.7.4"],
         "dev": [
             "fastapi>=0.110",
             "uvicorn>=0.29",

@@ -403,10 +403,20 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
 
+# Optional packages and the extra of setup.py that installs each.
+EXTRAS = {"fastapi": "serve", "uvicorn": "serve", "tf2onnx": "export", "onnx": "export", "onnxruntime": "export",
+          "faiss": "faiss"}
+
+
 def one_line(error: BaseException) -> str:
     """The error's message on one line; its type too unless it is one of simbert's or a
-    plain ValueError / OSError, whose messages name the file or argument."""
+    plain ValueError / OSError, whose messages name the file or argument. A missing
+    optional package names the extra that installs it."""
     message = " ".join(str(error).split()) or type(error).__name__
+    if isinstance(error, ModuleNotFoundError) and error.name in EXTRAS:
+        extra = EXTRAS[error.name]
+        return (f"this command needs {error.name}, which simbert installs as an option: pip install "
+                f"'simbert[{extra}]' (from a checkout: pip install -e '.[{extra}]')")
     if isinstance(error, (ValueError, OSError, RuntimeError)) and type(error).__module__.split(".")[0] in (
             "simbert", "builtins"):
         return message

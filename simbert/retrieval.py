@@ -254,8 +254,7 @@ class SimilarityIndex:
         never copied whole): "hnsw" (graph, flat vectors), "ivf" (sqrt(n) lists, flat
         vectors) or "ivfpq" (sqrt(n) lists, `dimension / 8` one-byte codes a vector);
         the inverted-file kinds train on a sample of at most 256 rows a list."""
-        import faiss
-
+        faiss = faiss_module()
         vectors, dimension = self.vectors, self.dimension
         lists = max(1, min(65536, int(np.sqrt(len(vectors)))))
         if self.faiss_index == "hnsw":
@@ -362,8 +361,7 @@ class SimilarityIndex:
         index._chunks = [vectors]
         faiss_path = os.path.join(directory, FAISS_FILE)
         if index.backend == "faiss" and os.path.isfile(faiss_path):
-            import faiss
-
+            faiss = faiss_module()
             try:
                 index._faiss = faiss.read_index(faiss_path)
             except RuntimeError as error:
@@ -398,6 +396,8 @@ class IndexWriter:
                 directory):
             raise FileExistsError(f"{directory} exists and is not a simbert index (no {META_FILE}); "
                                   f"choose another output directory")
+        if meta.get("backend") == "faiss":
+            faiss_module()  # a missing faiss fails now, not after every text is encoded
         self.directory = directory
         self.meta = {**meta, "size": total}
         self.total = total
@@ -439,9 +439,7 @@ class IndexWriter:
         self._texts.close()
         np.save(os.path.join(self.temporary, OFFSETS_FILE), self._offsets)
         if self.faiss is not None:
-            import faiss
-
-            faiss.write_index(self.faiss, os.path.join(self.temporary, FAISS_FILE))
+            faiss_module().write_index(self.faiss, os.path.join(self.temporary, FAISS_FILE))
         meta = {**self.meta, "texts_bytes": os.path.getsize(os.path.join(self.temporary, TEXTS_FILE))}
         with open(os.path.join(self.temporary, META_FILE), "w", encoding="utf-8") as writer:
             json.dump(meta, writer, indent=2)
@@ -449,7 +447,12 @@ class IndexWriter:
         old = os.path.join(parent or ".", f".{name}.old-{os.getpid()}")
         if os.path.exists(self.directory):
             os.replace(self.directory, old)
-        os.replace(self.temporary, self.directory)
+        try:
+            os.replace(self.temporary, self.directory)
+        except BaseException:
+            if os.path.exists(old):
+                os.replace(old, self.directory)  # the old index back in place
+            raise
         shutil.rmtree(old, ignore_errors=True)
 
     def abort(self) -> None:
@@ -460,10 +463,21 @@ class IndexWriter:
         return self
 
     def __exit__(self, kind, error, traceback) -> None:
-        if kind is None:
-            self.close()
-        else:
+        if kind is not None:
             self.abort()
+            return
+        try:
+            self.close()
+        except BaseException:
+            self.abort()  # e.g. building the faiss index failed: no temporary directory is left
+            raise
+
+
+def faiss_module():
+    """The faiss package, an optional dependency (`pip install simbert[faiss]`)."""
+    import faiss
+
+    return faiss
 
 
 def check_unit_vectors(vectors: np.ndarray, source: str, chunk_size: int = 65536, tolerance: float = 1e-2) -> None:

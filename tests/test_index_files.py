@@ -1,12 +1,15 @@
 """An index that outgrows memory: written in chunks, appended to, loaded memory-mapped with
 its texts on disk, searched exactly in chunks or through a stored faiss IVF-PQ index."""
 
+import os
+import sys
+
 import numpy as np
 import pytest
 
 from helpers import TINY_CONFIG, write_model_dir
 from simbert.api import SimBERT
-from simbert.cli import main
+from simbert.cli import main, one_line
 from simbert.retrieval import IndexWriter, SimilarityIndex, TextStore
 
 TEXTS = [f"w{i} w{i + 1} w{(3 * i) % 90 + 5}" for i in range(5, 45)]
@@ -62,6 +65,32 @@ def test_append_extends_the_index_in_order(model, tmp_path):
     with pytest.raises(ValueError, match="rebuild the index with this model"):
         other.write_index(iter(["w1"]), 1, tmp_path / "index", append=True)
     assert len(SimilarityIndex.load(tmp_path / "index")) == len(TEXTS)  # refused before anything was written
+
+
+def test_a_failed_faiss_build_leaves_the_old_index_and_no_temporary_files(model, tmp_path, monkeypatch):
+    model.write_index(iter(TEXTS[:10]), 10, tmp_path / "index")
+
+    def failing(self, seed=0):
+        raise RuntimeError("faiss ran out of memory")
+
+    monkeypatch.setattr(SimilarityIndex, "build_faiss", failing)
+    with pytest.raises(RuntimeError, match="faiss ran out of memory"):
+        model.write_index(iter(TEXTS), len(TEXTS), tmp_path / "index", backend="faiss")
+    assert sorted(os.listdir(tmp_path)) == ["index"]
+    assert SimilarityIndex.load(tmp_path / "index").texts == TEXTS[:10]
+
+
+def test_a_missing_faiss_fails_before_any_text_is_encoded(model, tmp_path, monkeypatch):
+    def encode(texts, **options):
+        raise AssertionError("encoded before finding that faiss is missing")
+
+    monkeypatch.setattr(model, "encode", encode)
+    monkeypatch.setitem(sys.modules, "faiss", None)  # `import faiss` raises ModuleNotFoundError
+    with pytest.raises(ModuleNotFoundError) as missing:
+        model.write_index(iter(TEXTS), len(TEXTS), tmp_path / "index", backend="faiss")
+    assert missing.value.name == "faiss" and os.listdir(tmp_path) == []
+    assert one_line(missing.value) == ("this command needs faiss, which simbert installs as an option: pip install "
+                                       "'simbert[faiss]' (from a checkout: pip install -e '.[faiss]')")
 
 
 def test_cli_index_and_append(trained_tiny, tmp_path):
