@@ -4,6 +4,7 @@
 
 Each FILE's layout is detected (see `simbert.data.detect_pair_format`); a pair is kept
 when its label is 1 (binary sets) or at least --min-score (graded sets such as STS-B).
+OUTPUT is written whole or not at all (its directory created).
 """
 
 import argparse
@@ -11,17 +12,21 @@ import json
 
 import numpy as np
 
+from simbert.arguments import existing_path
+from simbert.cli import write_output
 from simbert.evaluation import binary_labels, read_pair_file
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("output")
-    parser.add_argument("files", nargs="+")
+    parser.add_argument("files", nargs="+", type=existing_path("pair file"))
     parser.add_argument("--min-score", type=float, default=4.0, help="graded sets: the lowest similar score")
     args = parser.parse_args()
     kept = 0
-    with open(args.output, "w", encoding="utf-8") as writer:
+
+    def write(writer):
+        nonlocal kept
         for path in args.files:
             pairs = read_pair_file(path)
             labels = np.asarray(pairs.labels)
@@ -32,6 +37,8 @@ def main():
                     writer.write(json.dumps({"text_a": a, "text_b": b}, ensure_ascii=False) + "\n")
             kept += int(similar.sum())
             print(f"{path}: {int(similar.sum())} similar of {len(labels)} pairs, {len(pairs.skipped)} rows skipped")
+
+    write_output(args.output, write)
     print(f"wrote {kept} pairs to {args.output}")
 
 

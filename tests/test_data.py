@@ -1,7 +1,10 @@
 """Readers on messy files, pair sampling, batch layout and source masking."""
 
 import json
+import os
 import random
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -18,6 +21,7 @@ from simbert.data import (
     read_groups,
     read_pairs,
 )
+from helpers import ROOT
 from simbert.shapes import ShapeBuckets
 from simbert.tokenizer import Tokenizer
 
@@ -181,3 +185,26 @@ def test_source_masking_keeps_length_and_masks_whole_words():
     assert SourceMasker(tokenizer, probability=0.0)(texts[0], rng) is None
     rng_counts = sum(SourceMasker(tokenizer)(texts[0], random.Random(s)) is None for s in range(200))
     assert 60 < rng_counts < 140  # masked with probability 0.5
+
+
+def test_prepare_pairs_keeps_the_similar_pairs_and_writes_whole_or_not_at_all(tmp_path):
+    binary = tmp_path / "binary.tsv"
+    binary.write_text("花呗怎么还款\t花呗如何还钱\t1\n借呗额度\t花呗额度\t0\n", encoding="utf-8")
+    graded = tmp_path / "graded.data"
+    graded.write_text("一个男人在弹吉他\t一个人在弹吉他\t5\n一只猫\t一辆车\t1\n两个人在跑步\t两人在跑\t4\n",
+                      encoding="utf-8")
+    output = tmp_path / "new" / "pairs.jsonl"
+
+    def prepare(*args):
+        return subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "prepare_pairs.py"), *map(str, args)],
+                              capture_output=True, text=True, cwd=ROOT)
+
+    done = prepare(output, binary, graded)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert [json.loads(line) for line in output.read_text(encoding="utf-8").splitlines()] == [
+        {"text_a": "花呗怎么还款", "text_b": "花呗如何还钱"}, {"text_a": "一个男人在弹吉他", "text_b": "一个人在弹吉他"},
+        {"text_a": "两个人在跑步", "text_b": "两人在跑"}]
+    before = output.read_bytes()
+    refused = prepare(output, binary, tmp_path / "absent.tsv")
+    assert refused.returncode == 2 and f"pair file {tmp_path / 'absent.tsv'} does not exist" in refused.stderr
+    assert output.read_bytes() == before and os.listdir(tmp_path / "new") == ["pairs.jsonl"]
