@@ -97,10 +97,14 @@ class SimBERT:
 
     def save(self, path: str | os.PathLike) -> None:
         """Write a model directory (`simbert.directories.save_pretrained`), and
-        whitening.npz when a whitening is set."""
+        whitening.npz when a whitening is set (else a whitening.npz already there, which
+        loading would apply, is removed)."""
         save_pretrained(self.backbone, path, self.tokenizer.token_dict)
+        whitening_path = os.path.join(path, WHITENING_FILE)
         if self.whitening is not None:
-            self.whitening.save(os.path.join(path, WHITENING_FILE))
+            self.whitening.save(whitening_path)
+        elif os.path.exists(whitening_path):
+            os.remove(whitening_path)
 
     def fit_whitening(self, texts: Sequence[str], dim: int | None = None, batch_size: int = 64) -> Whitening:
         """Fit BERT-whitening on the raw vectors of `texts` and apply it from now on

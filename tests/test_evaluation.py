@@ -96,6 +96,9 @@ def test_model_whitening_applies_in_encode_and_index_and_is_saved(trained_tiny, 
     model.save(tmp_path / "whitened")
     again = SimBERT.from_pretrained(tmp_path / "whitened", max_tokens=32)
     np.testing.assert_allclose(again.encode(corpus[:5]), vectors, atol=1e-5)
+    again.whitening = None  # saved again without it: the old whitening.npz must not come back
+    again.save(tmp_path / "whitened")
+    assert SimBERT.from_pretrained(tmp_path / "whitened", max_tokens=32).dimension == 128
 
 
 def test_eval_cli_end_to_end(trained_tiny, tmp_path):
