@@ -13,7 +13,7 @@ import json
 import numpy as np
 
 from simbert.arguments import existing_path
-from simbert.cli import write_output
+from simbert.directories import write_atomically
 from simbert.evaluation import binary_labels, read_pair_file
 
 
@@ -38,7 +38,7 @@ def main():
             kept += int(similar.sum())
             print(f"{path}: {int(similar.sum())} similar of {len(labels)} pairs, {len(pairs.skipped)} rows skipped")
 
-    write_output(args.output, write)
+    write_atomically(args.output, write)
     print(f"wrote {kept} pairs to {args.output}")
 
 

@@ -110,6 +110,7 @@ def _generate(args) -> int:
 def _encode(args) -> int:
     import numpy as np
 
+    from simbert.directories import write_atomically
     from simbert.retrieval import numbered_lines
 
     lines = list(numbered_lines(args.input))
@@ -124,28 +125,13 @@ def _encode(args) -> int:
     kept = [(number, text) for number, text in lines if text]
     model = _load_model(args)
     vectors = model.encode([text for _, text in kept], batch_size=args.batch_size, progress=True)
-    write_output(args.output, lambda writer: np.save(writer, vectors), binary=True)
+    write_atomically(args.output, lambda writer: np.save(writer, vectors), binary=True)
     print(f"wrote {vectors.shape[0]} vectors of dimension {vectors.shape[1]} to {args.output}")
     if blank:
         numbers_path = line_numbers_path(args.output)
-        write_output(numbers_path, lambda writer: writer.writelines(f"{number}\n" for number, _ in kept))
+        write_atomically(numbers_path, lambda writer: writer.writelines(f"{number}\n" for number, _ in kept))
         print(f"skipped {len(blank)} blank line(s); the input line number of each row is in {numbers_path}")
     return 0
-
-
-def write_output(path: str, write, binary: bool = False) -> None:
-    """Write a command's output file through `write(file)`, exactly at `path`: its
-    directory created if missing, written under a temporary name and renamed, so that a
-    failed write leaves whatever was at `path` before."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    temporary = f"{path}.{os.getpid()}.tmp"
-    try:
-        with open(temporary, "wb" if binary else "w", encoding=None if binary else "utf-8") as writer:
-            write(writer)
-        os.replace(temporary, path)
-    finally:
-        if os.path.exists(temporary):
-            os.unlink(temporary)
 
 
 def line_numbers_path(vectors_path: str) -> str:
@@ -180,6 +166,7 @@ def _eval(args) -> int:
 
     import numpy as np
 
+    from simbert.directories import write_atomically
     from simbert.evaluation import evaluate_files, format_table, jaccard_similarity, plot_histograms
     from simbert.retrieval import read_lines
 
@@ -210,8 +197,8 @@ def _eval(args) -> int:
         report[name] = {path: {k: v for k, v in m.items() if k not in ("scores", "labels")}
                         for path, m in results.items()}
     if args.output:
-        write_output(args.output, lambda writer: json.dump(report, writer, ensure_ascii=False, indent=2,
-                                                           allow_nan=False))
+        write_atomically(args.output, lambda writer: json.dump(report, writer, ensure_ascii=False, indent=2,
+                                                               allow_nan=False))
     return 0
 
 

@@ -339,6 +339,22 @@ def write_bert4keras_checkpoint(values: dict[str, np.ndarray], directory: str) -
         writer.write(f'model_checkpoint_path: "{CHECKPOINT_NAME}"\n')
 
 
+def write_atomically(path: str | os.PathLike, write: Callable, binary: bool = False) -> None:
+    """Write the file `path` through `write(file)`, exactly there: its directory created
+    if missing, written under a temporary name and renamed, so that a failed write
+    leaves whatever was at `path` before."""
+    path = str(path)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    temporary = f"{path}.{os.getpid()}.tmp"
+    try:
+        with open(temporary, "wb" if binary else "w", encoding=None if binary else "utf-8") as writer:
+            write(writer)
+        os.replace(temporary, path)
+    finally:
+        if os.path.exists(temporary):
+            os.unlink(temporary)
+
+
 CONVERSIONS = ("bert4keras", "safetensors")
 
 

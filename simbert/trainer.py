@@ -42,6 +42,7 @@ from simbert.directories import (
     read_trainer_state,
     remove_checkpoint,
     save_pretrained,
+    write_atomically,
 )
 from simbert.errors import FileFormatError, missing_path
 from simbert.losses import DistillationLoss, Seq2SeqLoss, SimilarityLoss
@@ -516,6 +517,4 @@ def keep_metrics_until(path: str, step: int) -> None:
     kept = [line for line in lines if json.loads(line).get("step", 0) <= step]
     if len(kept) == len(lines):
         return
-    with open(path + ".tmp", "w", encoding="utf-8") as writer:
-        writer.writelines(kept)
-    os.replace(path + ".tmp", path)
+    write_atomically(path, lambda writer: writer.writelines(kept))

@@ -52,18 +52,3 @@ def test_version_is_the_installed_one():
     assert simbert("--version").strip() == f"simbert {package.__version__}"
     assert package.__version__ == importlib.metadata.version("simbert")
 
-
-def test_an_output_file_is_written_whole_or_not_at_all(tmp_path):
-    from simbert.cli import write_output
-
-    path = tmp_path / "out" / "report.json"
-    write_output(str(path), lambda writer: writer.write("old"))
-    assert path.read_text(encoding="utf-8") == "old"
-
-    def failing(writer):
-        writer.write("half of the new")
-        raise OSError("No space left on device")
-
-    with pytest.raises(OSError, match="No space left"):
-        write_output(str(path), failing)
-    assert path.read_text(encoding="utf-8") == "old" and os.listdir(tmp_path / "out") == ["report.json"]

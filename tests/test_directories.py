@@ -20,6 +20,7 @@ from simbert.directories import (
     read_config,
     resolve_model_directory,
     save_pretrained,
+    write_atomically,
 )
 from simbert.tokenizer import load_vocab
 
@@ -147,3 +148,17 @@ def test_save_pretrained_refuses_a_mismatched_vocabulary(tmp_path):
     backbone = build_transformer_model(TINY_CONFIG)
     with pytest.raises(ValueError, match="vocab has 3 tokens but the model's vocab_size is 97"):
         save_pretrained(backbone, tmp_path, {"a": 0, "b": 1, "c": 2})
+
+
+def test_an_output_file_is_written_whole_or_not_at_all(tmp_path):
+    path = tmp_path / "out" / "report.json"
+    write_atomically(path, lambda writer: writer.write("old"))
+    assert path.read_text(encoding="utf-8") == "old"
+
+    def failing(writer):
+        writer.write("half of the new")
+        raise OSError("No space left on device")
+
+    with pytest.raises(OSError, match="No space left"):
+        write_atomically(path, failing)
+    assert path.read_text(encoding="utf-8") == "old" and os.listdir(tmp_path / "out") == ["report.json"]
