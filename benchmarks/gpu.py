@@ -4,7 +4,8 @@
         [--sections train,fit,encode,generate]
 
 DATA_DIR holds afqmc/train.txt and vocab/chinese_bert_vocab.txt (as ../shared/data).
-Sections (results as a markdown table at the end, and JSON lines in WORK_DIR/results.jsonl):
+Sections (results as JSON lines in WORK_DIR/results.jsonl; at the end, the targets with
+the numbers measured and what each kernel A/B says, `benchmarks.gpu_targets`):
 
 - train: one training step at BERT-base (L12/H768/A12), the simplified Chinese vocabulary,
   batch 128, 32 + 32 tokens: ours float32 and mixed_bfloat16 (each kernel choice of
@@ -50,6 +51,7 @@ import time
 import numpy as np
 
 from benchmarks.children import run_child
+from benchmarks.gpu_targets import read_records, report
 
 MODULE = "benchmarks.gpu"
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -679,6 +681,7 @@ def main():
             SECTIONS[name](args, args.work, token_dict)
         except Exception as error:  # noqa: BLE001 (one failed section must not lose the others)
             record(args.work, section=name, error=f"{type(error).__name__}: {error}"[-3000:])
+    print(report(read_records([os.path.join(args.work, "results.jsonl")])))
 
 
 if __name__ == "__main__":
