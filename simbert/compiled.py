@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Callable, Sequence
 
@@ -96,8 +97,22 @@ class CompiledFunction:
                 signature = [tf.TensorSpec((None,) * rank, dtype) for rank, dtype in dynamic_inputs]
             # No AutoGraph: the functions loop with keras.ops control flow already, and its
             # source conversion took ~1.5 s of the first gen_synonyms call on CPU.
-            self._call = tf.function(counted, jit_compile=jit_compile, input_signature=signature,
-                                     autograph=False)
+            graph = tf.function(counted, jit_compile=jit_compile, input_signature=signature, autograph=False)
+            first_call = threading.Lock()
+            called = threading.Event()
+
+            def call(*args):
+                if called.is_set():
+                    return graph(*args)
+                # Calls that wait for another thread's first trace are counted by TensorFlow
+                # as traces of their own ("triggered tf.function retracing" warnings, from a
+                # threaded service's first requests); they wait here instead.
+                with first_call:
+                    result = graph(*args)
+                    called.set()
+                    return result
+
+            self._call = call
         elif backend == "jax":
             import jax
 
