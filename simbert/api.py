@@ -13,6 +13,7 @@ import hashlib
 import itertools
 import json
 import os
+import threading
 from typing import Callable, Iterable, Sequence
 
 import keras
@@ -66,6 +67,7 @@ class SimBERT:
         # One forward pass for encode and the sampler's prefill (one graph on TensorFlow).
         self.source_pass = SourcePass(backbone)
         self._decoder: CachedDecoder | None = None
+        self._decoder_lock = threading.Lock()
         self.index: SimilarityIndex | None = None
         self.whitening: Whitening | None = None
 
@@ -219,9 +221,10 @@ class SimBERT:
     # -------------------------------------------------------------- generation
     @property
     def decoder(self) -> CachedDecoder:
-        if self._decoder is None:
-            self._decoder = CachedDecoder(self.backbone, self.tokenizer.sep_id, self.max_tokens, self.max_tokens,
-                                          self.source_pass)
+        with self._decoder_lock:  # made once, by the first of concurrent callers
+            if self._decoder is None:
+                self._decoder = CachedDecoder(self.backbone, self.tokenizer.sep_id, self.max_tokens,
+                                              self.max_tokens, self.source_pass)
         return self._decoder
 
     def generate(self, text: str, n: int = 1, topk: int | None = None, topp: float | None = None,

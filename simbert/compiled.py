@@ -127,19 +127,34 @@ class CompiledFunction:
                 leaves, structure = jax.tree_util.tree_flatten(args)
                 return structure, tuple(jax.typeof(leaf) for leaf in leaves)
 
+            entries = threading.Lock()  # threads calling with the same new shape build it once
+
             def call(*args):
                 values = [v.value for v in variables]
                 key = signature(args)
-                program = self._programs.get(key)
-                if program is None:
-                    program = self._programs[key] = self._program(jitted, program_key, values, args)
-                elif isinstance(program, Future):
+                with entries:
+                    program = self._programs.get(key)
+                    if program is None:
+                        program = self._programs[key] = Future()
+                        program.set_running_or_notify_cancel()
+                        build = True
+                    else:
+                        build = False
+                if build:
                     try:
-                        program = program.result()
+                        program.set_result(self._program(jitted, program_key, values, args))
+                    except BaseException as error:
+                        program.set_exception(error)
+                if isinstance(program, Future):
+                    try:
+                        built = program.result()
                     except BaseException:
-                        self._programs.pop(key, None)  # the next call builds it again
+                        with entries:
+                            if self._programs.get(key) is program:
+                                del self._programs[key]  # the next call builds it again
                         raise
-                    self._programs[key] = program
+                    with entries:
+                        self._programs[key] = program = built
                 return program(values, *args)
 
             def compiled(values, args):
@@ -147,15 +162,14 @@ class CompiledFunction:
 
             def prepare(calls):
                 values = [v.value for v in variables]
-                pending = {}
-                for args in calls:
-                    key = signature(args)
-                    if key not in self._programs:
-                        pending[key] = args
-                if pending:
-                    threads = ThreadPoolExecutor(min(len(pending), os.cpu_count() or 1), "compile")
-                    for key, args in pending.items():
-                        self._programs[key] = threads.submit(compiled, values, args)
+                threads = None
+                with entries:
+                    for args in calls:
+                        key = signature(args)
+                        if key not in self._programs:
+                            threads = threads or ThreadPoolExecutor(min(len(calls), os.cpu_count() or 1), "compile")
+                            self._programs[key] = threads.submit(compiled, values, args)
+                if threads is not None:
                     threads.shutdown(wait=False)
 
             self._call = call

@@ -15,6 +15,8 @@ no place in a target (training never targets it either).
 
 from __future__ import annotations
 
+import threading
+
 import keras
 import numpy as np
 from keras import ops
@@ -103,6 +105,7 @@ class CachedDecoder:
         self._key = model and f"{model} end {end_id} lengths {max_source_len} {max_target_len}"
         self._step = CompiledFunction(self._decode_step, self.variables, program_key=self._key and f"step {self._key}")
         self._samplers = {}
+        self._samplers_lock = threading.Lock()
 
     @property
     def compiled_programs(self) -> int:
@@ -221,12 +224,14 @@ class CachedDecoder:
         steps = min(max_new_tokens or self.max_target_len, self.max_target_len)
         rows = check_integer("rows", rows) if rows is not None else min(n, max_rows)
         key = (rows, steps, topk, topp, float(temperature))
-        if key not in self._samplers:
-            def run(logits, source_caches, source_len, noise):
-                return self._sample_loop(logits, source_caches, source_len, noise, topk, topp, temperature, steps)
+        with self._samplers_lock:  # threads asking for the same new sampler share one
+            if key not in self._samplers:
+                def run(logits, source_caches, source_len, noise):
+                    return self._sample_loop(logits, source_caches, source_len, noise, topk, topp, temperature, steps)
 
-            program_key = self._key and f"sample {key} {self._key}"
-            self._samplers[key] = CompiledFunction(run, self.variables, program_key=program_key)
+                program_key = self._key and f"sample {key} {self._key}"
+                self._samplers[key] = CompiledFunction(run, self.variables, program_key=program_key)
+            sampler = self._samplers[key]
         logits, source_caches, source_len = self.prefill(source_ids)
         noise = np.random.default_rng(seed).random((steps, n), dtype="float32")
         chunks = range(0, n, rows)
@@ -234,9 +239,8 @@ class CachedDecoder:
         for start in tqdm(chunks, desc="sampling", unit="chunk", disable=not progress or len(chunks) < 2):
             chunk = noise[:, start:start + rows]
             chunk = np.pad(chunk, ((0, 0), (0, rows - chunk.shape[1])))
-            outputs = ops.convert_to_numpy(self._samplers[key](logits, source_caches,
-                                                               ops.convert_to_tensor(source_len),
-                                                               ops.convert_to_tensor(chunk)))
+            outputs = ops.convert_to_numpy(sampler(logits, source_caches, ops.convert_to_tensor(source_len),
+                                                   ops.convert_to_tensor(chunk)))
             samples.extend(self._until_end(row) for row in outputs[: n - start])
         return samples
 
