@@ -24,6 +24,7 @@ from simbert.arguments import check_integer, check_precision
 from simbert.compiled import DEFAULT_CACHE, use_compilation_cache
 from simbert.directories import WHITENING_FILE, load_pretrained, save_pretrained, with_latest_checkpoint
 from simbert.generation import CachedDecoder
+from simbert.kernels import check_backend
 from simbert.models import Transformer
 from simbert.retrieval import IndexWriter, SimilarityIndex, Whitening, fit_whitening, l2_normalize
 from simbert.shapes import ShapeBuckets
@@ -84,6 +85,7 @@ class SimBERT:
         global one, float32 unless set): "mixed_bfloat16" keeps float32 weights and
         computes in bfloat16 (LayerNorm, GELU and softmax in float32), the GPU's fast path;
         vectors then differ a little from float32's (cosine above 0.9999 on BERT-base)."""
+        check_backend()
         if precision is not None:
             check_precision("precision", precision)
         use_compilation_cache(compilation_cache)

@@ -20,6 +20,7 @@ from typing import Callable, Sequence
 
 import keras
 
+from simbert.kernels import check_backend
 from simbert.trace_store import TraceStore
 
 logger = logging.getLogger(__name__)
@@ -86,7 +87,7 @@ class CompiledFunction:
             self.traces += 1
             return function(*args)
 
-        backend = keras.backend.backend()
+        backend = check_backend()
         self._programs = None
         self._prepare = None
         if backend == "tensorflow":
@@ -113,7 +114,7 @@ class CompiledFunction:
                     return result
 
             self._call = call
-        elif backend == "jax":
+        else:  # jax
             import jax
 
             def stateless(values, *args):
@@ -174,8 +175,6 @@ class CompiledFunction:
 
             self._call = call
             self._prepare = prepare
-        else:
-            self._call = counted
 
     @property
     def programs(self) -> int:

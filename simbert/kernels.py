@@ -53,22 +53,32 @@ class Kernels:
             raise ValueError(f"end_check_every should be a positive integer, got {self.end_check_every!r}")
 
 
+BACKENDS = ("tensorflow", "jax")  # the Keras backends simbert compiles for and is tested on
+
+
+def check_backend() -> str:
+    """The active Keras backend, or a ValueError saying how to pick one simbert runs on."""
+    backend = keras.backend.backend()
+    if backend not in BACKENDS:
+        raise ValueError(f"the Keras backend is {backend!r}, and simbert runs on TensorFlow or JAX: set "
+                         f"KERAS_BACKEND=tensorflow (the default install) or KERAS_BACKEND=jax (on a GPU, with "
+                         f"pip install -e \".[gpu]\"); KERAS_BACKEND, else ~/.keras/keras.json, chooses the backend")
+    return backend
+
+
 CPU_KERNELS = Kernels()
 GPU_KERNELS = Kernels(blocked_top_k=False)  # measured: see the module docstring
 
 
 def accelerator() -> str:
     """"gpu" when the active Keras backend computes on a GPU, else "cpu"."""
-    backend = keras.backend.backend()
-    if backend == "jax":
+    if check_backend() == "jax":
         import jax
 
         return "gpu" if jax.default_backend() == "gpu" else "cpu"
-    if backend == "tensorflow":
-        import tensorflow as tf
+    import tensorflow as tf
 
-        return "gpu" if tf.config.list_logical_devices("GPU") else "cpu"
-    return "cpu"
+    return "gpu" if tf.config.list_logical_devices("GPU") else "cpu"
 
 
 def default_kernels() -> Kernels:

@@ -10,7 +10,7 @@ import keras
 import numpy as np
 
 from simbert.config import BackboneConfig
-from simbert.kernels import Kernels, default_kernels
+from simbert.kernels import Kernels, check_backend, default_kernels
 from simbert.layers import (
     LAYER_NORM_EPSILON,
     BiasAdd,
@@ -58,6 +58,7 @@ class Transformer(keras.Model):
     def __init__(self, config: BackboneConfig, application: str = "encoder", with_pool: bool | str = False,
                  with_mlm: bool | str = False, dtype=None, kernels: Kernels | None = None,
                  name: str = "transformer", **kwargs):
+        check_backend()
         if application not in APPLICATIONS:
             raise ValueError(f"application {application!r} is not supported; expected one of {APPLICATIONS}")
         kernels = kernels or default_kernels()

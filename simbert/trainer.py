@@ -45,6 +45,7 @@ from simbert.directories import (
     write_atomically,
 )
 from simbert.errors import FileFormatError, missing_path
+from simbert.kernels import check_backend
 from simbert.losses import DistillationLoss, Seq2SeqLoss, SimilarityLoss
 from simbert.models import Transformer
 from simbert.optimizers import AdamW
@@ -231,6 +232,7 @@ class Trainer:
                  resume_anyway: bool = False, stop_event: threading.Event | None = None):
         if resume and overwrite:
             raise ValueError("resume and overwrite exclude each other: continue the run, or replace it")
+        check_backend()
         training = config.training
         keras.utils.set_random_seed(training.seed)
         use_compilation_cache(training.compilation_cache)

@@ -52,3 +52,31 @@ def test_version_is_the_installed_one():
     assert simbert("--version").strip() == f"simbert {package.__version__}"
     assert package.__version__ == importlib.metadata.version("simbert")
 
+
+
+BACKEND_ERROR = ("the Keras backend is 'torch', and simbert runs on TensorFlow or JAX: set KERAS_BACKEND=tensorflow "
+                 "(the default install) or KERAS_BACKEND=jax (on a GPU, with pip install -e \".[gpu]\"); "
+                 "KERAS_BACKEND, else ~/.keras/keras.json, chooses the backend")
+
+
+def test_another_keras_backend_is_named_with_how_to_choose_one(trained_tiny, tmp_path, monkeypatch):
+    """KERAS_BACKEND=torch (Keras 3 has it; simbert compiles for TensorFlow and JAX):
+    `train` stops with one line saying which backends to set, before it writes anything;
+    loading a model says the same."""
+    recipe = tmp_path / "tiny.yaml"
+    recipe.write_text(f"model: {{pretrained: {trained_tiny}}}\ndata: {{train: {tmp_path / 'none.json'}}}\n"
+                      f"output: {{dir: {tmp_path / 'run'}}}\n", encoding="utf-8")
+    result = subprocess.run([sys.executable, "-m", "simbert.cli", "train", "--config", str(recipe)],
+                            capture_output=True, text=True, env={**os.environ, "KERAS_BACKEND": "torch"})
+    errors = [line for line in result.stderr.splitlines() if line.startswith("simbert: error:")]
+    assert result.returncode == 1 and errors == [f"simbert: error: {BACKEND_ERROR}"], result.stderr[-2000:]
+    assert not (tmp_path / "run").exists()
+
+    import keras
+
+    from simbert import SimBERT
+
+    monkeypatch.setattr(keras.backend, "backend", lambda: "torch")
+    with pytest.raises(ValueError) as error:
+        SimBERT.from_pretrained(trained_tiny)
+    assert str(error.value) == BACKEND_ERROR
