@@ -1,5 +1,6 @@
 """Which implementation of each hot spot the layers and losses use, decided in one place
 per backend and device (the numbers behind each choice are in docs/benchmarks.md).
+The backends are Keras' TensorFlow and JAX (`BACKENDS`): `check_backend` refuses another.
 
 The written-out kernels (a GELU, LayerNorm and cross-entropy whose gradients are one
 short expression each) were chosen on a CPU, where each op is a pass over memory. On an
