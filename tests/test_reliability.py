@@ -257,6 +257,7 @@ def test_encode_keeps_row_i_for_line_i(trained_tiny, tmp_path):
     ({"topk": -1}, "topk should be an integer of at least 1 and at most 97, got -1"),
     ({"topk": 10 ** 6}, "topk should be an integer of at least 1 and at most 97"),
     ({"n": -1}, "n should be an integer of at least 1, got -1"),
+    ({"n": 0}, "n should be an integer of at least 1, got 0"),
     ({"k": -1}, "k should be an integer of at least 1, got -1"),
 ])
 def test_sampling_arguments_are_checked(two_models, options, message):
