@@ -168,6 +168,11 @@ def post(port, path, body):
         return json.loads(response.read())
 
 
+def get(port, path):
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=60) as response:
+        return json.loads(response.read())
+
+
 def test_the_real_server_over_http(trained_tiny, tmp_path):
     SimBERT.from_pretrained(trained_tiny, compilation_cache=None).make_index(
         ["花呗怎么还款", "信用卡怎么提高额度", "明天北京会下雨吗"]).save(tmp_path / "index")
@@ -196,7 +201,9 @@ def test_the_real_server_over_http(trained_tiny, tmp_path):
         in_flight = threading.Thread(target=lambda: answers.append(
             post(port, "/synonyms", {"text": "花呗怎么还款", "n": 1000, "k": 3})))
         in_flight.start()
-        time.sleep(0.3)
+        deadline = time.time() + 60  # until the server has taken it (a loaded machine may take a while)
+        while time.time() < deadline and get(port, "/metrics")["requests"].get("/synonyms", 0) < 2:
+            time.sleep(0.05)
     finally:
         server.send_signal(signal.SIGTERM)
         output, _ = server.communicate(timeout=120)
