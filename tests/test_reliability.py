@@ -512,11 +512,23 @@ def test_path_arguments_are_checked_before_anything_loads(tmp_path):
         assert result.stderr == f"simbert: error: {message} (see simbert {command} --help)\n", args
 
 
+def backend_loaded(pid: int) -> bool:
+    """Whether process `pid` has mapped TensorFlow's or JAX's native library."""
+    try:
+        with open(f"/proc/{pid}/maps", encoding="utf-8", errors="replace") as reader:
+            maps = reader.read()
+    except OSError:
+        return False
+    return "tensorflow" in maps or "jaxlib" in maps
+
+
 def test_ctrl_c_while_starting_stops_before_training(tmp_path):
     command = [sys.executable, "-m", "simbert.cli", "train", "--config", os.path.join(ROOT, "configs", "tiny.yaml"),
                "--output-dir", str(tmp_path), "--steps", "5000"]
     process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    time.sleep(1.5)  # importing the backend
+    deadline = time.time() + 120  # until it imports the backend (its handlers are installed before that)
+    while time.time() < deadline and process.poll() is None and not backend_loaded(process.pid):
+        time.sleep(0.05)
     process.send_signal(signal.SIGINT)
     stdout, stderr = process.communicate(timeout=120)
     assert process.returncode == 130, stderr[-3000:]
