@@ -128,24 +128,14 @@ class CompiledFunction:
                 leaves, structure = jax.tree_util.tree_flatten(args)
                 return structure, tuple(jax.typeof(leaf) for leaf in leaves)
 
-            entries = threading.Lock()  # threads calling with the same new shape build it once
+            entries = threading.Lock()  # threads asking for the same new shape share one build
 
             def call(*args):
-                values = [v.value for v in variables]
                 key = signature(args)
-                with entries:
-                    program = self._programs.get(key)
-                    if program is None:
-                        program = self._programs[key] = Future()
-                        program.set_running_or_notify_cancel()
-                        build = True
-                    else:
-                        build = False
-                if build:
-                    try:
-                        program.set_result(self._program(jitted, program_key, values, args))
-                    except BaseException as error:
-                        program.set_exception(error)
+                program = self._programs.get(key)
+                if program is None:
+                    prepare([args])
+                    program = self._programs[key]
                 if isinstance(program, Future):
                     try:
                         built = program.result()
@@ -154,9 +144,8 @@ class CompiledFunction:
                             if self._programs.get(key) is program:
                                 del self._programs[key]  # the next call builds it again
                         raise
-                    with entries:
-                        self._programs[key] = program = built
-                return program(values, *args)
+                    self._programs[key] = program = built
+                return program([v.value for v in variables], *args)
 
             def compiled(values, args):
                 return self._program(jitted, program_key, values, args).lower(values, *args).compile()

@@ -54,16 +54,7 @@ def test_encode_on_buckets_equals_each_text_alone(model):
     assert model.compiled_programs == expected
 
 
-class Records(logging.Handler):
-    def __init__(self):
-        super().__init__(logging.WARNING)
-        self.messages = []
-
-    def emit(self, record):
-        self.messages.append(record.getMessage())
-
-
-def test_threads_calling_encode_first_compile_once(tmp_path):
+def test_threads_calling_encode_first_compile_once(tmp_path, caplog):
     """A threaded service's first requests: 8 threads call `encode` and `gen_synonyms` on
     a fresh model at once. Each gets the results of a call alone, the programs are those
     of one call, and TensorFlow does not warn of retracing (it counted calls that waited
@@ -73,18 +64,13 @@ def test_threads_calling_encode_first_compile_once(tmp_path):
     alone = SimBERT.from_pretrained(directory, max_tokens=20, compilation_cache=None)
     expected = alone.encode(texts, batch_size=16), alone.gen_synonyms(texts[0], n=8, k=4, seed=1, with_scores=True)
     model = SimBERT.from_pretrained(directory, max_tokens=20, compilation_cache=None)
-    records = Records()
-    logging.getLogger("tensorflow").addHandler(records)
-    try:
-        with ThreadPoolExecutor(8) as threads:
-            results = list(threads.map(lambda _: (model.encode(texts, batch_size=16),
-                                                  model.gen_synonyms(texts[0], n=8, k=4, seed=1, with_scores=True)),
-                                       range(8)))
-    finally:
-        logging.getLogger("tensorflow").removeHandler(records)
+    with caplog.at_level(logging.WARNING, logger="tensorflow"), ThreadPoolExecutor(8) as threads:
+        results = list(threads.map(lambda _: (model.encode(texts, batch_size=16),
+                                              model.gen_synonyms(texts[0], n=8, k=4, seed=1, with_scores=True)),
+                                   range(8)))
     for vectors, synonyms in results:
         np.testing.assert_allclose(vectors, expected[0], atol=1e-6, rtol=0)
         assert [text for text, _ in synonyms] == [text for text, _ in expected[1]]
         np.testing.assert_allclose([score for _, score in synonyms], [score for _, score in expected[1]], atol=1e-6)
     assert model.compiled_programs == alone.compiled_programs
-    assert not [message for message in records.messages if "retracing" in message]
+    assert "retracing" not in caplog.text
