@@ -13,7 +13,7 @@ import json
 import numpy as np
 
 from simbert.arguments import existing_path
-from simbert.directories import write_atomically
+from simbert.atomic_files import write_atomically
 from simbert.evaluation import binary_labels, read_pair_file
 
 

@@ -24,6 +24,8 @@ _EXPORTS = {
     "Tokenizer": "simbert.tokenizer",
     "load_vocab": "simbert.tokenizer",
     "Trainer": "simbert.trainer",
+    "use_compilation_cache": "simbert.compiled",
+    "Platform": "simbert.kernels",
 }
 __all__ = sorted(_EXPORTS)
 

@@ -21,10 +21,10 @@ import numpy as np
 from tqdm import tqdm
 
 from simbert.arguments import check_integer, check_precision
-from simbert.compiled import DEFAULT_CACHE, use_compilation_cache
+from simbert.compiled import use_compilation_cache
 from simbert.directories import WHITENING_FILE, load_pretrained, save_pretrained, with_latest_checkpoint
 from simbert.generation import CachedDecoder
-from simbert.kernels import check_backend
+from simbert.kernels import Platform, check_backend
 from simbert.models import Transformer
 from simbert.retrieval import IndexWriter, SimilarityIndex, Whitening, fit_whitening, l2_normalize
 from simbert.shapes import ShapeBuckets
@@ -38,8 +38,15 @@ ENCODE_IN_FLIGHT = 4  # batches `encode` starts before reading the first of them
 class SimBERT:
     """A SimBERT model: one UniLM BERT/RoFormer that embeds and generates.
 
-    `max_tokens` caps each encoded text and each source (`[CLS] text [SEP]`, longer texts
-    are cut from the end) and the tokens a generated text may have.
+    Usually made by `SimBERT.from_pretrained`. Loading or calling it changes no
+    process-wide setting (see `simbert.use_compilation_cache`).
+
+    Args:
+        backbone: a `Transformer` built with `application="unilm"` and a pooler.
+        tokenizer: the `Tokenizer` of the backbone's vocabulary.
+        max_tokens: caps each encoded text and each source (`[CLS] text [SEP]`, longer
+            texts are cut from the end) and the tokens a generated text may have.
+        name: the model's name, recorded by the indexes it builds.
 
     Example:
         >>> model = SimBERT.from_pretrained("runs/tiny")
@@ -62,7 +69,7 @@ class SimBERT:
         # On JAX each padded shape is a program compiled once, so batches are padded to
         # buckets (see `simbert.shapes`); TensorFlow's one graph takes any shape, so there
         # padding would only add work (100 gen_synonyms candidates of 34 tokens: 128 x 48).
-        per_shape = keras.backend.backend() != "tensorflow"
+        per_shape = Platform.current().compiles_per_shape
         self.shapes = ShapeBuckets(length_step=16 if per_shape else 1, pad_rows=per_shape,
                                    max_length=min(max_tokens, backbone.config.max_position_embeddings))
         # One forward pass for encode and the sampler's prefill (one graph on TensorFlow).
@@ -75,12 +82,14 @@ class SimBERT:
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, model_type: str | None = None, max_tokens: int = 64,
                         pre_tokenize: Callable[[str], Iterable[str]] | None = None,
-                        compilation_cache: str | None = DEFAULT_CACHE, precision: str | None = None) -> "SimBERT":
+                        compilation_cache: str | None = None, precision: str | None = None) -> "SimBERT":
         """Load a released TF-checkpoint directory, a trainer output (its latest checkpoint)
         or an HF directory. `model_type` ('bert'/'roformer') defaults to what the files
         say, else 'bert'. A whitening.npz beside the weights is applied.
-        `compilation_cache`: where compiled programs are kept for later processes
-        (`simbert.compiled.use_compilation_cache`; default under ~/.cache/simbert, None: off).
+        `compilation_cache`: None (the default) leaves the process's compilation settings
+        alone; a directory (or "default": ~/.cache/simbert/xla) first calls
+        `simbert.use_compilation_cache(compilation_cache)`, which keeps compiled programs
+        there for later processes (a process-wide setting: the caller's choice).
         `precision`: the dtype policy the model computes in (`PRECISIONS`; default Keras'
         global one, float32 unless set): "mixed_bfloat16" keeps float32 weights and
         computes in bfloat16 (LayerNorm, GELU and softmax in float32), the GPU's fast path;

@@ -28,6 +28,7 @@ import numpy as np
 from tqdm import tqdm
 
 from simbert.api import SimBERT
+from simbert.kernels import Platform
 
 
 def with_step_weights(callback: keras.callbacks.Callback) -> keras.Model:
@@ -59,7 +60,7 @@ class DispatchAhead(keras.callbacks.CallbackList):
                  **params):
         super().__init__(list(callbacks), add_history=True, add_progbar=False, model=model, **params)
         self.ahead = ahead
-        self.dispatching = keras.backend.backend() == "jax" and all(map(runs_off_the_loop, callbacks))
+        self.dispatching = Platform.current().dispatches_ahead and all(map(runs_off_the_loop, callbacks))
         self.batch_ends = queue.Queue()
         self.progress = threading.Condition()
         self.submitted = self.done = 0

@@ -16,6 +16,7 @@ from typing import Sequence
 
 import numpy as np
 
+from simbert.atomic_files import write_atomically
 from simbert.errors import missing_path, unreadable
 from simbert.models import Transformer
 
@@ -195,16 +196,11 @@ def read_variable_names(path: str | os.PathLike) -> set[str] | None:
 def write_tf_checkpoint(values: dict[str, np.ndarray], prefix: str | os.PathLike) -> None:
     """Write name-based TF checkpoint files `prefix.index` / `prefix.data-*`, on the CPU.
 
-    Under another Keras backend TensorFlow is kept off the GPUs first (it would
-    otherwise reserve their memory, which the backend is using)."""
-    import keras
+    Under the JAX backend on a GPU, TensorFlow reserves GPU memory when it starts unless
+    told not to: that is the caller's choice (`simbert` commands hide the GPUs from
+    TensorFlow, see `simbert.cli`), not this function's."""
     import tensorflow as tf
 
-    if keras.backend.backend() != "tensorflow":
-        try:
-            tf.config.set_visible_devices([], "GPU")
-        except RuntimeError:  # TensorFlow already started elsewhere in this process
-            pass
     names = sorted(values)
     with tf.device("/CPU:0"):
         tf.raw_ops.SaveV2(prefix=str(prefix), tensor_names=names, shape_and_slices=[""] * len(names),
@@ -226,10 +222,11 @@ def holds_google_safetensors(path: str | os.PathLike) -> bool:
 
 
 def write_google_safetensors(values: dict[str, np.ndarray], path: str | os.PathLike) -> None:
-    """Google-named arrays to one safetensors file (no TensorFlow needed)."""
-    from safetensors.numpy import save_file
+    """Google-named arrays to one safetensors file (no TensorFlow needed), written atomically."""
+    from safetensors.numpy import save
 
-    save_file({name: np.ascontiguousarray(value) for name, value in values.items()}, str(path))
+    content = save({name: np.ascontiguousarray(value) for name, value in values.items()})
+    write_atomically(path, lambda writer: writer.write(content), binary=True)
 
 
 def read_safetensors(path: str | os.PathLike) -> dict[str, np.ndarray]:

@@ -1,13 +1,8 @@
-"""Functions of a model's variables compiled once per input shape, counting the programs
-they build.
-
-On JAX the function is `jax.jit`-ed with the variables passed in as arguments (through a
-StatelessScope), so later weight updates are seen; each new input shape traces and
-compiles a new program. With a `program_key` and a compilation cache directory, the
-traced program is stored (`simbert.trace_store`) and a later process loads it instead of
-tracing; `prepare` builds the programs of shapes a caller knows it will need in other
-threads, ahead of the calls. On TensorFlow it is a `tf.function`, XLA-compiled unless
-told otherwise; with `dynamic_inputs` it is traced once, for inputs of any shape.
+"""Functions of a model's variables compiled for the active backend, counting the programs
+they build: `compile_function` makes a `JaxFunction` (one XLA program per input shape,
+its trace optionally stored for later processes) or a `TensorFlowFunction` (a
+`tf.function`, optionally traced once for inputs of any shape). `use_compilation_cache`
+is the one, explicit, process-wide switch that keeps compiled programs on disk.
 """
 
 from __future__ import annotations
@@ -39,16 +34,30 @@ def use_compilation_cache(directory: str | None = DEFAULT_CACHE) -> str | None:
     `simbert generate`, a resumed training, a restarted server) loads them instead of
     compiling again; `None` leaves the backend's setting alone. Returns the directory.
 
-    JAX: its persistent compilation cache, every program however quick to compile.
-    TensorFlow: XLA's persistent cache (`--tf_xla_persistent_cache_directory` in
-    `TF_XLA_FLAGS`), read when XLA first compiles in the process, so it takes effect
-    only if called before then.
+    JAX: its persistent compilation cache, every program however quick to compile, and
+    the traces `simbert.trace_store` keeps beside it. TensorFlow: XLA's persistent cache
+    (`--tf_xla_persistent_cache_directory` in `TF_XLA_FLAGS`), read when XLA first
+    compiles in the process, so it takes effect only if called before then.
+
+    This changes process-wide settings (`jax.config`, the environment), so no library
+    call makes it for you: the `simbert` commands and a training recipe's
+    `training.compilation_cache` do, and Python code calls it once at startup.
+
+    Args:
+        directory: where to keep the programs; "default" is `default_cache_directory()`.
+
+    Returns:
+        The directory used, or None.
+
+    Example:
+        >>> simbert.use_compilation_cache()        # ~/.cache/simbert/xla
+        >>> model = SimBERT.from_pretrained("runs/tiny")
     """
     if directory is None:
         return None
     directory = default_cache_directory() if directory == DEFAULT_CACHE else os.path.expanduser(directory)
     os.makedirs(directory, exist_ok=True)
-    backend = keras.backend.backend()
+    backend = check_backend()
     if backend == "jax":
         import jax
 
@@ -64,9 +73,154 @@ def use_compilation_cache(directory: str | None = DEFAULT_CACHE) -> str | None:
 
 
 class CompiledFunction:
-    """`function(*args)` compiled for the active backend. `programs` counts the programs
-    it holds (one per input shape on JAX, whether traced here or loaded); `traces` the
-    times `function` was traced (a Python counter its body increments).
+    """`function(*args)` compiled for the active backend (made by `compile_function`).
+    `programs` counts the programs it holds; `traces` the times `function` was traced
+    (a Python counter its body increments)."""
+
+    def __init__(self, function: Callable):
+        self.traces = 0
+        self._function = function
+
+    def _counted(self, *args):
+        self.traces += 1
+        return self._function(*args)
+
+    @property
+    def programs(self) -> int:
+        return self.traces
+
+    def prepare(self, calls: Sequence[tuple]) -> None:
+        """Start building, in other threads, the programs that calls with these arguments
+        (tuples of arrays, only their shapes and dtypes matter) will run, and return: a
+        call with many new shapes then waits for the slowest program, not for their sum,
+        and the host's tracing and loading overlaps the device's work. A no-op where one
+        program serves every shape; a failure is raised by the call that needs that program."""
+
+    def __call__(self, *args):
+        raise NotImplementedError
+
+
+class TensorFlowFunction(CompiledFunction):
+    """A `tf.function` of `function`, XLA-compiled with `jit_compile`; with
+    `dynamic_inputs` (`(rank, dtype)` of each argument) traced once with every dimension
+    unknown, serving inputs of any shape. The variables are read by the graph itself."""
+
+    def __init__(self, function: Callable, jit_compile: bool = True,
+                 dynamic_inputs: Sequence[tuple[int, str]] | None = None):
+        import tensorflow as tf
+
+        super().__init__(function)
+        signature = None
+        if dynamic_inputs is not None:
+            signature = [tf.TensorSpec((None,) * rank, dtype) for rank, dtype in dynamic_inputs]
+        # No AutoGraph: the functions loop with keras.ops control flow already, and its
+        # source conversion is a large part of a first call's cost (docs/benchmarks.md).
+        self._graph = tf.function(self._counted, jit_compile=jit_compile, input_signature=signature,
+                                  autograph=False)
+        self._first_call = threading.Lock()
+        self._called = threading.Event()
+
+    def __call__(self, *args):
+        if self._called.is_set():
+            return self._graph(*args)
+        # Calls that wait for another thread's first trace are counted by TensorFlow as
+        # traces of their own ("triggered tf.function retracing" warnings, from a threaded
+        # service's first requests); they wait here instead.
+        with self._first_call:
+            result = self._graph(*args)
+            self._called.set()
+            return result
+
+
+class JaxFunction(CompiledFunction):
+    """`jax.jit` of `function` with the variables passed in as arguments (through a
+    StatelessScope), so later weight updates are seen; one program per input signature,
+    built once (threads asking for the same new shape share one build). With a
+    `program_key` and a compilation cache directory, the traced program is stored
+    (`simbert.trace_store`) and a later process loads it instead of tracing."""
+
+    def __init__(self, function: Callable, variables: Sequence, program_key: str | None = None):
+        import jax
+
+        super().__init__(function)
+        self._variables = list(variables)
+        self._program_key = program_key
+        self._jitted = jax.jit(self._stateless)
+        self._programs = {}  # input signature -> program, or the Future of one being compiled
+        self._entries = threading.Lock()
+
+    def _stateless(self, values, *args):
+        with keras.StatelessScope(state_mapping=list(zip(self._variables, values))):
+            return self._counted(*args)
+
+    @property
+    def programs(self) -> int:
+        return len(self._programs)
+
+    @staticmethod
+    def _signature(args) -> tuple:
+        import jax
+
+        leaves, structure = jax.tree_util.tree_flatten(args)
+        return structure, tuple(jax.typeof(leaf) for leaf in leaves)
+
+    def __call__(self, *args):
+        key = self._signature(args)
+        program = self._programs.get(key)
+        if program is None:
+            self.prepare([args])
+            program = self._programs[key]
+        if isinstance(program, Future):
+            try:
+                built = program.result()
+            except BaseException:
+                with self._entries:
+                    if self._programs.get(key) is program:
+                        del self._programs[key]  # the next call builds it again
+                raise
+            self._programs[key] = program = built
+        return program([v.value for v in self._variables], *args)
+
+    def prepare(self, calls: Sequence[tuple]) -> None:
+        values = [v.value for v in self._variables]
+        threads = None
+        with self._entries:
+            for args in calls:
+                key = self._signature(args)
+                if key not in self._programs:
+                    threads = threads or ThreadPoolExecutor(min(len(calls), os.cpu_count() or 1), "compile")
+                    self._programs[key] = threads.submit(self._compiled, values, args)
+        if threads is not None:
+            threads.shutdown(wait=False)
+
+    def _compiled(self, values, args):
+        return self._program(values, args).lower(values, *args).compile()
+
+    def _program(self, values, args) -> Callable:
+        """The jitted function, or with a key and a store, the stored trace of
+        `jitted(values, *args)` (exported and stored first if absent) compiled by `jax.jit`."""
+        import jax
+
+        store = TraceStore.of_compilation_cache() if self._program_key is not None else None
+        if store is None:
+            return self._jitted
+        name = store.name(self._program_key, (values, args))
+        exported = store.load(name)
+        if exported is None:
+            try:
+                exported = jax.export.export(self._jitted)(values, *args)
+            except Exception as error:  # e.g. a custom call jax.export does not serialize
+                logger.info("running %s without storing its trace: %s", self._program_key[:80], error)
+                return self._jitted
+            store.save(name, exported)
+        return jax.jit(exported.call)
+
+
+def compile_function(function: Callable, variables: Sequence, jit_compile: bool = True,
+                     dynamic_inputs: Sequence[tuple[int, str]] | None = None,
+                     program_key: str | None = None) -> CompiledFunction:
+    """`function(*args)` compiled for the active backend: a `TensorFlowFunction` or a
+    `JaxFunction`, as Keras splits its trainers by backend.
 
     Args:
         function: takes and returns tensors; may read `variables`.
@@ -77,126 +231,14 @@ class CompiledFunction:
         program_key: JAX only: what `function` computes, besides the shapes of the weights
             and inputs and simbert's own code (the model's config and options); with it the
             traced programs are kept under the compilation cache. None: never kept.
+
+    Returns:
+        A `CompiledFunction`: call it like `function`; `programs` counts its programs.
+
+    Example:
+        >>> twice = compile_function(lambda x: 2 * x, [])
+        >>> twice(np.ones((2, 3), "float32"))
     """
-
-    def __init__(self, function: Callable, variables: Sequence, jit_compile: bool = True,
-                 dynamic_inputs: Sequence[tuple[int, str]] | None = None, program_key: str | None = None):
-        self.traces = 0
-
-        def counted(*args):
-            self.traces += 1
-            return function(*args)
-
-        backend = check_backend()
-        self._programs = None
-        self._prepare = None
-        if backend == "tensorflow":
-            import tensorflow as tf
-
-            signature = None
-            if dynamic_inputs is not None:
-                signature = [tf.TensorSpec((None,) * rank, dtype) for rank, dtype in dynamic_inputs]
-            # No AutoGraph: the functions loop with keras.ops control flow already, and its
-            # source conversion took ~1.5 s of the first gen_synonyms call on CPU.
-            graph = tf.function(counted, jit_compile=jit_compile, input_signature=signature, autograph=False)
-            first_call = threading.Lock()
-            called = threading.Event()
-
-            def call(*args):
-                if called.is_set():
-                    return graph(*args)
-                # Calls that wait for another thread's first trace are counted by TensorFlow
-                # as traces of their own ("triggered tf.function retracing" warnings, from a
-                # threaded service's first requests); they wait here instead.
-                with first_call:
-                    result = graph(*args)
-                    called.set()
-                    return result
-
-            self._call = call
-        else:  # jax
-            import jax
-
-            def stateless(values, *args):
-                with keras.StatelessScope(state_mapping=list(zip(variables, values))):
-                    return counted(*args)
-
-            jitted = jax.jit(stateless)
-            self._programs = {}  # input signature -> program, or the Future of one being compiled
-
-            def signature(args):
-                leaves, structure = jax.tree_util.tree_flatten(args)
-                return structure, tuple(jax.typeof(leaf) for leaf in leaves)
-
-            entries = threading.Lock()  # threads asking for the same new shape share one build
-
-            def call(*args):
-                key = signature(args)
-                program = self._programs.get(key)
-                if program is None:
-                    prepare([args])
-                    program = self._programs[key]
-                if isinstance(program, Future):
-                    try:
-                        built = program.result()
-                    except BaseException:
-                        with entries:
-                            if self._programs.get(key) is program:
-                                del self._programs[key]  # the next call builds it again
-                        raise
-                    self._programs[key] = program = built
-                return program([v.value for v in variables], *args)
-
-            def compiled(values, args):
-                return self._program(jitted, program_key, values, args).lower(values, *args).compile()
-
-            def prepare(calls):
-                values = [v.value for v in variables]
-                threads = None
-                with entries:
-                    for args in calls:
-                        key = signature(args)
-                        if key not in self._programs:
-                            threads = threads or ThreadPoolExecutor(min(len(calls), os.cpu_count() or 1), "compile")
-                            self._programs[key] = threads.submit(compiled, values, args)
-                if threads is not None:
-                    threads.shutdown(wait=False)
-
-            self._call = call
-            self._prepare = prepare
-
-    @property
-    def programs(self) -> int:
-        return len(self._programs) if self._programs is not None else self.traces
-
-    @staticmethod
-    def _program(jitted, program_key: str | None, values, args) -> Callable:
-        """`jitted`, or with a key and a store, the stored trace of `jitted(values, *args)`
-        (exported and stored first if absent) compiled by `jax.jit`."""
-        import jax
-
-        store = TraceStore.of_compilation_cache() if program_key is not None else None
-        if store is None:
-            return jitted
-        name = store.name(program_key, (values, args))
-        exported = store.load(name)
-        if exported is None:
-            try:
-                exported = jax.export.export(jitted)(values, *args)
-            except Exception as error:  # e.g. a custom call jax.export does not serialize
-                logger.info("running %s without storing its trace: %s", program_key[:80], error)
-                return jitted
-            store.save(name, exported)
-        return jax.jit(exported.call)
-
-    def prepare(self, calls: Sequence[tuple]) -> None:
-        """Start building, in other threads, the programs that calls with these arguments
-        (tuples of arrays, only their shapes and dtypes matter) will run, and return: a
-        call with many new shapes then waits for the slowest program, not for their sum,
-        and the host's tracing and loading overlaps the device's work. JAX only (a
-        no-op elsewhere); a failure is raised by the call that needs that program."""
-        if self._prepare is not None:
-            self._prepare(calls)
-
-    def __call__(self, *args):
-        return self._call(*args)
+    if check_backend() == "tensorflow":
+        return TensorFlowFunction(function, jit_compile, dynamic_inputs)
+    return JaxFunction(function, variables, program_key)

@@ -21,6 +21,7 @@ from typing import Callable, Iterable, Sequence, TypeVar
 
 import numpy as np
 
+from simbert.atomic_files import StagedDirectory, is_leftover, remove_directory, write_atomically
 from simbert.checkpoints import (
     CHECKPOINT_NAME,
     SAFETENSORS_NAME,
@@ -129,12 +130,7 @@ def checkpoint_dir(output_dir: str | os.PathLike, step: int) -> str:
 def remove_checkpoint(path: str) -> None:
     """Remove a checkpoint directory as one step for its readers: renamed away first (a
     reader sees it whole or not at all, see `with_latest_checkpoint`), then deleted."""
-    doomed = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.removing-{os.getpid()}")
-    os.replace(path, doomed)
-    if os.path.islink(doomed):
-        os.unlink(doomed)
-    else:
-        shutil.rmtree(doomed, ignore_errors=True)
+    remove_directory(path)
 
 
 class DirectoryInUse(RuntimeError):
@@ -156,6 +152,30 @@ class RunLock:
     def held(self) -> bool:
         return self._file is not None
 
+    def _in_use(self, file) -> DirectoryInUse:
+        file.seek(0)
+        owner = file.read().strip() or "unknown"
+        return DirectoryInUse(f"{self.output_dir} is in use by another training run (PID {owner}, lock file "
+                              f"{self.path}); wait for it to end or choose another output directory")
+
+    def check_free(self) -> None:
+        """Raise `DirectoryInUse` if another live run holds the lock; takes nothing and
+        writes nothing (a missing directory or lock file is free)."""
+        import fcntl
+
+        if self.held:
+            return
+        try:
+            file = open(self.path, encoding="utf-8")
+        except (FileNotFoundError, NotADirectoryError):
+            return
+        with file:
+            try:
+                fcntl.flock(file, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise self._in_use(file) from None
+            fcntl.flock(file, fcntl.LOCK_UN)
+
     def acquire(self) -> None:
         import fcntl
 
@@ -166,11 +186,9 @@ class RunLock:
         try:
             fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            file.seek(0)
-            owner = file.read().strip() or "unknown"
+            error = self._in_use(file)
             file.close()
-            raise DirectoryInUse(f"{self.output_dir} is in use by another training run (PID {owner}, lock file "
-                                 f"{self.path}); wait for it to end or choose another output directory") from None
+            raise error from None
         file.seek(0)
         file.truncate()
         file.write(f"{os.getpid()}\n")
@@ -182,6 +200,126 @@ class RunLock:
             self._file.truncate(0)
             self._file.close()  # closing drops the flock
             self._file = None
+
+
+class RunDirectoryTaken(RuntimeError):
+    """A fresh run was pointed at a directory that holds another run's checkpoints."""
+
+
+class RunDirectory:
+    """A training output directory: the checkpoints of one run (`checkpoint-<step>/`,
+    each written whole or not at all, the last `keep` kept), its metrics.jsonl and loss
+    curve, and the lock (`RunLock`) of the process training into it.
+
+    Args:
+        path: the output directory (created when the lock is first taken).
+
+    Example:
+        >>> run = RunDirectory("runs/tiny")
+        >>> run.check_free(); run.check_unclaimed(overwrite=False)    # read-only checks
+        >>> with run:                                                   # holds the lock
+        ...     run.claim(resume=False, overwrite=False)
+        ...     run.save_checkpoint(100, lambda staging: save_pretrained(model, staging, vocab), keep=3)
+    """
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = str(path)
+        self.lock = RunLock(self.path)
+
+    @property
+    def metrics_path(self) -> str:
+        return os.path.join(self.path, METRICS_FILE)
+
+    @property
+    def loss_plot_path(self) -> str:
+        return os.path.join(self.path, LOSS_PLOT_FILE)
+
+    def checkpoints(self) -> list[tuple[int, str]]:
+        """Complete checkpoints, oldest first, as `(step, path)` (`checkpoint_dirs`)."""
+        return checkpoint_dirs(self.path)
+
+    # ------------------------------------------------------ read-only checks
+    def check_free(self) -> None:
+        """Raise `DirectoryInUse` if another live run trains into the directory."""
+        self.lock.check_free()
+
+    def check_unclaimed(self, overwrite: bool) -> None:
+        """For a fresh run: raise `RunDirectoryTaken` if the directory holds checkpoints
+        of an earlier run, unless `overwrite` (they are then deleted by `claim`)."""
+        existing = self.checkpoints()
+        if existing and not overwrite:
+            raise RunDirectoryTaken(
+                f"{self.path} holds checkpoints of an earlier run (newest {existing[-1][1]}): pass --resume "
+                f"(Trainer(resume=True)) to continue it, or --overwrite (Trainer(overwrite=True)) to delete them "
+                f"and train afresh")
+
+    def newest_readable(self, read: Callable[[str], T]) -> T | None:
+        """`read(path)` of the newest checkpoint it succeeds on (each one skipped is logged
+        with why); None when there is no checkpoint; `FileFormatError` when none reads."""
+        existing = self.checkpoints()
+        if not existing:
+            return None
+        problems = []
+        for _, path in reversed(existing):
+            try:
+                return read(path)
+            except (OSError, ValueError) as error:
+                logger.warning("cannot resume from %s, skipping it: %s", path, error)
+                problems.append(f"{os.path.basename(path)}: {error}")
+        raise FileFormatError(self.path, "no checkpoint can be resumed from: " + "; ".join(problems))
+
+    # ------------------------------------------------ writes (under the lock)
+    def __enter__(self) -> "RunDirectory":
+        """Take the lock (released on exit)."""
+        self.lock.acquire()
+        return self
+
+    def __exit__(self, kind, error, traceback) -> None:
+        self.lock.release()
+
+    def claim(self, resume: bool, overwrite: bool) -> None:
+        """Make the directory this run's (the lock held): remove what a killed run left
+        half-written or half-removed; for a fresh run, check again that no earlier run's
+        checkpoints are there (`overwrite`: delete them) and start the metrics afresh."""
+        if not self.lock.held:
+            raise RuntimeError(f"claim {self.path}: take its lock first")
+        for name in os.listdir(self.path):
+            if name.startswith("." + CHECKPOINT_PREFIX) and is_leftover(name):
+                shutil.rmtree(os.path.join(self.path, name), ignore_errors=True)
+        if resume:
+            return
+        self.check_unclaimed(overwrite)
+        existing = self.checkpoints()
+        if existing:
+            logger.warning("--overwrite: deleting the %d checkpoint(s) of %s", len(existing), self.path)
+        for _, path in existing:
+            remove_checkpoint(path)
+        for path in (self.metrics_path, self.loss_plot_path):
+            if os.path.exists(path):
+                os.remove(path)
+
+    def save_checkpoint(self, step: int, write: Callable[[str], None], keep: int) -> str:
+        """`checkpoint-<step>`, written by `write(directory)` into a staged directory and
+        swapped into place (`StagedDirectory`); then all but the newest `keep` are
+        removed, never the one just written. Returns its path."""
+        final = checkpoint_dir(self.path, step)
+        with StagedDirectory(final) as staging:
+            write(staging.temporary)
+        older = [path for _, path in self.checkpoints() if path != final]
+        for old in older[: max(len(older) - keep + 1, 0)]:
+            remove_checkpoint(old)
+        return final
+
+    def keep_metrics_until(self, step: int) -> None:
+        """Drop the metrics lines after `step` (logged after the checkpoint a run resumes
+        from), so that each step appears once; rewritten atomically."""
+        if not os.path.isfile(self.metrics_path):
+            return
+        with open(self.metrics_path, encoding="utf-8") as reader:
+            lines = [line for line in reader if line.strip()]
+        kept = [line for line in lines if json.loads(line).get("step", 0) <= step]
+        if len(kept) != len(lines):
+            write_atomically(self.metrics_path, lambda writer: writer.writelines(kept))
 
 
 def resolve_model_directory(path: str | os.PathLike) -> str:
@@ -339,22 +477,6 @@ def write_bert4keras_checkpoint(values: dict[str, np.ndarray], directory: str) -
         writer.write(f'model_checkpoint_path: "{CHECKPOINT_NAME}"\n')
 
 
-def write_atomically(path: str | os.PathLike, write: Callable, binary: bool = False) -> None:
-    """Write the file `path` through `write(file)`, exactly there: its directory created
-    if missing, written under a temporary name and renamed, so that a failed write
-    leaves whatever was at `path` before."""
-    path = str(path)
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    temporary = f"{path}.{os.getpid()}.tmp"
-    try:
-        with open(temporary, "wb" if binary else "w", encoding=None if binary else "utf-8") as writer:
-            write(writer)
-        os.replace(temporary, path)
-    finally:
-        if os.path.exists(temporary):
-            os.unlink(temporary)
-
-
 CONVERSIONS = ("bert4keras", "safetensors")
 
 
@@ -368,9 +490,7 @@ def convert_checkpoint(directory: str | os.PathLike, to: str) -> str:
         raise ValueError(f"convert: --to should be one of {CONVERSIONS}, got {to!r}")
     if to == "safetensors":
         target = os.path.join(directory, SAFETENSORS_NAME)
-        temporary = target + ".tmp"
-        write_google_safetensors(read_tf_checkpoint(directory), temporary)
-        os.replace(temporary, target)
+        write_google_safetensors(read_tf_checkpoint(directory), target)
         return target
     source = os.path.join(directory, SAFETENSORS_NAME)
     if not os.path.isfile(source):

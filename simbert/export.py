@@ -20,11 +20,11 @@ from __future__ import annotations
 import json
 import os
 
-import keras
 import numpy as np
 
 from simbert.checkpoints import model_values
 from simbert.directories import HF_CONFIG_FILE, VOCAB_FILE, load_pretrained, save_pretrained
+from simbert.kernels import Platform
 from simbert.models import Transformer
 from simbert.tokenizer import save_vocab
 
@@ -119,10 +119,11 @@ def export_model(model_dir: str | os.PathLike, out: str | os.PathLike, format: s
     `format` (one of `FORMATS`); returns the path written."""
     if format not in FORMATS:
         raise ValueError(f"export: --format should be one of {FORMATS}, got {format!r}")
-    if format in ENCODER_FORMATS and keras.backend.backend() != "tensorflow":
+    platform = Platform.current()
+    if format in ENCODER_FORMATS and not platform.exports_graphs:
         raise ValueError(f"export: --format {format} runs on the TensorFlow backend (KERAS_BACKEND=tensorflow "
                          f"simbert export ...; the model directory is the same on every backend); on "
-                         f"{keras.backend.backend()} Keras would write StableHLO that the installed TensorFlow "
+                         f"{platform.backend} Keras would write StableHLO that the installed TensorFlow "
                          "may not read, or need jax2onnx")
     out = str(out)
     if os.path.exists(out) and os.listdir(out):

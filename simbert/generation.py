@@ -6,7 +6,7 @@ per sample). Each sample has its own cache of `max_target_len` slots. Step t fee
 the newest token of each sample (segment 1, position `source_len + t`), writes its keys
 and values at slot t and attends to the source's real positions and its own slots
 `<= t`, which is exactly the UniLM mask of the full sequence. The sampling loop is one
-`while_loop` compiled by XLA (`simbert.compiled.CompiledFunction`:
+`while_loop` compiled by XLA (`simbert.compiled.compile_function`:
 tf.function(jit_compile=True) on TensorFlow, jax.jit on JAX).
 
 `[PAD]` (id 0) is never emitted: a full recompute would treat it as padding, so it has
@@ -23,7 +23,7 @@ from keras import ops
 from tqdm import tqdm
 
 from simbert.arguments import check_integer, check_sampling
-from simbert.compiled import CompiledFunction
+from simbert.compiled import compile_function
 from simbert.layers import NEGATIVE_INFINITY
 from simbert.models import Transformer
 from simbert.source_pass import SourcePass
@@ -103,7 +103,7 @@ class CachedDecoder:
         self.source_pass = source_pass or SourcePass(backbone)
         model = backbone.computation
         self._key = model and f"{model} end {end_id} lengths {max_source_len} {max_target_len}"
-        self._step = CompiledFunction(self._decode_step, self.variables, program_key=self._key and f"step {self._key}")
+        self._step = compile_function(self._decode_step, self.variables, program_key=self._key and f"step {self._key}")
         self._samplers = {}
         self._samplers_lock = threading.Lock()
 
@@ -230,7 +230,7 @@ class CachedDecoder:
                     return self._sample_loop(logits, source_caches, source_len, noise, topk, topp, temperature, steps)
 
                 program_key = self._key and f"sample {key} {self._key}"
-                self._samplers[key] = CompiledFunction(run, self.variables, program_key=program_key)
+                self._samplers[key] = compile_function(run, self.variables, program_key=program_key)
             sampler = self._samplers[key]
         logits, source_caches, source_len = self.prefill(source_ids)
         noise = np.random.default_rng(seed).random((steps, n), dtype="float32")

@@ -1,26 +1,19 @@
-"""Which implementation of each hot spot the layers and losses use, decided in one place
-per backend and device (the numbers behind each choice are in docs/benchmarks.md).
+"""The platform policy: every decision that depends on the Keras backend or the device,
+made in one place. `Platform.current()` answers them for the active backend as named
+fields (pad to shape buckets, compile the training step, feed `fit` from tf.data, run
+callbacks ahead of the device, ...), and `Kernels` picks the implementation of each hot
+spot the layers and losses use. Other modules read these fields; none asks Keras for the
+backend itself (tests/test_layering.py checks).
+
 The backends are Keras' TensorFlow and JAX (`BACKENDS`): `check_backend` refuses another.
 
-The written-out kernels (a GELU, LayerNorm and cross-entropy whose gradients are one
-short expression each) were chosen on a CPU, where each op is a pass over memory. On an
-H100 under XLA (BERT-base, batch 128, mixed_bfloat16) they measured faster too: 16.9 ms
-a step, against 17.3-18.3 ms with any one of them left to autodiff and 18.0 ms with all
-three. `keras.ops.dot_product_attention` has no dropout, so it cannot serve a training
-step with attention dropout, and cuDNN refuses the pruned last block (fewer queries than
-keys); it stays off until measured on inference. Every choice computes the same function
-(tests/test_models.py); the variants differ in rounding only.
-
-`blocked_top_k` (the sampler's top-k in two small passes, `generation.blocked_top_k`:
-the same values and indices) took a 32-step loop of top-5 over 100 x 13685 logits from
-93-99 ms to 35-48 ms under XLA on a 2-core CPU; not yet measured on a GPU, so off there.
-
-`end_check_every`: the sampling loop's check whether every sample has ended is a loop
-condition XLA evaluates on the device; on a GPU each evaluation is read back by the host
-before the next step is launched, so checking every k steps (an inner loop of known trip
-count between checks) may let the launches run ahead, at the price of up to k - 1 steps
-after the last sample ends. On a 2-core CPU 1, 4, 8 and 31 measured the same (within
-noise); 1 everywhere until a GPU measures otherwise.
+Kernel choices, measured in docs/benchmarks.md: the written-out GELU, LayerNorm and
+cross-entropy gradients measured faster on a CPU and on a GPU under XLA; fused attention
+(`keras.ops.dot_product_attention`, no dropout, and cuDNN refuses the pruned last block)
+stays off until measured faster on inference; the blocked top-k measured faster on a CPU
+and is off on a GPU until measured there; `end_check_every` is 1 everywhere until a GPU
+measures otherwise. Every choice computes the same function (tests/test_models.py); the
+variants differ in rounding only.
 """
 
 from __future__ import annotations
@@ -68,7 +61,7 @@ def check_backend() -> str:
 
 
 CPU_KERNELS = Kernels()
-GPU_KERNELS = Kernels(blocked_top_k=False)  # measured: see the module docstring
+GPU_KERNELS = Kernels(blocked_top_k=False)  # see the module docstring
 
 
 def accelerator() -> str:
@@ -84,4 +77,58 @@ def accelerator() -> str:
 
 def default_kernels() -> Kernels:
     """The kernels that measured fastest on this backend and device."""
-    return GPU_KERNELS if accelerator() == "gpu" else CPU_KERNELS
+    return Platform.current().kernels
+
+
+@dataclass(frozen=True)
+class Platform:
+    """What simbert does differently on each backend and device, decided here only.
+
+    Attributes:
+        backend: the Keras backend, "tensorflow" or "jax".
+        accelerator: "gpu" or "cpu".
+        kernels: the hot spots' implementations (`Kernels`).
+        compiles_per_shape: each input shape of a compiled function is its own XLA
+            program (JAX), so inputs are padded to a few shape buckets; otherwise one
+            graph serves every shape (TensorFlow), and padding would only add work.
+        compiles_training_step: what `training.jit_compile: auto` means: XLA on JAX
+            (Keras would otherwise run the JAX step op by op), TensorFlow's graph path
+            on TensorFlow (faster than XLA on a CPU, see docs/benchmarks.md).
+        feeds_tf_data: `fit` takes the batches through a tf.data pipeline (TensorFlow);
+            otherwise from a Python generator.
+        dispatches_ahead: the training loop may run callbacks in a worker thread behind
+            the device (JAX dispatches asynchronously; TensorFlow's Keras backend is not
+            thread-safe).
+        fused_adamw: AdamW's update is TensorFlow's fused `ResourceApplyAdam`.
+        exports_graphs: SavedModel and ONNX export run here (TensorFlow); on JAX Keras
+            would write StableHLO the installed TensorFlow may not read.
+        tensorflow_is_a_guest: another backend computes, and TensorFlow is only used to
+            write bert4keras checkpoints: it should stay off the GPUs.
+
+    Example:
+        >>> platform = Platform.current()
+        >>> platform.backend, platform.compiles_per_shape
+        ('tensorflow', False)
+    """
+
+    backend: str
+    accelerator: str
+    kernels: Kernels
+    compiles_per_shape: bool
+    compiles_training_step: bool
+    feeds_tf_data: bool
+    dispatches_ahead: bool
+    fused_adamw: bool
+    exports_graphs: bool
+    tensorflow_is_a_guest: bool
+
+    @classmethod
+    def current(cls) -> "Platform":
+        """The policy of the active Keras backend and its device (a ValueError for a
+        backend simbert does not run on)."""
+        backend = check_backend()
+        device = accelerator()
+        jax = backend == "jax"
+        return cls(backend=backend, accelerator=device, kernels=GPU_KERNELS if device == "gpu" else CPU_KERNELS,
+                   compiles_per_shape=jax, compiles_training_step=jax, feeds_tf_data=not jax, dispatches_ahead=jax,
+                   fused_adamw=not jax, exports_graphs=not jax, tensorflow_is_a_guest=jax)

@@ -189,7 +189,7 @@ class Transformer(keras.Model):
     def computation(self) -> str | None:
         """What decides the programs compiled from this model besides the shapes of its
         inputs and weights, as JSON: its config, application, heads, dtype policy and
-        kernels (a `program_key` part for `simbert.compiled.CompiledFunction`). None for a
+        kernels (a `program_key` part for `simbert.compiled.compile_function`). None for a
         subclass, whose own code such a key would not cover."""
         if type(self) is not Transformer:
             return None

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import keras
 
+from simbert.kernels import Platform
+
 # What `AdamW` uses of Keras' AdamW beyond its public API (setup.py pins Keras to the minor
 # version the tests check them on).
 PRIVATE_KERAS_ATTRIBUTES = ("_momentums", "_velocities", "_get_variable_index", "_use_weight_decay",
@@ -35,8 +37,12 @@ class AdamW(keras.optimizers.AdamW):
     with `t` the 1-based step. AMSGrad falls back to Keras' update.
     """
 
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._fused_update = Platform.current().fused_adamw
+
     def _fused(self):
-        return keras.backend.backend() == "tensorflow" and not self.amsgrad
+        return self._fused_update and not self.amsgrad
 
     def update_step(self, gradient, variable, learning_rate):
         if not self._fused():

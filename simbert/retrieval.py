@@ -9,12 +9,12 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
 from dataclasses import dataclass
 from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 
+from simbert.atomic_files import StagedDirectory
 from simbert.errors import FileFormatError, missing_path, unreadable
 
 logger = logging.getLogger(__name__)
@@ -403,10 +403,8 @@ class IndexWriter:
         self.total = total
         self.written = 0
         self.faiss = None
-        parent, name = os.path.split(directory)
-        self.temporary = os.path.join(parent or ".", f".{name}.tmp-{os.getpid()}")
-        shutil.rmtree(self.temporary, ignore_errors=True)
-        os.makedirs(self.temporary)
+        self.staged = StagedDirectory(directory)
+        self.temporary = self.staged.temporary
         self._vectors = np.lib.format.open_memmap(os.path.join(self.temporary, VECTORS_FILE), mode="w+",
                                                   dtype=meta["dtype"], shape=(total, meta["dimension"]))
         self._texts = open(os.path.join(self.temporary, TEXTS_FILE), "wb")
@@ -443,21 +441,11 @@ class IndexWriter:
         meta = {**self.meta, "texts_bytes": os.path.getsize(os.path.join(self.temporary, TEXTS_FILE))}
         with open(os.path.join(self.temporary, META_FILE), "w", encoding="utf-8") as writer:
             json.dump(meta, writer, indent=2)
-        parent, name = os.path.split(self.directory)
-        old = os.path.join(parent or ".", f".{name}.old-{os.getpid()}")
-        if os.path.exists(self.directory):
-            os.replace(self.directory, old)
-        try:
-            os.replace(self.temporary, self.directory)
-        except BaseException:
-            if os.path.exists(old):
-                os.replace(old, self.directory)  # the old index back in place
-            raise
-        shutil.rmtree(old, ignore_errors=True)
+        self.staged.commit()
 
     def abort(self) -> None:
         self._texts.close()
-        shutil.rmtree(self.temporary, ignore_errors=True)
+        self.staged.abort()
 
     def __enter__(self) -> "IndexWriter":
         return self

@@ -26,7 +26,6 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
-import keras
 import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
@@ -34,7 +33,7 @@ from pydantic import BaseModel, ConfigDict, StrictInt, StrictStr
 
 from simbert.api import SimBERT
 from simbert.arguments import check_integer
-from simbert.compiled import DEFAULT_CACHE
+from simbert.kernels import Platform
 
 # /synonyms samples n rounded up to one of these (a compiled sampler each, warmed up at
 # start); a larger n is drawn in chunks of the last.
@@ -152,7 +151,7 @@ class MicroBatcher:
 
 def create_app(model: str | os.PathLike | SimBERT, index_dir: str | os.PathLike | None = None,
                limits: ServerLimits = ServerLimits(), batch_wait_ms: float = 5.0, max_batch: int = 64,
-               max_tokens: int = 64, warm_up: bool = True, compilation_cache: str | None = DEFAULT_CACHE):
+               max_tokens: int = 64, warm_up: bool = True, compilation_cache: str | None = None):
     """The FastAPI app serving `model` (a model directory, or a loaded `SimBERT`) and, for
     /similar, the index in `index_dir` (the index of another model is refused).
     `batch_wait_ms`: how long /encode and /similar requests are gathered (0: no
@@ -258,7 +257,7 @@ def create_app(model: str | os.PathLike | SimBERT, index_dir: str | os.PathLike 
     @app.get("/health")
     async def health():
         return {"status": "ok", "model": model.name, "fingerprint": model.fingerprint, "dimension": model.dimension,
-                "backend": keras.backend.backend(), "index_size": len(model.index) if model.index is not None else 0,
+                "backend": Platform.current().backend, "index_size": len(model.index) if model.index is not None else 0,
                 "warm_up_s": state.get("warm_up_s"), "warm_up_programs": state.get("warm_up_programs")}
 
     @app.get("/metrics")

@@ -10,7 +10,7 @@ keys and values are returned for the inputs asked for only (the prefill's one so
 none when encoding, whose batches would otherwise hold every layer's keys and values).
 
 How it is compiled is decided per backend by what a first call costs there. TensorFlow:
-building a graph is the cost (about 0.4 s for 6 layers on CPU, per graph), so one graph
+building a graph is the cost (docs/benchmarks.md, "Figures behind the code"), so one graph
 with every dimension unknown returns everything and serves both uses, traced once. JAX:
 every input shape is its own XLA program anyway, so each use is compiled with only its
 outputs (XLA drops the rest).
@@ -18,11 +18,11 @@ outputs (XLA drops the rest).
 
 from __future__ import annotations
 
-import keras
 import numpy as np
 from keras import ops
 
-from simbert.compiled import CompiledFunction
+from simbert.compiled import CompiledFunction, compile_function
+from simbert.kernels import Platform
 from simbert.models import Transformer
 
 
@@ -33,17 +33,17 @@ class SourcePass:
     def __init__(self, backbone: Transformer):
         self.backbone = backbone
         variables = backbone.variables
-        if keras.backend.backend() == "tensorflow":
-            shared = CompiledFunction(self._outputs, variables, jit_compile=False,
+        if not Platform.current().compiles_per_shape:
+            shared = compile_function(self._outputs, variables, jit_compile=False,
                                       dynamic_inputs=[(2, "int32"), (2, "int32"), (1, "int32")])
             self._functions = [shared]
             self._pooled = lambda *inputs: shared(*inputs)[0]
             self._prefill = lambda *inputs: shared(*inputs)[1:]
         else:
             model = backbone.computation
-            self._pooled = CompiledFunction(lambda *inputs: self._outputs(*inputs)[0], variables,
+            self._pooled = compile_function(lambda *inputs: self._outputs(*inputs)[0], variables,
                                             program_key=model and f"pooled {model}")
-            self._prefill = CompiledFunction(lambda *inputs: self._outputs(*inputs)[1:], variables,
+            self._prefill = compile_function(lambda *inputs: self._outputs(*inputs)[1:], variables,
                                              program_key=model and f"prefill {model}")
             self._functions = [self._pooled, self._prefill]
 

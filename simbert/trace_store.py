@@ -3,9 +3,9 @@ a function it has seen before.
 
 JAX's persistent compilation cache keeps what XLA compiles, but a new process still
 traces each function through the Keras layers and lowers it to StableHLO before it can
-look the compiled program up: for BERT-base's pooled encoder about 0.25 s per input
-shape on a 2-core CPU, against about 0.1 s to load a stored trace and find its program.
-`jax.export` serializes the traced program (StableHLO with its input and output
+look the compiled program up, which costs a fresh process more per input shape than
+loading a stored trace and finding its program (docs/benchmarks.md, "Figures behind the
+code"). `jax.export` serializes the traced program (StableHLO with its input and output
 structure); `jax.jit(exported.call)` compiles it, a cache hit when it was compiled before.
 
 A stored trace is named by the SHA-256 of everything that decides it: the caller's key
@@ -19,14 +19,14 @@ temporary name and renamed; a file that does not verify or load is ignored and r
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
 import os
-import tempfile
 
 import keras
+
+from simbert.atomic_files import write_atomically
 
 SUBDIRECTORY = "traces"
 SUFFIX = ".jaxexport"
@@ -102,15 +102,8 @@ class TraceStore:
         """Write `exported` as `name`, atomically; a store that cannot be written (read-only,
         full) is skipped with a warning: the program still runs."""
         payload = bytes(exported.serialize())
-        temporary = None
         try:
-            os.makedirs(self.directory, exist_ok=True)
-            with tempfile.NamedTemporaryFile(dir=self.directory, suffix=".tmp", delete=False) as writer:
-                temporary = writer.name
-                writer.write(hashlib.sha256(payload).digest() + payload)
-            os.replace(temporary, os.path.join(self.directory, name))
+            write_atomically(os.path.join(self.directory, name),
+                             lambda writer: writer.write(hashlib.sha256(payload).digest() + payload), binary=True)
         except OSError as error:
-            if temporary is not None:
-                with contextlib.suppress(OSError):
-                    os.unlink(temporary)
             logger.warning("could not store a traced program in %s: %s", self.directory, error)

@@ -13,7 +13,6 @@ import itertools
 import json
 import logging
 import os
-import shutil
 import threading
 import time
 from dataclasses import dataclass
@@ -28,24 +27,22 @@ from simbert.compiled import use_compilation_cache
 from simbert.config import DataConfig, TrainConfig, TrainingConfig
 from simbert.data import DataError, ReadReport, batch_dataset, build_char_vocab, read_training_groups, training_batches
 from simbert.directories import (
-    CHECKPOINT_PREFIX,
-    LOSS_PLOT_FILE,
-    METRICS_FILE,
     TRAINER_STATE_FILE,
     TRAINING_STATE_FILE,
     VOCAB_FILE,
+    RunDirectory,
+    RunDirectoryTaken,
     RunLock,
     build_backbone,
-    checkpoint_dir,
-    checkpoint_dirs,
+    config_path,
     load_pretrained,
+    read_config,
     read_trainer_state,
-    remove_checkpoint,
+    resolve_model_directory,
     save_pretrained,
-    write_atomically,
 )
-from simbert.errors import FileFormatError, missing_path
-from simbert.kernels import check_backend
+from simbert.errors import missing_path
+from simbert.kernels import Platform
 from simbert.losses import DistillationLoss, Seq2SeqLoss, SimilarityLoss
 from simbert.models import Transformer
 from simbert.optimizers import AdamW
@@ -74,12 +71,10 @@ def learning_rate_schedule(training: TrainingConfig) -> float | keras.optimizers
     return training.learning_rate
 
 
-def compiles_step(jit_compile: bool | str) -> bool:
-    """`training.jit_compile` for the active backend: "auto" is XLA on JAX (Keras would
-    otherwise run the JAX step eagerly, op by op) and TensorFlow's graph path on
-    TensorFlow (faster than XLA on CPU, see docs/benchmarks.md)."""
+def compiles_step(jit_compile: bool | str, platform: Platform) -> bool:
+    """`training.jit_compile` on `platform`: "auto" is `platform.compiles_training_step`."""
     if jit_compile == "auto":
-        return keras.backend.backend() == "jax"
+        return platform.compiles_training_step
     return bool(jit_compile)
 
 
@@ -114,7 +109,7 @@ class TrainingModel(keras.Model):
         return super().train_step(*args, **kwargs)
 
 
-def build_training_model(backbone: Transformer, training: TrainingConfig) -> keras.Model:
+def build_training_model(backbone: Transformer, training: TrainingConfig, platform: Platform) -> keras.Model:
     """The compiled model `fit` trains: inputs `(token_ids, segment_ids, target_positions)`,
     outputs `seq2seq` (MLM logits at the target positions only, about half of them),
     `similarity` (pooled [CLS]) and, with a teacher, `distillation` (pooled again);
@@ -143,7 +138,7 @@ def build_training_model(backbone: Transformer, training: TrainingConfig) -> ker
                       clipnorm=training.clipnorm, name="adamw")
     optimizer.exclude_from_weight_decay(var_names=["gamma", "beta", "bias"])
     model.compile(optimizer=optimizer, loss=losses, loss_weights=weights,
-                  jit_compile=compiles_step(training.jit_compile))
+                  jit_compile=compiles_step(training.jit_compile, platform))
     return model
 
 
@@ -174,10 +169,6 @@ class FitResult:
 # decides the batch stream.
 RESUME_FIELDS = ("model.model_type", "model.pretrained", "model.config", "model.vocab", "model.simplify_vocab",
                  "training.batch_size", "training.seed", "data.max_chars")
-
-
-class RunDirectoryTaken(RuntimeError):
-    """A fresh run was pointed at a directory that holds another run's checkpoints."""
 
 
 class ResumeMismatch(ValueError):
@@ -211,61 +202,119 @@ def recipe_value(recipe: dict, dotted: str):
 class Trainer:
     """Trains a SimBERT model as described by a `TrainConfig`.
 
-    The output directory belongs to one run: a fresh run refuses a directory holding
-    checkpoints unless `overwrite` (which deletes them); `resume` continues from the newest
-    checkpoint that reads in full (older ones are tried when it does not), with its
-    vocabulary and model, after checking the recipe agrees with the checkpoint's in
-    `RESUME_FIELDS` (`resume_anyway`: warn instead of refusing). A lock file keeps a second
-    process out while this one trains.
+    Building a `Trainer` only checks: the recipe's paths and numbers, that the training
+    file reads, that no other live run trains into `output.dir`, and that the directory
+    holds no earlier run's checkpoints (unless `resume` or `overwrite`); with `resume` it
+    reads the newest checkpoint that reads in full (older ones are tried when it does
+    not) and checks that the recipe agrees with it in `RESUME_FIELDS` (`resume_anyway`:
+    warn instead of refusing). Nothing is written and no process-wide state changes.
+
+    Training starts in `fit()`, or on entering a `with Trainer(...) as trainer:` block
+    (which keeps the run lock until the block ends): the lock file is taken, the seeds
+    are set (`training.seed`), the compilation cache is switched on
+    (`training.compilation_cache`), `overwrite` deletes the earlier checkpoints and the
+    model is built (`trainer.backbone`, `trainer.training_model`).
 
     `request_stop()` (thread-safe; the `simbert train` command calls it on SIGINT and
     SIGTERM, through `stop_event`) makes `fit` finish the steps it has started (the next
     one; on JAX, where the loop runs ahead of the device, up to 2 more), save a checkpoint
     and return; a stop requested before training starts returns before the first step.
 
+    Args:
+        config: the recipe.
+        resume: continue from the newest readable checkpoint in `output.dir`.
+        overwrite: delete `output.dir`'s checkpoints and metrics when training starts.
+        resume_anyway: resume although the recipe changed a field of `RESUME_FIELDS`.
+        stop_event: set it to stop training (see `request_stop`).
+
     Example:
-        >>> trainer = Trainer(TrainConfig.from_yaml("configs/tiny.yaml"))
-        >>> result = trainer.fit()          # writes runs/tiny/checkpoint-*/ and metrics.jsonl
+        >>> result = Trainer(TrainConfig.from_yaml("configs/tiny.yaml")).fit()   # runs/tiny/checkpoint-*/
+        >>> with Trainer(config, resume=True) as trainer:
+        ...     trainer.backbone.summary()
+        ...     result = trainer.fit()
     """
 
     def __init__(self, config: TrainConfig, resume: bool = False, overwrite: bool = False,
                  resume_anyway: bool = False, stop_event: threading.Event | None = None):
         if resume and overwrite:
             raise ValueError("resume and overwrite exclude each other: continue the run, or replace it")
-        check_backend()
-        training = config.training
-        keras.utils.set_random_seed(training.seed)
-        use_compilation_cache(training.compilation_cache)
+        self.platform = Platform.current()
         self.config = config
         self.output_dir = config.output.dir
+        self.run = RunDirectory(self.output_dir)
+        self.resume, self.overwrite = resume, overwrite
         self.report = ReadReport()
         self.stop_event = stop_event if stop_event is not None else threading.Event()
+        training = config.training
+        if training.teacher:
+            recipe_path("training.teacher", training.teacher)
         self.check_data()
-        self.lock = RunLock(self.output_dir)
-        self.lock.acquire()
-        try:
-            self.resume_point = self._claim_output_dir(resume, overwrite)
-            if self.resume_point is not None:
-                self._check_resume(self.resume_point, resume_anyway)
-                self.tokenizer, self.backbone = self.resume_point.tokenizer, self.resume_point.backbone
+        self.run.check_free()
+        self.resume_point = None
+        if resume:
+            self.resume_point = self.run.newest_readable(self._read_checkpoint)
+            if self.resume_point is None:
+                logger.warning("--resume: no checkpoint in %s, starting from step 0", self.output_dir)
             else:
-                self.tokenizer, self.backbone = self._build_tokenizer_and_backbone()
-            self.teacher = None
-            if training.teacher:
-                self.teacher = SimBERT.from_pretrained(recipe_path("training.teacher", training.teacher),
-                                                       max_tokens=config.data.max_tokens,
-                                                       compilation_cache=None)
-            self.training_model = build_training_model(self.backbone, training)
-        except BaseException:
-            self.lock.release()
-            raise
+                self._check_resume(self.resume_point, resume_anyway)
+        else:
+            self.run.check_unclaimed(overwrite)
+        if self.resume_point is None:
+            self._check_model_recipe()
+        self.tokenizer = self.resume_point.tokenizer if self.resume_point is not None else None
+        self.backbone = self.resume_point.backbone if self.resume_point is not None else None
+        self.teacher = None
+        self.training_model = None
+        self.optimizer = None
         # XLA compiles the step once per batch shape.
-        self.buckets = batch_buckets(config.data, self.training_model.jit_compile)
+        self.buckets = batch_buckets(config.data, compiles_step(training.jit_compile, self.platform))
         self.workers = default_workers() if config.data.workers is None else config.data.workers
-        self.optimizer = self.training_model.optimizer
+
+    @property
+    def lock(self) -> RunLock:
+        """The run lock of `output.dir` (held between `start` and `close`)."""
+        return self.run.lock
 
     def request_stop(self) -> None:
         self.stop_event.set()
+
+    # ------------------------------------------------------------ starting
+    def start(self) -> "Trainer":
+        """Take the run lock, set the seeds and the compilation cache, claim the output
+        directory (`overwrite` deletes its checkpoints) and build the model; `fit` calls
+        it, and so does entering a `with` block. Returns the trainer."""
+        if self.lock.held:
+            return self
+        training = self.config.training
+        self.lock.acquire()
+        try:
+            keras.utils.set_random_seed(training.seed)
+            use_compilation_cache(training.compilation_cache)
+            self.run.claim(self.resume, self.overwrite)
+            if self.resume_point is not None:
+                self._check_resume_point_is_newest()
+            if self.training_model is None:
+                if self.backbone is None:
+                    self.tokenizer, self.backbone = self._build_tokenizer_and_backbone()
+                if training.teacher:
+                    self.teacher = SimBERT.from_pretrained(recipe_path("training.teacher", training.teacher),
+                                                           max_tokens=self.config.data.max_tokens)
+                self.training_model = build_training_model(self.backbone, training, self.platform)
+                self.optimizer = self.training_model.optimizer
+        except BaseException:
+            self.lock.release()
+            raise
+        return self
+
+    def close(self) -> None:
+        """Release the run lock."""
+        self.lock.release()
+
+    def __enter__(self) -> "Trainer":
+        return self.start()
+
+    def __exit__(self, kind, error, traceback) -> None:
+        self.close()
 
     def read_groups(self):
         """The training groups, read afresh (a new pass over the file). Skipped records
@@ -297,6 +346,27 @@ class Trainer:
                                                     for text in group)
         self._report_complete = whole
 
+    def _check_model_recipe(self) -> None:
+        """The model part of the recipe, before anything is built: its paths exist and a
+        training row's tokens fit its positions (read from the pretrained config file
+        where it reads; `load_pretrained` names any other problem with the directory)."""
+        model = self.config.model
+        if model.pretrained:
+            recipe_path("model.pretrained", model.pretrained)
+            try:
+                positions = read_config(config_path(resolve_model_directory(model.pretrained)))
+            except (OSError, ValueError):
+                return
+            self._check_positions(positions.max_position_embeddings, f"model.pretrained {model.pretrained}")
+            return
+        if model.config is None:
+            raise ValueError("model: give either `pretrained` (a model directory) or `config` "
+                             "(bert_config fields for a random model)")
+        if model.vocab:
+            recipe_path("model.vocab", model.vocab)
+        self._check_positions(model.config.get("max_position_embeddings", 512),
+                              "model.config.max_position_embeddings")
+
     def _build_tokenizer_and_backbone(self) -> tuple[Tokenizer, Transformer]:
         model, precision = self.config.model, self.config.training.precision
         if model.pretrained:
@@ -306,11 +376,6 @@ class Trainer:
                                                   dropout_rate=model.dropout_rate, dtype=precision)
             self._check_positions(backbone.config.max_position_embeddings, f"model.pretrained {model.pretrained}")
             return tokenizer, backbone
-        if model.config is None:
-            raise ValueError("model: give either `pretrained` (a model directory) or `config` "
-                             "(bert_config fields for a random model)")
-        self._check_positions(model.config.get("max_position_embeddings", 512),
-                              "model.config.max_position_embeddings")
         token_dict = load_vocab(recipe_path("model.vocab", model.vocab)) if model.vocab else self.data_characters
         backbone = build_backbone({**model.config, "vocab_size": len(token_dict)},
                                   model_type=model.model_type or "bert", application="unilm", with_pool="linear",
@@ -324,48 +389,26 @@ class Trainer:
                              f"{self.config.data.max_tokens} tokens, but {source} gives {positions} positions; "
                              f"use max_chars <= {positions // 2}")
 
-    # ------------------------------------------------------------ run directory
-    def _claim_output_dir(self, resume: bool, overwrite: bool) -> ResumePoint | None:
-        """Decide what this run does with the output directory's checkpoints (under the lock)."""
-        existing = checkpoint_dirs(self.output_dir)
-        for name in os.listdir(self.output_dir):  # what a killed run left half-written or half-removed
-            if name.startswith("." + CHECKPOINT_PREFIX) and (name.endswith(".tmp") or ".removing-" in name):
-                shutil.rmtree(os.path.join(self.output_dir, name), ignore_errors=True)
-        if resume:
-            if not existing:
-                logger.warning("--resume: no checkpoint in %s, starting from step 0", self.output_dir)
-                return None
-            return self._newest_readable(existing)
-        if existing and not overwrite:
-            raise RunDirectoryTaken(
-                f"{self.output_dir} holds checkpoints of an earlier run (newest {existing[-1][1]}): pass --resume "
-                f"(Trainer(resume=True)) to continue it, or --overwrite (Trainer(overwrite=True)) to delete them "
-                f"and train afresh")
-        if existing:
-            logger.warning("--overwrite: deleting the %d checkpoint(s) of %s", len(existing), self.output_dir)
-        for _, path in existing:
-            remove_checkpoint(path)
-        for name in (METRICS_FILE, LOSS_PLOT_FILE):  # a fresh run's metrics start afresh
-            if os.path.exists(os.path.join(self.output_dir, name)):
-                os.remove(os.path.join(self.output_dir, name))
-        return None
-
-    def _newest_readable(self, existing: list[tuple[int, str]]) -> ResumePoint:
-        """The newest checkpoint whose files all read; each one skipped is logged with why."""
+    # -------------------------------------------------------------- resuming
+    def _read_checkpoint(self, path: str) -> ResumePoint:
+        """A checkpoint read in full (`RunDirectory.newest_readable` tries older ones when
+        this raises)."""
         model, precision = self.config.model, self.config.training.precision
-        problems = []
-        for step, path in reversed(existing):
-            try:
-                state = read_trainer_state(path)
-                training_state = read_training_state(os.path.join(path, TRAINING_STATE_FILE))
-                tokenizer, backbone = load_pretrained(path, state.get("model_type"),
-                                                      dropout_rate=model.dropout_rate, dtype=precision)
-            except (OSError, ValueError) as error:
-                logger.warning("cannot resume from %s, skipping it: %s", path, error)
-                problems.append(f"{os.path.basename(path)}: {error}")
-                continue
-            return ResumePoint(state["step"], path, state["config"], training_state, tokenizer, backbone)
-        raise FileFormatError(self.output_dir, "no checkpoint can be resumed from: " + "; ".join(problems))
+        state = read_trainer_state(path)
+        training_state = read_training_state(os.path.join(path, TRAINING_STATE_FILE))
+        tokenizer, backbone = load_pretrained(path, state.get("model_type"), dropout_rate=model.dropout_rate,
+                                              dtype=precision)
+        return ResumePoint(state["step"], path, state["config"], training_state, tokenizer, backbone)
+
+    def _check_resume_point_is_newest(self) -> None:
+        """Under the lock: a run that saved a newer checkpoint after this trainer was
+        built (and before it took the lock) is continued from there."""
+        newest = self.run.checkpoints()
+        if newest and newest[-1][0] > self.resume_point.step:
+            logger.warning("%s holds a newer checkpoint than when this trainer was built; resuming from it",
+                           self.output_dir)
+            self.resume_point = self.run.newest_readable(self._read_checkpoint)
+            self.tokenizer, self.backbone = self.resume_point.tokenizer, self.resume_point.backbone
 
     def _check_resume(self, point: ResumePoint, anyway: bool) -> None:
         """Refuse (or with `anyway` warn) when the recipe changed a field of
@@ -384,7 +427,7 @@ class Trainer:
             logger.warning("resuming %s anyway: %s; the checkpoint's model and vocabulary are kept",
                            point.path, lines)
         unknown = []
-        if not self.config.model.pretrained and not self.config.model.vocab:  # a vocabulary built from the data: which chars it lacks now
+        if not self.config.model.pretrained and not self.config.model.vocab:  # a vocabulary built from the data
             unknown = sorted(set(self.data_characters) - set(point.tokenizer.token_dict))
         if unknown:
             logger.warning("the data has %d character(s) not in %s/%s (e.g. %s); they are read as [UNK] "
@@ -404,9 +447,9 @@ class Trainer:
                                 self.buckets, self.workers)
 
     def _fit_input(self, batches):
-        """The batches as `fit` takes them: a tf.data pipeline on TensorFlow, a generator
-        elsewhere (Keras takes generators, not any iterator)."""
-        if keras.backend.backend() != "tensorflow":
+        """The batches as `fit` takes them: a tf.data pipeline where the platform feeds
+        one, else a generator (Keras takes generators, not any iterator)."""
+        if not self.platform.feeds_tf_data:
             return (batch for batch in batches)
         return batch_dataset(lambda: batches, with_distillation=self.teacher is not None)
 
@@ -416,24 +459,21 @@ class Trainer:
         the dropout generators' states (so the random stream carries on too)."""
         return [*self.optimizer.variables, *self.training_model.non_trainable_variables]
 
-    def save_checkpoint(self, step: int) -> str:
-        """Write `checkpoint-<step>` atomically (temp directory, then rename); keep the
-        last K, never removing the one just written."""
-        final = checkpoint_dir(self.output_dir, step)
-        temporary = os.path.join(self.output_dir, "." + os.path.basename(final) + ".tmp")
-        shutil.rmtree(temporary, ignore_errors=True)
-        save_pretrained(self.backbone, temporary, self.tokenizer.token_dict)
-        write_training_state(os.path.join(temporary, TRAINING_STATE_FILE), self._state_variables())
-        with open(os.path.join(temporary, TRAINER_STATE_FILE), "w", encoding="utf-8") as writer:
+    def _write_checkpoint(self, directory: str, step: int) -> None:
+        save_pretrained(self.backbone, directory, self.tokenizer.token_dict)
+        write_training_state(os.path.join(directory, TRAINING_STATE_FILE), self._state_variables())
+        with open(os.path.join(directory, TRAINER_STATE_FILE), "w", encoding="utf-8") as writer:
             json.dump({"step": step, "model_type": self.backbone.config.model_type,
                        "config": self.config.to_dict()}, writer, indent=2)
-        if os.path.lexists(final):
-            remove_checkpoint(final)
-        os.replace(temporary, final)
-        older = [path for _, path in checkpoint_dirs(self.output_dir) if path != final]
-        for old in older[: max(len(older) - self.config.output.keep + 1, 0)]:
-            remove_checkpoint(old)
-        return final
+
+    def save_checkpoint(self, step: int) -> str:
+        """Write `checkpoint-<step>` whole or not at all and keep the last `output.keep`,
+        never removing the one just written (`RunDirectory.save_checkpoint`); the run
+        must have started. Returns its path."""
+        if not self.lock.held:
+            raise RuntimeError("save_checkpoint: the run has not started (call it inside `with Trainer(...)` or fit)")
+        return self.run.save_checkpoint(step, lambda directory: self._write_checkpoint(directory, step),
+                                        self.config.output.keep)
 
     def _restore(self, point: ResumePoint) -> int:
         """Load the optimizer and random state of `point` (its weights came with its backbone)."""
@@ -444,14 +484,19 @@ class Trainer:
 
     # ---------------------------------------------------------------- fitting
     def fit(self, callbacks: list | None = None) -> FitResult:
-        """Train to `training.steps` (from the resume point, if any); releases the output
-        directory when done. `callbacks` are extra Keras callbacks, run after the logger
-        and checkpoint saver."""
-        self.lock.acquire()
-        try:
+        """Train to `training.steps` (from the resume point, if any).
+
+        Args:
+            callbacks: extra Keras callbacks, run after the logger and checkpoint saver.
+
+        Returns:
+            A `FitResult`. Called outside a `with` block, `fit` starts the run itself and
+            releases the output directory when done.
+        """
+        if self.lock.held:
             return self._fit(callbacks)
-        finally:
-            self.lock.release()
+        with self:
+            return self._fit(callbacks)
 
     def _fit(self, callbacks: list | None) -> FitResult:
         start_step = 0
@@ -464,13 +509,12 @@ class Trainer:
             return FitResult(start_step, start_step, stopped="already complete")
         if self.stop_event.is_set():
             return FitResult(start_step, start_step, stopped="requested")
-        metrics_path = os.path.join(self.output_dir, METRICS_FILE)
-        keep_metrics_until(metrics_path, start_step)
-        progress = ProgressLogger(metrics_path, start_step, total, self.config.training.batch_size,
+        self.run.keep_metrics_until(start_step)
+        progress = ProgressLogger(self.run.metrics_path, start_step, total, self.config.training.batch_size,
                                   output.log_every, self.stop_event, learning_rate_schedule(self.config.training))
         callbacks = [progress,
                      CheckpointSaver(self.save_checkpoint, start_step, total, output.save_every, self.stop_event),
-                     LossCurve(metrics_path, os.path.join(self.output_dir, LOSS_PLOT_FILE)), *(callbacks or [])]
+                     LossCurve(self.run.metrics_path, self.run.loss_plot_path), *(callbacks or [])]
         if output.sample_every:
             texts = output.sample_texts or [group[0] for _, group in zip(range(3), self.read_groups())]
             sampler = SimBERT(self.backbone, self.tokenizer, max_tokens=self.config.data.max_tokens)
@@ -496,7 +540,7 @@ class Trainer:
         if progress.nan_step is None:
             self.save_checkpoint(progress.step)
         else:
-            saved = checkpoint_dirs(self.output_dir)
+            saved = self.run.checkpoints()
             kept = (f"the newest checkpoint is {saved[-1][1]} (step {saved[-1][0]})" if saved
                     else "no checkpoint was written")
             logger.error("loss became %s at step %d; training stopped and nothing was saved; %s",
@@ -507,16 +551,3 @@ class Trainer:
         return FitResult(start_step, progress.step, progress.nan_step,
                          "requested" if self.stop_event.is_set() else None, progress.first, progress.last,
                          progress.samples_per_second(), programs, shapes, round(batches.waited_s, 3))
-
-
-def keep_metrics_until(path: str, step: int) -> None:
-    """Drop the metrics lines after `step` (logged after the checkpoint a run resumes
-    from), so that each step appears once; rewritten atomically."""
-    if not os.path.isfile(path):
-        return
-    with open(path, encoding="utf-8") as reader:
-        lines = [line for line in reader if line.strip()]
-    kept = [line for line in lines if json.loads(line).get("step", 0) <= step]
-    if len(kept) == len(lines):
-        return
-    write_atomically(path, lambda writer: writer.writelines(kept))

@@ -4,6 +4,7 @@ inside functions included)."""
 
 import ast
 import os
+import re
 
 import simbert
 from helpers import ROOT
@@ -12,9 +13,9 @@ PACKAGE = os.path.join(ROOT, "simbert")
 
 # Lowest first. A module may import modules of strictly lower layers only.
 LAYERS = [
-    {"errors", "kernels", "workers", "trace_store"},
-    {"arguments", "tokenizer", "layers", "shapes", "compiled"},
-    {"config"},
+    {"errors", "atomic_files", "kernels", "workers"},
+    {"arguments", "tokenizer", "layers", "shapes", "trace_store"},
+    {"compiled", "config"},
     {"models"},
     {"checkpoints", "source_pass"},
     {"directories", "data", "losses", "optimizers", "generation", "retrieval"},
@@ -88,3 +89,31 @@ def test_importing_simbert_starts_no_tensorflow():
     code = "import sys, simbert, simbert.cli; print('tensorflow' in sys.modules, 'keras' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     assert result.stdout.split() == ["False", "False"], result.stderr[-2000:]
+
+
+# Where the Keras backend may be read: the platform policy and the compiled functions.
+BACKEND_READERS = {"kernels.py", "compiled.py"}
+BACKEND_READ = re.compile(r"keras\.backend\.backend\(|check_backend\(\)\s*[!=]=|accelerator\(\)\s*[!=]=")
+
+
+def backend_reads(package):
+    """`file:line` of each read of the Keras backend outside `BACKEND_READERS`."""
+    found = []
+    for name in sorted(os.listdir(package)):
+        if name.endswith(".py") and name not in BACKEND_READERS:
+            with open(os.path.join(package, name), encoding="utf-8") as reader:
+                found += [f"simbert/{name}:{number}" for number, line in enumerate(reader, 1)
+                          if BACKEND_READ.search(line)]
+    return found
+
+
+def test_backend_decisions_live_in_the_platform_policy():
+    """Modules read `simbert.kernels.Platform`'s fields; only kernels.py and compiled.py
+    ask Keras which backend is active."""
+    assert backend_reads(PACKAGE) == []
+
+
+def test_the_backend_check_finds_a_read(tmp_path):
+    (tmp_path / "api.py").write_text("import keras\n\nPER_SHAPE = keras.backend.backend() != 'tensorflow'\n")
+    (tmp_path / "kernels.py").write_text("import keras\n\nBACKEND = keras.backend.backend()\n")
+    assert backend_reads(str(tmp_path)) == ["simbert/api.py:3"]

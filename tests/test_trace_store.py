@@ -144,7 +144,7 @@ def test_a_program_that_cannot_be_exported_runs_without_storing(tmp_path, monkey
     and nothing is stored; on TensorFlow nothing is ever stored."""
     import keras
 
-    from simbert.compiled import CompiledFunction
+    from simbert.compiled import compile_function
 
     store = TraceStore(str(tmp_path / "traces"))
     monkeypatch.setattr(TraceStore, "of_compilation_cache", classmethod(lambda cls: store))
@@ -159,6 +159,6 @@ def test_a_program_that_cannot_be_exported_runs_without_storing(tmp_path, monkey
             x = 2 * x
         return x + offset
 
-    compiled = CompiledFunction(function, [offset], program_key="twice plus one")
+    compiled = compile_function(function, [offset], program_key="twice plus one")
     np.testing.assert_array_equal(keras.ops.convert_to_numpy(compiled(np.arange(3, dtype="float32"))), [1, 3, 5])
     assert compiled.programs == 1 and not os.path.exists(store.directory)
