@@ -84,16 +84,36 @@ class SimBERT:
                         pre_tokenize: Callable[[str], Iterable[str]] | None = None,
                         compilation_cache: str | None = None, precision: str | None = None) -> "SimBERT":
         """Load a released TF-checkpoint directory, a trainer output (its latest checkpoint)
-        or an HF directory. `model_type` ('bert'/'roformer') defaults to what the files
-        say, else 'bert'. A whitening.npz beside the weights is applied.
-        `compilation_cache`: None (the default) leaves the process's compilation settings
-        alone; a directory (or "default": ~/.cache/simbert/xla) first calls
-        `simbert.use_compilation_cache(compilation_cache)`, which keeps compiled programs
-        there for later processes (a process-wide setting: the caller's choice).
-        `precision`: the dtype policy the model computes in (`PRECISIONS`; default Keras'
-        global one, float32 unless set): "mixed_bfloat16" keeps float32 weights and
-        computes in bfloat16 (LayerNorm, GELU and softmax in float32), the GPU's fast path;
-        vectors then differ a little from float32's (cosine above 0.9999 on BERT-base)."""
+        or an HF directory. A whitening.npz beside the weights is applied.
+
+        Args:
+            path: a released directory (bert_config.json, vocab.txt, bert_model.ckpt.*), a
+                training output directory (its newest checkpoint, read whole while the run
+                goes on), or a Hugging Face directory (config.json + model.safetensors or
+                pytorch_model.bin).
+            model_type: "bert" or "roformer" (default: what the files say, else "bert").
+            max_tokens: tokens kept per text and per generated text (at least 3).
+            pre_tokenize: splits a text into words before WordPiece (jieba for word-level
+                RoFormer / WoBERT vocabularies; default: none).
+            compilation_cache: None (the default) leaves the process's compilation
+                settings alone; a directory (or "default": ~/.cache/simbert/xla) first
+                calls `simbert.use_compilation_cache(compilation_cache)`, which keeps
+                compiled programs there for later processes (a process-wide setting: the
+                caller's choice).
+            precision: the dtype policy the model computes in (`PRECISIONS`; default
+                Keras' global one, float32 unless set): "mixed_bfloat16" keeps float32
+                weights and computes in bfloat16 (LayerNorm, GELU and softmax in
+                float32), the GPU's fast path; its vectors differ a little from float32's
+                (docs/benchmarks.md).
+
+        Returns:
+            The `SimBERT`.
+
+        Example:
+            >>> model = SimBERT.from_pretrained("chinese_simbert_L-12_H-768_A-12")
+            >>> roformer = SimBERT.from_pretrained("chinese_roformer-sim-char_L-12_H-768_A-12",
+            ...                                    model_type="roformer", precision="mixed_bfloat16")
+        """
         check_backend()
         if precision is not None:
             check_precision("precision", precision)
@@ -111,7 +131,15 @@ class SimBERT:
     def save(self, path: str | os.PathLike) -> None:
         """Write a model directory (`simbert.directories.save_pretrained`), and
         whitening.npz when a whitening is set (else a whitening.npz already there, which
-        loading would apply, is removed)."""
+        loading would apply, is removed).
+
+        Args:
+            path: the directory to write; `SimBERT.from_pretrained(path)` reads it back.
+
+        Example:
+            >>> model.fit_whitening(corpus, dim=256)
+            >>> model.save("runs/whitened")
+        """
         save_pretrained(self.backbone, path, self.tokenizer.token_dict)
         whitening_path = os.path.join(path, WHITENING_FILE)
         if self.whitening is not None:
@@ -121,7 +149,21 @@ class SimBERT:
 
     def fit_whitening(self, texts: Sequence[str], dim: int | None = None, batch_size: int = 64) -> Whitening:
         """Fit BERT-whitening on the raw vectors of `texts` and apply it from now on
-        (in `encode`, the index and `gen_synonyms` ranking); `dim` keeps that many dimensions."""
+        (in `encode`, the index and `gen_synonyms` ranking).
+
+        Args:
+            texts: the corpus to fit on (at least two texts).
+            dim: dimensions kept (default: all).
+            batch_size: texts encoded per batch.
+
+        Returns:
+            The `Whitening` (mean and transform), also kept as `model.whitening`.
+
+        Example:
+            >>> model.fit_whitening(corpus_sentences, dim=256)
+            >>> model.encode(["花呗怎么还款"]).shape
+            (1, 256)
+        """
         self.whitening = None
         self.whitening = fit_whitening(self.encode(texts, batch_size=batch_size, normalize=False), dim)
         return self.whitening
@@ -173,6 +215,19 @@ class SimBERT:
         `self.shapes` (padding is masked, padded rows are dropped: the vectors are those
         of the texts alone). With a whitening set, vectors are whitened (then normalised
         if `normalize`).
+
+        Args:
+            texts: a list of strings (a text with no token once cleaned raises ValueError).
+            batch_size: texts per batch.
+            normalize: l2-normalise the rows (False: the raw pooled vectors).
+            progress: show a progress bar over the batches.
+
+        Returns:
+            A float32 array of shape `(len(texts), model.dimension)`.
+
+        Example:
+            >>> vectors = model.encode(["微信和支付宝哪个好", "支付宝和微信哪个更好用"])
+            >>> float(vectors[0] @ vectors[1])          # cosine similarity
         """
         if isinstance(texts, str):
             raise ValueError("encode expects a list of texts; wrap a single text in a list")
@@ -213,7 +268,18 @@ class SimBERT:
         """Compile now what later calls would compile: `encode` for every padded shape of
         batches up to `batch_size` (on TensorFlow its one graph), and for each of
         `sample_rows` (`CachedDecoder.sample`'s `rows`) the sampler, with the shapes
-        gen_synonyms encodes its candidates in. Returns the programs compiled."""
+        gen_synonyms encodes its candidates in.
+
+        Args:
+            batch_size: the largest `encode` batch to prepare for.
+            sample_rows: sampler sizes (`generate`'s `rows`) to compile.
+
+        Returns:
+            The number of programs compiled.
+
+        Example:
+            >>> model.warm_up(64, sample_rows=(32,))    # what `simbert serve` does at start
+        """
         before = self.compiled_programs
         shapes = [(1, self.shapes.max_length)]
         if self.shapes.pad_rows:
@@ -244,7 +310,25 @@ class SimBERT:
         """n sampled continuations of `[CLS] text [SEP]`, each at most `max_new_tokens`
         (default and cap: `max_tokens`) tokens; drawn `rows` at a time in chunks of
         bounded memory (see `CachedDecoder.sample`), with a progress bar over the chunks
-        if asked."""
+        if asked.
+
+        Args:
+            text: the source text.
+            n: samples to draw (at least 1).
+            topk: sample from the `topk` most likely tokens (None: all).
+            topp: then from the smallest set of them whose probability reaches `topp`.
+            temperature: divide the logits by it (above 0).
+            max_new_tokens: tokens a sample may have (default and cap: `max_tokens`).
+            seed: seed of the sampling noise (the samples are the same for any `rows`).
+            progress: show a progress bar over the chunks.
+            rows: samples drawn per compiled call (default: n, at most 128).
+
+        Returns:
+            A list of n decoded texts, duplicates and the input included.
+
+        Example:
+            >>> model.generate("明天北京会下雨吗", n=5, topk=5, seed=0)
+        """
         return self._decoded_samples(self._source_ids(text), n, topk=topk, topp=topp, temperature=temperature,
                                      max_new_tokens=max_new_tokens, seed=seed, progress=progress, rows=rows)
 
@@ -253,12 +337,40 @@ class SimBERT:
         return [self.tokenizer.decode(ids) for ids in self.decoder.sample(source_ids, n, **sampling)]
 
     def beam_search(self, text: str, beam_size: int = 4, max_new_tokens: int | None = None) -> str:
+        """The most likely continuation of `[CLS] text [SEP]` by beam search.
+
+        Args:
+            text: the source text.
+            beam_size: hypotheses kept at each step.
+            max_new_tokens: tokens the result may have (default and cap: `max_tokens`).
+
+        Returns:
+            The decoded text.
+
+        Example:
+            >>> model.beam_search("明天北京会下雨吗", beam_size=4)
+        """
         return self.tokenizer.decode(self.decoder.beam_search(self._source_ids(text), beam_size, max_new_tokens))
 
     def gen_synonyms(self, text: str, n: int = 100, k: int = 20, with_scores: bool = False,
                      topk: int | None = 5, **sampling) -> list:
         """Sample n paraphrases (top-k 5 as the original), drop duplicates and the input,
-        rank by cosine to the input's vector and return at most k (with scores if asked)."""
+        rank by cosine to the input's vector and return at most k (with scores if asked).
+
+        Args:
+            text: the text to paraphrase.
+            n: samples to draw (at least 1).
+            k: paraphrases to return at most (at least 1; fewer when samples repeat).
+            with_scores: return `(text, cosine)` pairs instead of texts.
+            topk: sampling's top-k (default 5, the original script's setting).
+            **sampling: more of `generate`'s options (`topp`, `temperature`, `seed`, ...).
+
+        Returns:
+            The paraphrases, most similar first: texts, or `(text, cosine)` pairs.
+
+        Example:
+            >>> model.gen_synonyms("微信和支付宝哪个好", n=100, k=20)
+        """
         check_integer("k", k)
         source = self._source_ids(text)
         candidates, encoded = [], [source]
@@ -281,7 +393,21 @@ class SimBERT:
     # --------------------------------------------------------------- retrieval
     def make_index(self, texts: Sequence[str], batch_size: int = 64, progress: bool = False,
                    **index_options) -> SimilarityIndex:
-        """A `SimilarityIndex` of `texts` encoded by this model (the model keeps no reference)."""
+        """A `SimilarityIndex` of `texts` encoded by this model (the model keeps no reference).
+
+        Args:
+            texts: the corpus.
+            batch_size: texts encoded per batch.
+            progress: show a progress bar.
+            **index_options: `SimilarityIndex` options (`dtype`, `backend`, `faiss_index`).
+
+        Returns:
+            The `SimilarityIndex`, in memory.
+
+        Example:
+            >>> index = model.make_index(corpus, dtype="float16")
+            >>> model.most_similar("花呗怎么还款", topn=5, index=index)
+        """
         index = SimilarityIndex(self.dimension, model_name=self.name, model_fingerprint=self.fingerprint,
                                 **index_options)
         index.add(list(texts), self.encode(texts, batch_size=batch_size, progress=progress))
@@ -293,8 +419,25 @@ class SimBERT:
         """Encode `texts` (`count` of them, e.g. a file's lines streamed) `chunk_size` at a
         time straight into the index files of `directory` (`IndexWriter`: one chunk of
         vectors in memory, the directory replaced whole at the end). With `append`, the
-        index already there is extended (it must be this model's). Returns the index,
-        loaded memory-mapped."""
+        index already there is extended (it must be this model's).
+
+        Args:
+            texts: the corpus, any iterable of strings.
+            count: how many texts `texts` yields.
+            directory: the index directory to write (replaced whole at the end).
+            batch_size: texts encoded per batch.
+            chunk_size: texts encoded and written per chunk.
+            append: extend the index already in `directory`.
+            progress: show a progress bar.
+            **index_options: `SimilarityIndex` options (`dtype`, `backend`, `faiss_index`).
+
+        Returns:
+            The index, loaded memory-mapped.
+
+        Example:
+            >>> with open("corpus.txt", encoding="utf-8") as lines:
+            ...     model.write_index((line.strip() for line in lines), count, "faq_index")
+        """
         check_integer("chunk_size", chunk_size)
         iterator = iter(texts)
         if append:
@@ -316,17 +459,55 @@ class SimBERT:
 
     def build_index(self, texts: Sequence[str], batch_size: int = 64, progress: bool = False,
                     **index_options) -> SimilarityIndex:
-        """`make_index(texts)`, kept on the model as `model.index` for most_similar."""
+        """`make_index(texts)`, kept on the model as `model.index` for most_similar.
+
+        Args:
+            texts: the corpus.
+            batch_size: texts encoded per batch.
+            progress: show a progress bar.
+            **index_options: `SimilarityIndex` options (`dtype`, `backend`, `faiss_index`).
+
+        Returns:
+            The `SimilarityIndex`.
+
+        Example:
+            >>> model.build_index(["花呗怎么还款", "借呗怎么提额"])
+            >>> model.most_similar("花呗如何还钱", topn=1)
+        """
         self.index = self.make_index(texts, batch_size, progress, **index_options)
         return self.index
 
     def load_index(self, directory: str | os.PathLike) -> SimilarityIndex:
+        """Load an index directory (`write_index`, `simbert index`) as `model.index`.
+
+        Args:
+            directory: the index directory; its vectors must have this model's dimension.
+
+        Returns:
+            The `SimilarityIndex`, memory-mapped.
+
+        Example:
+            >>> model.load_index("faq_index")
+            >>> model.most_similar("花呗怎么还款", topn=10)
+        """
         self.index = SimilarityIndex.load(directory, expected_dimension=self.dimension)
         return self.index
 
     def most_similar(self, text: str, topn: int = 10, index: SimilarityIndex | None = None) -> list[tuple[str, float]]:
         """The `topn` texts of `index` (default: `model.index`) closest to `text`, as
-        (text, cosine) pairs."""
+        (text, cosine) pairs.
+
+        Args:
+            text: the query.
+            topn: results to return.
+            index: the index to search (default: `model.index`).
+
+        Returns:
+            A list of `(text, cosine)` pairs, most similar first.
+
+        Example:
+            >>> model.most_similar("微信和支付宝哪个好", topn=10)
+        """
         if not isinstance(text, str):
             raise ValueError(f"text should be a string, got {type(text).__name__} {text!r}; for several texts "
                              f"use most_similar_batch")
@@ -334,7 +515,19 @@ class SimBERT:
 
     def most_similar_batch(self, texts: Sequence[str], topn: int = 10,
                            index: SimilarityIndex | None = None) -> list[list[tuple[str, float]]]:
-        """`most_similar` of each of `texts`, encoded together."""
+        """`most_similar` of each of `texts`, encoded together.
+
+        Args:
+            texts: the queries.
+            topn: results per query.
+            index: the index to search (default: `model.index`).
+
+        Returns:
+            One list of `(text, cosine)` pairs per query.
+
+        Example:
+            >>> model.most_similar_batch(["花呗怎么还款", "借呗怎么提额"], topn=3)
+        """
         if isinstance(texts, str):
             raise ValueError("most_similar_batch expects a list of texts; for one text use most_similar")
         index = index if index is not None else self.index

@@ -468,8 +468,8 @@ def batch_dataset(make_batches: Callable[[], Iterator], with_distillation: bool)
     """The batches of `make_batches()` as a tf.data pipeline for `fit` on TensorFlow, with
     every length dimension declared variable (Keras would otherwise guess fixed sizes from
     the first two batches) and tf.data's autotuning off: with it on, the iterator's
-    teardown at the end of `fit` waited ~15 s for the autotuning thread in about one run
-    in three of the tiny config (throughput is the same without it)."""
+    teardown at the end of `fit` sometimes waited seconds for the autotuning thread, and
+    throughput is the same without it (docs/benchmarks.md, "Figures behind the code")."""
     import tensorflow as tf
 
     ids = tf.TensorSpec((None, None), tf.int32)

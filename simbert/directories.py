@@ -390,8 +390,24 @@ def build_backbone(
 def build_transformer_model(config: str | os.PathLike | dict, checkpoint_path: str | os.PathLike | None = None,
                             model: str | None = None, **options) -> Transformer:
     """bert4keras' `build_transformer_model`: `build_backbone` with the architecture
-    spelled `model`, as in the original scripts; `options` are `build_backbone`'s
-    (application, with_pool, with_mlm, keep_tokens, dropout_rate, dtype)."""
+    spelled `model`, as in the original scripts.
+
+    Args:
+        config: a bert_config.json / HF config.json path, or its fields as a dict.
+        checkpoint_path: weights to load: a TF checkpoint prefix, a directory holding
+            one, or an HF directory (None: random initialisation).
+        model: "bert" or "roformer" (default: the config's, else "bert").
+        **options: `build_backbone`'s `application` ("encoder" or "unilm"), `with_pool`,
+            `with_mlm` (True, "linear"), `keep_tokens`, `dropout_rate` and `dtype`.
+
+    Returns:
+        The `Transformer` (a `keras.Model`).
+
+    Example:
+        >>> bert = build_transformer_model("chinese_simbert_L-12_H-768_A-12/bert_config.json",
+        ...                                "chinese_simbert_L-12_H-768_A-12/bert_model.ckpt",
+        ...                                with_pool="linear", application="unilm", keep_tokens=keep_tokens)
+    """
     return build_backbone(config, checkpoint_path, model_type=model, **options)
 
 

@@ -116,7 +116,22 @@ def export_encoder(model: Transformer, token_dict: dict[str, int], out: str, for
 
 def export_model(model_dir: str | os.PathLike, out: str | os.PathLike, format: str) -> str:
     """Export the model directory (or a training run's newest checkpoint) to `out` in
-    `format` (one of `FORMATS`); returns the path written."""
+    `format` (one of `FORMATS`).
+
+    Args:
+        model_dir: a model directory, or a training output (its newest checkpoint).
+        out: a new (or empty) directory to write.
+        format: "saved_model" or "onnx" (the encoder, token and segment ids to the pooled
+            vector; TensorFlow backend only), "hf" (transformers' BERT / RoFormer
+            directory) or "bert4keras" (the released layout).
+
+    Returns:
+        The path written: `out`, or for "onnx" the `model.onnx` file in it.
+
+    Example:
+        >>> export_model("runs/tiny", "out/hf", "hf")
+        'out/hf'
+    """
     if format not in FORMATS:
         raise ValueError(f"export: --format should be one of {FORMATS}, got {format!r}")
     platform = Platform.current()

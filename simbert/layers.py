@@ -224,7 +224,7 @@ class OneHotEmbedding(keras.layers.Embedding):
     """Keras' Embedding for tables of a few rows (the segment types), looked up as
     `onehot(ids) @ E` in float32: the same rows, but the gradient is a small matmul
     instead of a scatter-add of every token into a few rows (serialised atomic adds on a
-    GPU, 53 ms of an 81 ms BERT-base step under mixed_bfloat16)."""
+    GPU, most of a BERT-base step's time; docs/benchmarks.md, "Figures behind the code")."""
 
     def call(self, inputs):
         one_hot = ops.one_hot(ops.cast(inputs, "int32"), self.input_dim, dtype="float32")

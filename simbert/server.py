@@ -154,8 +154,31 @@ def create_app(model: str | os.PathLike | SimBERT, index_dir: str | os.PathLike 
                max_tokens: int = 64, warm_up: bool = True, compilation_cache: str | None = None):
     """The FastAPI app serving `model` (a model directory, or a loaded `SimBERT`) and, for
     /similar, the index in `index_dir` (the index of another model is refused).
-    `batch_wait_ms`: how long /encode and /similar requests are gathered (0: no
-    micro-batching); `max_batch`: texts per encode call."""
+
+    Args:
+        model: a model directory (or a training output: its newest checkpoint), or a
+            loaded `SimBERT`.
+        index_dir: an index directory built by this model, for /similar (None: /similar
+            answers 409).
+        limits: what one request may ask (`ServerLimits`: texts, characters, n, k, timeout).
+        batch_wait_ms: how long /encode and /similar requests are gathered into one encode
+            call (0: no micro-batching).
+        max_batch: texts per encode call.
+        max_tokens: `SimBERT.from_pretrained`'s `max_tokens`, when `model` is a directory.
+        warm_up: compile every padded encode shape and the samplers before the first
+            request.
+        compilation_cache: `SimBERT.from_pretrained`'s `compilation_cache`, when `model`
+            is a directory.
+
+    Returns:
+        The FastAPI app; run it with `simbert.server.serve(app, host, port)` or any ASGI
+        server.
+
+    Example:
+        >>> from simbert.server import ServerLimits, create_app, serve
+        >>> app = create_app("runs/tiny", index_dir="faq_index", limits=ServerLimits(max_texts=32))
+        >>> serve(app, "127.0.0.1", 8000)
+    """
     check_integer("max_batch", max_batch)
     if not isinstance(model, SimBERT):
         model = SimBERT.from_pretrained(model, max_tokens=max_tokens, compilation_cache=compilation_cache)
