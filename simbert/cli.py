@@ -130,9 +130,9 @@ def _encode(args) -> int:
     import numpy as np
 
     from simbert.atomic_files import write_atomically
-    from simbert.retrieval import numbered_lines
+    from simbert.text_files import numbered_lines
 
-    lines = list(numbered_lines(args.input))
+    lines = [(number, line.strip()) for number, line in numbered_lines(args.input)]
     while lines and not lines[-1][1]:  # blank lines at the end shift no row
         lines.pop()
     blank = [number for number, text in lines if not text]
@@ -160,12 +160,12 @@ def line_numbers_path(vectors_path: str) -> str:
 
 
 def _index(args) -> int:
-    from simbert.retrieval import read_lines
+    from simbert.text_files import read_texts
 
-    count = sum(1 for _ in read_lines(args.input))  # a first pass: the writer preallocates the vectors
+    count = sum(1 for _ in read_texts(args.input))  # a first pass: the writer preallocates the vectors
     model = _load_model(args)
     options = {} if args.append else {"dtype": args.dtype, "backend": args.backend, "faiss_index": args.faiss_index}
-    index = model.write_index(read_lines(args.input), count, args.output, batch_size=args.batch_size,
+    index = model.write_index(read_texts(args.input), count, args.output, batch_size=args.batch_size,
                               append=args.append, progress=True, **options)
     print(f"{'appended' if args.append else 'indexed'} {count} texts; {args.output} holds {len(index)}")
     return 0
@@ -187,7 +187,7 @@ def _eval(args) -> int:
 
     from simbert.atomic_files import write_atomically
     from simbert.evaluation import evaluate_files, format_table, jaccard_similarity, plot_histograms
-    from simbert.retrieval import read_lines
+    from simbert.text_files import read_texts
 
     model = _load_model(args)
 
@@ -205,7 +205,7 @@ def _eval(args) -> int:
     report = {}
     for name, scorer in runs:
         if name == "whitened":
-            model.fit_whitening(list(read_lines(args.whiten)), dim=args.dim, batch_size=args.batch_size)
+            model.fit_whitening(list(read_texts(args.whiten)), dim=args.dim, batch_size=args.batch_size)
         results = evaluate_files(args.files, scorer, threshold=args.threshold, format=args.format)
         print(f"\n[{name}]\n{format_table(results)}")
         if args.plot:

@@ -26,6 +26,7 @@ import numpy as np
 from simbert.config import DataConfig
 from simbert.errors import missing_path
 from simbert.shapes import ShapeBuckets
+from simbert.text_files import numbered_lines
 from simbert.tokenizer import SPECIAL_TOKENS, Tokenizer, is_cjk_character, is_dropped, is_punctuation, normalize
 from simbert.workers import ordered_map
 
@@ -81,27 +82,13 @@ def clean_text(text: str) -> str:
     return re.sub(" {2,}", " ", "".join(out)).strip()
 
 
-def _physical_lines(path: str, fail: Callable[[str], None]) -> Iterator[tuple[int, str]]:
-    """Lines of a UTF-8 file (BOM removed, CRLF or LF), numbered from 1. A line that is
-    not UTF-8 goes to `fail(message)` (see `problem_handler`) and is left out."""
-    with open(path, "rb") as reader:
-        for number, raw in enumerate(reader, 1):
-            try:
-                line = raw.decode("utf-8-sig" if number == 1 else "utf-8")
-            except UnicodeDecodeError as error:
-                fail(f"{path}, line {number}: not UTF-8 ({error.reason} at byte {error.start}; a GBK file? "
-                     f"convert it with iconv -f gbk -t utf-8)")
-                continue
-            yield number, line.rstrip("\r\n")
-
-
 def read_json_records(path: str, fail: Callable[[str], None],
                       max_lines_per_record: int = 8) -> Iterator[tuple[int, dict]]:
     """JSON objects one a line; a string holding a raw newline makes a record span several
     physical lines, which are joined back. Yields `(first_line_number, record)`; a record
     that cannot be read goes to `fail(message)` (see `problem_handler`)."""
     buffer, start = "", 0
-    for number, line in _physical_lines(path, fail):
+    for number, line in numbered_lines(path, fail):
         if not buffer and not line.strip():
             continue
         if not buffer:
@@ -156,7 +143,7 @@ def detect_pair_format(path: str) -> str:
         return "jsonl"
     if path.endswith(".tsv"):
         return "tsv"
-    first = next((line for _, line in _physical_lines(path, problem_handler("skip", None)) if line.strip()), "")
+    first = next((line for _, line in numbered_lines(path, problem_handler("skip", None)) if line.strip()), "")
     if first.lstrip().startswith("{"):
         return "jsonl"
     fields = first.rstrip("\t").split("\t")  # a trailing tab adds no field
@@ -189,7 +176,7 @@ def read_pair_rows(path: str, fail: Callable[[str], None],
     elif format == "csv":
         rows = _csv_rows(path, fail)
     else:
-        rows = ((number, text.split("\t")) for number, text in _physical_lines(path, fail) if text.strip())
+        rows = ((number, text.split("\t")) for number, text in numbered_lines(path, fail) if text.strip())
     first_field, second_field, label_field = TAB_FIELDS.get(format, (0, 1, 2))
     label_required = format in ("atec", "sts")
     for line, fields in rows:
@@ -222,7 +209,7 @@ def _csv_rows(path: str, fail: Callable[[str], None]) -> Iterator[tuple[int, lis
     name; without one, `text1,text2[,label]`. A line that is not UTF-8 goes to `fail`."""
     def decoded_lines():
         expected = 1
-        for number, line in _physical_lines(path, fail):
+        for number, line in numbered_lines(path, fail):
             yield from ["\n"] * (number - expected)  # a left-out line stays counted
             expected = number + 1
             yield line + "\n"

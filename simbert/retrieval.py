@@ -10,7 +10,7 @@ import json
 import logging
 import os
 from dataclasses import dataclass
-from typing import Iterable, Iterator, Sequence
+from typing import Sequence
 
 import numpy as np
 
@@ -480,23 +480,3 @@ def check_unit_vectors(vectors: np.ndarray, source: str, chunk_size: int = 65536
             what = "non-finite values" if not finite[bad[0]] else f"norm {norms[bad[0]]:.4g}"
             raise FileFormatError(source, f"row {row} has {what}; an index holds finite unit vectors "
                                           f"({len(bad)} bad rows in rows {start}..{start + len(chunk) - 1})")
-
-
-def numbered_lines(path: str) -> Iterator[tuple[int, str]]:
-    """`(line number, stripped text)` for every line of a UTF-8 text file (BOM tolerated),
-    blank ones included; a line that is not UTF-8 raises naming the file and line."""
-    if not os.path.exists(path):
-        raise missing_path("text file", path)
-    with open(path, "rb") as reader:
-        for number, raw in enumerate(reader, 1):
-            try:
-                line = raw.decode("utf-8-sig" if number == 1 else "utf-8")
-            except UnicodeDecodeError as error:
-                raise FileFormatError(path, f"line {number} is not UTF-8 ({error.reason} at byte {error.start}); "
-                                            f"convert the file, e.g. iconv -f gbk -t utf-8") from None
-            yield number, line.strip()
-
-
-def read_lines(path: str) -> Iterable[str]:
-    """Non-empty stripped lines of a UTF-8 text file (BOM tolerated)."""
-    return (text for _, text in numbered_lines(path) if text)
