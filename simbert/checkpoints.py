@@ -68,30 +68,55 @@ HEAD_VARIABLES = {
 # Rows indexed by token id, cut down by `keep_tokens`.
 VOCAB_VARIABLES = ("bert/embeddings/word_embeddings", "cls/predictions/output_bias")
 
-# Hugging Face name (prefix `bert.`/`roformer.` removed) -> Google name, in order;
-# `True` marks a torch Linear weight stored (out, in) that is transposed.
-HF_RULES = [
-    (r"embeddings\.(word|token_type|position)_embeddings\.weight", r"bert/embeddings/\1_embeddings", False),
-    (r"embeddings\.LayerNorm\.(?:weight|gamma)", "bert/embeddings/LayerNorm/gamma", False),
-    (r"embeddings\.LayerNorm\.(?:bias|beta)", "bert/embeddings/LayerNorm/beta", False),
-    (r"embeddings_project\.weight", "bert/encoder/embedding_hidden_mapping_in/kernel", True),
-    (r"embeddings_project\.bias", "bert/encoder/embedding_hidden_mapping_in/bias", False),
-    (r"encoder\.layer\.(\d+)\.attention\.self\.(query|key|value)\.weight", r"bert/encoder/layer_\1/attention/self/\2/kernel", True),
-    (r"encoder\.layer\.(\d+)\.attention\.self\.(query|key|value)\.bias", r"bert/encoder/layer_\1/attention/self/\2/bias", False),
-    (r"encoder\.layer\.(\d+)\.(attention\.output|intermediate|output)\.dense\.weight", r"bert/encoder/layer_\1/\2/dense/kernel", True),
-    (r"encoder\.layer\.(\d+)\.(attention\.output|intermediate|output)\.dense\.bias", r"bert/encoder/layer_\1/\2/dense/bias", False),
-    (r"encoder\.layer\.(\d+)\.(attention\.output|output)\.LayerNorm\.(?:weight|gamma)", r"bert/encoder/layer_\1/\2/LayerNorm/gamma", False),
-    (r"encoder\.layer\.(\d+)\.(attention\.output|output)\.LayerNorm\.(?:bias|beta)", r"bert/encoder/layer_\1/\2/LayerNorm/beta", False),
-    (r"pooler\.dense\.weight", "bert/pooler/dense/kernel", True),
-    (r"pooler\.dense\.bias", "bert/pooler/dense/bias", False),
-    (r"cls\.predictions\.transform\.dense\.weight", "cls/predictions/transform/dense/kernel", True),
-    (r"cls\.predictions\.transform\.dense\.bias", "cls/predictions/transform/dense/bias", False),
-    (r"cls\.predictions\.transform\.LayerNorm\.(?:weight|gamma)", "cls/predictions/transform/LayerNorm/gamma", False),
-    (r"cls\.predictions\.transform\.LayerNorm\.(?:bias|beta)", "cls/predictions/transform/LayerNorm/beta", False),
-    (r"cls\.predictions\.(?:decoder\.)?bias", "cls/predictions/output_bias", False),
-]
+# Google name -> transformers' name: one table read both ways, by `hf_to_google` (loading
+# an HF directory) and `google_to_hf` (`export --format hf`), as keras-hub keeps one
+# convert_bert.py. `{prefix}` is the model type, `bert` or `roformer` (the two differ only
+# there; RoFormer has no position table). Every Google `.../kernel` is a dense kernel,
+# stored (in, out) here and (out, in) by torch: it is transposed in both directions.
+HF_NAMES = {
+    "bert/embeddings/word_embeddings": "{prefix}.embeddings.word_embeddings.weight",
+    "bert/embeddings/token_type_embeddings": "{prefix}.embeddings.token_type_embeddings.weight",
+    "bert/embeddings/position_embeddings": "{prefix}.embeddings.position_embeddings.weight",
+    "bert/embeddings/LayerNorm/gamma": "{prefix}.embeddings.LayerNorm.weight",
+    "bert/embeddings/LayerNorm/beta": "{prefix}.embeddings.LayerNorm.bias",
+    "bert/encoder/embedding_hidden_mapping_in/kernel": "{prefix}.embeddings_project.weight",
+    "bert/encoder/embedding_hidden_mapping_in/bias": "{prefix}.embeddings_project.bias",
+    "bert/pooler/dense/kernel": "{prefix}.pooler.dense.weight",
+    "bert/pooler/dense/bias": "{prefix}.pooler.dense.bias",
+    "cls/predictions/transform/dense/kernel": "cls.predictions.transform.dense.weight",
+    "cls/predictions/transform/dense/bias": "cls.predictions.transform.dense.bias",
+    "cls/predictions/transform/LayerNorm/gamma": "cls.predictions.transform.LayerNorm.weight",
+    "cls/predictions/transform/LayerNorm/beta": "cls.predictions.transform.LayerNorm.bias",
+    "cls/predictions/output_bias": "cls.predictions.bias",
+}
+# Under `bert/encoder/layer_{i}/` -> under `{prefix}.encoder.layer.{i}.`.
+HF_LAYER_NAMES = {
+    "attention/self/query/kernel": "attention.self.query.weight",
+    "attention/self/query/bias": "attention.self.query.bias",
+    "attention/self/key/kernel": "attention.self.key.weight",
+    "attention/self/key/bias": "attention.self.key.bias",
+    "attention/self/value/kernel": "attention.self.value.weight",
+    "attention/self/value/bias": "attention.self.value.bias",
+    "attention/output/dense/kernel": "attention.output.dense.weight",
+    "attention/output/dense/bias": "attention.output.dense.bias",
+    "attention/output/LayerNorm/gamma": "attention.output.LayerNorm.weight",
+    "attention/output/LayerNorm/beta": "attention.output.LayerNorm.bias",
+    "intermediate/dense/kernel": "intermediate.dense.weight",
+    "intermediate/dense/bias": "intermediate.dense.bias",
+    "output/dense/kernel": "output.dense.weight",
+    "output/dense/bias": "output.dense.bias",
+    "output/LayerNorm/gamma": "output.LayerNorm.weight",
+    "output/LayerNorm/beta": "output.LayerNorm.bias",
+}
+# The reading direction, derived (names without their `{prefix}.`).
+GOOGLE_NAMES = {hf.removeprefix("{prefix}."): google for google, hf in HF_NAMES.items()}
+GOOGLE_LAYER_NAMES = {hf: google for google, hf in HF_LAYER_NAMES.items()}
+# Older transformers names, read as today's.
+HF_ALIASES = [(r"LayerNorm\.gamma$", "LayerNorm.weight"), (r"LayerNorm\.beta$", "LayerNorm.bias"),
+              (r"^cls\.predictions\.decoder\.bias$", "cls.predictions.bias")]
 # HF tensors with no Google counterpart: buffers and the tied decoder matrix.
-HF_IGNORED = re.compile(r"(position_ids|embed_positions\.weight|cls\.predictions\.decoder\.weight|cls\.seq_relationship\..*)$")
+HF_IGNORED = re.compile(r"(position_ids|embed_positions\.weight|cls\.predictions\.decoder\.weight"
+                        r"|cls\.seq_relationship\..*)$")
 
 
 def _resolve(obj, path: str):
@@ -246,14 +271,50 @@ def model_values(model: Transformer) -> dict[str, np.ndarray]:
 
 # ------------------------------------------------------------------ Hugging Face
 def hf_to_google(name: str) -> tuple[str, bool] | None:
-    """Translate one HF tensor name; None for tensors without a Google counterpart."""
-    name = re.sub(r"^(bert|roformer)\.", "", name)
-    if HF_IGNORED.search(name):
+    """The Google name of a transformers tensor (through `HF_NAMES` / `HF_LAYER_NAMES`).
+
+    Args:
+        name: a BERT or RoFormer state-dict key, with or without its `bert.`/`roformer.`
+            prefix; older names (`LayerNorm.gamma`, `cls.predictions.decoder.bias`) too.
+
+    Returns:
+        `(google_name, transposed)`, `transposed` True for a dense kernel (torch stores it
+        (out, in)); None for a tensor without a Google counterpart (`HF_IGNORED`).
+    """
+    short = re.sub(r"^(bert|roformer)\.", "", name)
+    if HF_IGNORED.search(short):
         return None
-    for pattern, replacement, transpose in HF_RULES:
-        if re.fullmatch(pattern, name):
-            return re.sub(pattern, replacement, name).replace(".", "/"), transpose
-    raise ValueError(f"HF tensor {name!r} has no known BERT/RoFormer counterpart")
+    for pattern, replacement in HF_ALIASES:
+        short = re.sub(pattern, replacement, short)
+    block = re.fullmatch(r"encoder\.layer\.(\d+)\.(.+)", short)
+    if block and block[2] in GOOGLE_LAYER_NAMES:
+        google_name = f"bert/encoder/layer_{block[1]}/{GOOGLE_LAYER_NAMES[block[2]]}"
+    elif short in GOOGLE_NAMES:
+        google_name = GOOGLE_NAMES[short]
+    else:
+        raise ValueError(f"HF tensor {name!r} has no known BERT/RoFormer counterpart")
+    return google_name, google_name.endswith("/kernel")
+
+
+def google_to_hf(name: str, model_type: str) -> tuple[str, bool]:
+    """transformers' name of a Google-named tensor (through `HF_NAMES` / `HF_LAYER_NAMES`).
+
+    Args:
+        name: a Google checkpoint name, e.g. `bert/encoder/layer_0/attention/self/query/kernel`.
+        model_type: "bert" or "roformer", the prefix of the backbone's names.
+
+    Returns:
+        `(hf_name, transposed)`, `transposed` True for a dense kernel, which torch stores
+        (out, in).
+    """
+    block = re.fullmatch(r"bert/encoder/layer_(\d+)/(.+)", name)
+    if block and block[2] in HF_LAYER_NAMES:
+        hf_name = f"{model_type}.encoder.layer.{block[1]}.{HF_LAYER_NAMES[block[2]]}"
+    elif name in HF_NAMES:
+        hf_name = HF_NAMES[name].format(prefix=model_type)
+    else:
+        raise ValueError(f"tensor {name!r} has no transformers counterpart")
+    return hf_name, name.endswith("/kernel")
 
 
 def read_hf_directory(path: str | os.PathLike) -> dict[str, np.ndarray]:

@@ -22,7 +22,7 @@ import os
 
 import numpy as np
 
-from simbert.checkpoints import model_values
+from simbert.checkpoints import google_to_hf, model_values
 from simbert.directories import HF_CONFIG_FILE, VOCAB_FILE, load_pretrained, save_pretrained
 from simbert.kernels import Platform
 from simbert.models import Transformer
@@ -33,53 +33,14 @@ ENCODER_FORMATS = ("saved_model", "onnx")  # written on the TensorFlow backend
 ONNX_FILE = "model.onnx"
 HF_WEIGHTS_FILE = "model.safetensors"
 
-# Google name pattern pieces -> transformers' names, per block (see checkpoints.HF_RULES
-# for the reading direction). `True`: a kernel stored (in, out), written (out, in).
-HF_LAYER_NAMES = {
-    "attention/self/query": "attention.self.query",
-    "attention/self/key": "attention.self.key",
-    "attention/self/value": "attention.self.value",
-    "attention/output/dense": "attention.output.dense",
-    "attention/output/LayerNorm": "attention.output.LayerNorm",
-    "intermediate/dense": "intermediate.dense",
-    "output/dense": "output.dense",
-    "output/LayerNorm": "output.LayerNorm",
-}
-HF_OTHER_NAMES = {
-    "bert/embeddings/word_embeddings": "{prefix}.embeddings.word_embeddings.weight",
-    "bert/embeddings/token_type_embeddings": "{prefix}.embeddings.token_type_embeddings.weight",
-    "bert/embeddings/position_embeddings": "{prefix}.embeddings.position_embeddings.weight",
-    "bert/embeddings/LayerNorm/gamma": "{prefix}.embeddings.LayerNorm.weight",
-    "bert/embeddings/LayerNorm/beta": "{prefix}.embeddings.LayerNorm.bias",
-    "bert/encoder/embedding_hidden_mapping_in/kernel": "{prefix}.embeddings_project.weight",
-    "bert/encoder/embedding_hidden_mapping_in/bias": "{prefix}.embeddings_project.bias",
-    "bert/pooler/dense/kernel": "{prefix}.pooler.dense.weight",
-    "bert/pooler/dense/bias": "{prefix}.pooler.dense.bias",
-    "cls/predictions/transform/dense/kernel": "cls.predictions.transform.dense.weight",
-    "cls/predictions/transform/dense/bias": "cls.predictions.transform.dense.bias",
-    "cls/predictions/transform/LayerNorm/gamma": "cls.predictions.transform.LayerNorm.weight",
-    "cls/predictions/transform/LayerNorm/beta": "cls.predictions.transform.LayerNorm.bias",
-    "cls/predictions/output_bias": "cls.predictions.bias",
-}
-
-
-def hf_name(google_name: str, model_type: str) -> str:
-    """transformers' name of a Google-named tensor (`bert.` or `roformer.` prefix)."""
-    if google_name in HF_OTHER_NAMES:
-        return HF_OTHER_NAMES[google_name].format(prefix=model_type)
-    layer, _, rest = google_name[len("bert/encoder/layer_"):].partition("/")
-    module, _, leaf = rest.rpartition("/")
-    suffix = {"kernel": "weight", "bias": "bias", "gamma": "weight", "beta": "bias"}[leaf]
-    return f"{model_type}.encoder.layer.{layer}.{HF_LAYER_NAMES[module]}.{suffix}"
-
 
 def hf_tensors(model: Transformer) -> dict[str, np.ndarray]:
-    """The model's tensors under transformers' names; dense kernels transposed to
-    torch's (out, in)."""
+    """The model's tensors under transformers' names (`checkpoints.HF_NAMES`, the table
+    loading reads too); dense kernels transposed to torch's (out, in)."""
     tensors = {}
     for name, value in model_values(model).items():
-        transpose = name.endswith("/kernel")
-        tensors[hf_name(name, model.config.model_type)] = np.ascontiguousarray(value.T if transpose else value)
+        hf_name, transposed = google_to_hf(name, model.config.model_type)
+        tensors[hf_name] = np.ascontiguousarray(value.T if transposed else value)
     return tensors
 
 

@@ -13,9 +13,9 @@ import transformers
 from helpers import TINY_CONFIG, padded_batch, write_model_dir
 from simbert import build_transformer_model
 from simbert.api import SimBERT
-from simbert.checkpoints import model_values, read_weights
+from simbert.checkpoints import HF_LAYER_NAMES, HF_NAMES, google_to_hf, hf_to_google, model_values, read_weights
 from simbert.cli import main
-from simbert.export import export_model, hf_name
+from simbert.export import export_hf, export_model
 
 TEXTS = ["w10 w11 w12", "w20", "w30 w31 w32 w33 w34 w35", "w40 w41"]
 
@@ -126,8 +126,31 @@ def test_exports_read_back_exactly(model_dir, tmp_path, format):
 
 def test_every_tensor_has_a_distinct_hf_name(kind, model_dir):
     names = read_weights(model_dir)
-    translated = {hf_name(name, kind) for name in names}
+    translated = {google_to_hf(name, kind)[0] for name in names}
     assert len(translated) == len(names) and all(name.startswith((kind + ".", "cls.")) for name in translated)
+
+
+def test_the_hf_name_table_reads_back_both_ways(kind, model_dir):
+    """Every Google name (the tiny model's, and every row of the table) maps to a
+    transformers name and back to itself, transposed the same way both directions."""
+    names = set(read_weights(model_dir)) | set(HF_NAMES) | {f"bert/encoder/layer_11/{name}" for name in HF_LAYER_NAMES}
+    for name in names:
+        hf, transposed = google_to_hf(name, kind)
+        assert hf_to_google(hf) == (name, transposed) == (name, name.endswith("/kernel")), hf
+
+
+def test_an_hf_export_loads_back_to_identical_tensors(kind, tmp_path):
+    """With the embedding projection (`embedding_size`), the pooler and the MLM head: every
+    tensor the HF export writes loads back unchanged."""
+    model = build_transformer_model({**TINY_CONFIG, "embedding_size": 12}, model=kind, with_pool=True,
+                                    with_mlm="linear")
+    expected = model_values(model)
+    assert "bert/encoder/embedding_hidden_mapping_in/kernel" in expected and "bert/pooler/dense/kernel" in expected
+    export_hf(model, {f"w{i}": i for i in range(TINY_CONFIG["vocab_size"])}, str(tmp_path / "hf"))
+    loaded = read_weights(str(tmp_path / "hf"))
+    assert set(loaded) == set(expected)
+    for name, value in loaded.items():
+        np.testing.assert_array_equal(value, expected[name], err_msg=name)
 
 
 def test_export_refuses_a_used_directory_and_an_unknown_format(model_dir, tmp_path, capsys):
