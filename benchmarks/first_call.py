@@ -24,10 +24,18 @@ import time
 
 import numpy as np
 
-from benchmarks.children import run_child
-from benchmarks.gpu import QUERY, read_sentences, simplified_vocab, write_hf_directory
+from benchmarks.common import (
+    DATA,
+    QUERY,
+    ROOT,
+    afqmc_path,
+    read_sentences,
+    run_child,
+    simplified_vocab,
+    timings,
+    write_hf_directory,
+)
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TASKS = ("encode", "gen_synonyms", "warm_up")
 BUCKETS = ((0, 16), (16, 32), (32, 48), (48, 64))
 
@@ -50,7 +58,7 @@ def child(task: str, model_dir: str, cache: str, data: str) -> dict:
         programs = model.warm_up(64, (64, 10))
         return {"first_s": time.perf_counter() - start, "programs": programs}
     if task == "encode":
-        texts = bucketed_sentences(model, read_sentences(data, 8000))
+        texts = bucketed_sentences(model, read_sentences(afqmc_path(data), 8000))
 
         def call():
             model.encode(texts, batch_size=128)
@@ -60,18 +68,14 @@ def child(task: str, model_dir: str, cache: str, data: str) -> dict:
     start = time.perf_counter()
     call()
     first = time.perf_counter() - start
-    steady = []
-    for _ in range(3):
-        start = time.perf_counter()
-        call()
-        steady.append(time.perf_counter() - start)
+    steady, _ = timings(call, 3)
     return {"first_s": first, "steady_s": min(steady), "overhead_s": first - min(steady),
             "programs": model.compiled_programs}
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", default=os.path.join(ROOT, "..", "shared", "data"))
+    parser.add_argument("--data", default=DATA)
     parser.add_argument("--work", default=os.path.join(ROOT, "outputs", "first_call"))
     parser.add_argument("--layers", type=int, default=12)
     parser.add_argument("--hidden", type=int, default=128)

@@ -19,39 +19,17 @@ not depend on when random weights happen to end a sample).
 import argparse
 import json
 import os
-import platform
 import tempfile
 import time
 
 import numpy as np
 
-from benchmarks.children import run_child
+from benchmarks.common import CJK_CONFIG, machine_line, median_seconds, run_child, write_random_model
 from reference.invoke import run_job
-
-from simbert import build_transformer_model
-from simbert.directories import save_pretrained
 from simbert.generation import CachedDecoder
 
-CONFIG = {"vocab_size": 13685, "hidden_size": 384, "num_hidden_layers": 6, "num_attention_heads": 12,
-          "intermediate_size": 1536, "max_position_embeddings": 512, "hidden_act": "gelu"}
-END_ID = 3  # [SEP] of the vocabulary below
+END_ID = 3  # [SEP] of `cjk_vocabulary`
 TEXT = "今天北京的天气怎么样"
-
-
-def vocabulary():
-    """The special tokens, then CJK characters (the text above is made of them)."""
-    tokens = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-    tokens += [chr(0x4E00 + i) for i in range(CONFIG["vocab_size"] - len(tokens))]
-    return {token: i for i, token in enumerate(tokens)}
-
-
-def write_model(directory):
-    model = build_transformer_model(CONFIG, application="unilm", with_mlm="linear", with_pool="linear")
-    bias = model.mlm_bias.bias.numpy()
-    bias[[0, END_ID]] = -30.0  # no [PAD] and no end token: every sample runs all maxlen steps on both sides
-    model.mlm_bias.bias.assign(bias)
-    save_pretrained(model, directory, vocabulary())
-    return model
 
 
 def time_ours(model, source, n, maxlen, repeats):
@@ -82,18 +60,14 @@ def child_ours(directory, cache, n, k, maxlen, repeats):
     loaded = time.perf_counter()
     model.gen_synonyms(TEXT, n=n, k=k)
     first = time.perf_counter()
-    steady = []
-    for _ in range(repeats):
-        began = time.perf_counter()
-        model.gen_synonyms(TEXT, n=n, k=k)
-        steady.append(time.perf_counter() - began)
-    return {"load_s": loaded - start, "first_s": first - loaded, "steady_s": float(np.median(steady))}
+    steady = median_seconds(lambda: model.gen_synonyms(TEXT, n=n, k=k), repeats, warmup=0)
+    return {"load_s": loaded - start, "first_s": first - loaded, "steady_s": steady}
 
 
 def end_to_end(args):
     rows = []
     with tempfile.TemporaryDirectory() as directory:
-        write_model(directory)
+        write_random_model(directory, CJK_CONFIG, never_end=True)
         cache = os.path.join(directory, "cache")
         for label in ("empty cache", "warm cache"):
             report = run_child("benchmarks.gen_synonyms_speed", directory, cache, args.n, args.k, args.maxlen,
@@ -106,7 +80,7 @@ def end_to_end(args):
                          directory)
         rows.append(("bert4keras 0.11.5, the original script's gen_synonyms", report, time.perf_counter() - started))
     theirs = rows[-1][1]
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, CPU only")
+    print(machine_line(", CPU only"))
     print(f"gen_synonyms end to end, n={args.n}, k={args.k}, {args.maxlen} new tokens, top-k 5, 6L/384H/13685V, "
           f"each side in a fresh process; steady = median of {args.repeats}")
     print("| implementation | process s (to the end) | load s | first call s | steady s | first call speed-up | "
@@ -136,11 +110,11 @@ def main():
         return
     source = [2] + list(range(100, 114)) + [END_ID]
     with tempfile.TemporaryDirectory() as directory:
-        model = write_model(directory)
+        model = write_random_model(directory, CJK_CONFIG, never_end=True)
         ours, ours_len = time_ours(model, source, args.n, args.maxlen, args.repeats)
         theirs, theirs_len = time_bert4keras(directory, source, args.n, args.maxlen, args.repeats)
     ours_s, theirs_s = float(np.median(ours)), float(np.median(theirs))
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, CPU only")
+    print(machine_line(", CPU only"))
     print(f"gen_synonyms sampling, n={args.n}, maxlen={args.maxlen}, top-k 5, 6L/384H/13685V, "
           f"median of {args.repeats}")
     print("| implementation | seconds per call | mean tokens per sample |")

@@ -13,13 +13,13 @@ query latency, and IVF-PQ's recall@10 against exact search on the same queries.
 import argparse
 import json
 import os
-import platform
 import shutil
 import tempfile
 import time
 
 import numpy as np
 
+from benchmarks.common import machine_line
 from simbert.retrieval import IndexWriter, SimilarityIndex
 
 CHUNK = 262_144
@@ -93,7 +93,7 @@ def main():
     parser.add_argument("--queries", type=int, default=100)
     parser.add_argument("--work", help="directory for the index files (default: a temporary one)")
     args = parser.parse_args()
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores")
+    print(machine_line())
     with tempfile.TemporaryDirectory(dir=args.work) as work:
         for size in args.sizes:
             print(json.dumps(measure(size, args.dimension, args.queries, work)), flush=True)

@@ -9,12 +9,11 @@ float32 search. Latency: one query alone, and per query within a batch of `--que
 """
 
 import argparse
-import os
-import platform
 import time
 
 import numpy as np
 
+from benchmarks.common import machine_line
 from simbert.retrieval import SimilarityIndex
 
 DIMENSION = 768
@@ -57,7 +56,7 @@ def main():
     parser.add_argument("--sizes", type=int, nargs="+", default=[100_000, 1_000_000])
     parser.add_argument("--queries", type=int, default=100)
     args = parser.parse_args()
-    print(f"machine: {platform.machine()}, {os.cpu_count()} cores, CPU only; dimension {DIMENSION}")
+    print(machine_line(f", CPU only; dimension {DIMENSION}"))
     print("| vectors | backend | build s | memory MiB | one query ms | per query in a batch ms | recall@10 |")
     print("|---|---|---|---|---|---|---|")
     for size in args.sizes:

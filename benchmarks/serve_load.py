@@ -13,7 +13,6 @@ requests (after a first quarter as many, which brings it to its working set).
 import argparse
 import json
 import os
-import platform
 import random
 import socket
 import subprocess
@@ -26,29 +25,11 @@ import urllib.request
 
 import numpy as np
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CONFIG = {"vocab_size": 13685, "hidden_size": 384, "num_hidden_layers": 6, "num_attention_heads": 12,
-          "intermediate_size": 1536, "max_position_embeddings": 512, "hidden_act": "gelu"}
-SMALL = {**CONFIG, "vocab_size": 2000, "hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
+from benchmarks.common import CJK_CONFIG, ROOT, cjk_characters, machine_line, random_texts, write_random_model
+
+SMALL = {**CJK_CONFIG, "vocab_size": 2000, "hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
          "intermediate_size": 128}
 MIX = (("/encode", 0.6), ("/similar", 0.3), ("/synonyms", 0.1))
-
-
-def write_model(directory: str, config: dict) -> list[str]:
-    """A random UniLM model with a CJK vocabulary; returns its characters."""
-    from simbert import build_transformer_model
-    from simbert.directories import save_pretrained
-
-    tokens = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-    characters = [chr(0x4E00 + i) for i in range(config["vocab_size"] - len(tokens))]
-    model = build_transformer_model(config, application="unilm", with_mlm="linear", with_pool="linear")
-    save_pretrained(model, directory, {token: i for i, token in enumerate(tokens + characters)})
-    return characters
-
-
-def random_texts(characters: list[str], count: int, seed: int) -> list[str]:
-    rng = random.Random(seed)
-    return ["".join(rng.choices(characters[:3000], k=rng.randint(4, 30))) for _ in range(count)]
 
 
 def free_port() -> int:
@@ -148,11 +129,12 @@ def main():
     args = parser.parse_args()
     from simbert.api import SimBERT
 
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; "
-          f"{args.clients} clients, {args.requests} requests")
+    print(machine_line(f"; {args.clients} clients, {args.requests} requests"))
     with tempfile.TemporaryDirectory() as work:
         model_dir, index_dir = os.path.join(work, "model"), os.path.join(work, "index")
-        characters = write_model(model_dir, SMALL if args.small else CONFIG)
+        config = SMALL if args.small else CJK_CONFIG
+        write_random_model(model_dir, config)
+        characters = cjk_characters(config["vocab_size"])
         corpus = random_texts(characters, 10_000, seed=0)
         SimBERT.from_pretrained(model_dir, max_tokens=32, compilation_cache=None).write_index(
             iter(corpus), len(corpus), index_dir)

@@ -12,16 +12,14 @@ fraction of the peak of its precision.
 
 import argparse
 import json
-import os
-import platform
 import tempfile
 import time
 
 import keras
 import numpy as np
 
+from benchmarks.common import machine_line, median_seconds, pair_rows
 from reference.invoke import run_job
-
 from simbert import build_transformer_model
 from simbert.config import TrainingConfig
 from simbert.data import target_positions
@@ -33,12 +31,7 @@ BATCH, SOURCE, TARGET = 32, 32, 32
 
 
 def make_batch(seed=0):
-    rng = np.random.default_rng(seed)
-    token_ids = rng.integers(5, CONFIG["vocab_size"], (BATCH, SOURCE + TARGET)).astype("int32")
-    token_ids[:, 0], token_ids[:, SOURCE - 1], token_ids[:, -1] = 2, 3, 3
-    segment_ids = np.zeros_like(token_ids)
-    segment_ids[:, SOURCE:] = 1
-    return token_ids, segment_ids
+    return pair_rows(BATCH, SOURCE, TARGET, CONFIG["vocab_size"], seed)
 
 
 def peak_gflops(dtype, size=2048, repeats=10):
@@ -57,7 +50,8 @@ def step_gflop(last_layer_rows, mlm_rows):
     """Matmul GFLOP of one training step (forward x 3) when the last layer computes
     `last_layer_rows` rows per sequence (the others compute all) and the MLM projection
     reads `mlm_rows` of them."""
-    h, i, v, layers = CONFIG["hidden_size"], CONFIG["intermediate_size"], CONFIG["vocab_size"], CONFIG["num_hidden_layers"]
+    h, i, v = CONFIG["hidden_size"], CONFIG["intermediate_size"], CONFIG["vocab_size"]
+    layers = CONFIG["num_hidden_layers"]
     length = SOURCE + TARGET
 
     def layer(query_rows):  # q and output projections, FFN, attention on the query rows; k, v on all
@@ -76,14 +70,8 @@ def time_ours(token_ids, segment_ids, steps, precision="float32", jit_compile=Fa
     positions, seq2seq = target_positions(token_ids, segment_ids)
     similarity = np.arange(BATCH, dtype="int32")
     x, y = [token_ids, segment_ids, positions], {"seq2seq": seq2seq, "similarity": similarity}
-    for _ in range(warmup):
-        model.train_on_batch(x, y)
-    times = []
-    for _ in range(steps):
-        start = time.perf_counter()
-        model.train_on_batch(x, y)  # returns the losses as numbers: the step has finished
-        times.append(time.perf_counter() - start)
-    return float(np.median(times))
+    # train_on_batch returns the losses as numbers: the step has finished
+    return median_seconds(lambda: model.train_on_batch(x, y), steps, warmup)
 
 
 def time_bert4keras(directory, steps, precision="float32", warmup=3):
@@ -112,13 +100,15 @@ def main():
     peaks = {"float32": peak_gflops("float32"), "bfloat16": peak_gflops("bfloat16")}
     ours_gflop = step_gflop(last_layer_rows=1 + TARGET, mlm_rows=TARGET)  # [CLS] and the target positions
     theirs_gflop = step_gflop(last_layer_rows=SOURCE + TARGET, mlm_rows=SOURCE + TARGET)
-    print(f"machine: {platform.machine()}, {os.cpu_count()} cores, CPU only; backend {keras.backend.backend()}")
+    print(machine_line(f", CPU only; backend {keras.backend.backend()}"))
     print(f"training step, L4/H256/A4/V13000, batch {BATCH}, length {SOURCE + TARGET}, median of {args.steps} steps")
-    print("| implementation | ms / step | matmul GFLOP / step | GFLOP/s | fraction of the matmul peak of its precision |")
+    print("| implementation | ms / step | matmul GFLOP / step | GFLOP/s "
+          "| fraction of the matmul peak of its precision |")
     print("|---|---|---|---|---|")
     rows = [(f"bert4keras 0.11.5 + TF losses + tf_keras AdamW, {precision}", seconds, theirs_gflop, precision)
             for precision, seconds in theirs.items()]
-    rows += [(f"simbert trainer model, {name}", seconds, ours_gflop, variants[name][0]) for name, seconds in ours.items()]
+    rows += [(f"simbert trainer model, {name}", seconds, ours_gflop, variants[name][0])
+             for name, seconds in ours.items()]
     for name, seconds, gflop, precision in rows:
         peak_name = "bfloat16" if "bfloat16" in precision else "float32"
         print(f"| {name} | {seconds * 1e3:.1f} | {gflop:.1f} | {gflop / seconds:.0f} | "
