@@ -87,7 +87,7 @@ def cache_states(cache: str, precision: str, one_at_a_time: bool = False):
     (`simbert.trace_store`) are removed first, so that the process traces again: what
     storing them saves. Before that, with `one_at_a_time`, a warm one whose programs are
     built one at a time as batches need them, not side by side ahead
-    (`CompiledFunction.prepare`)."""
+    (`SourcePass.prepare_pooled`, `CompiledFunction.prepare`)."""
     from simbert.trace_store import SUBDIRECTORY
 
     yield "empty cache"

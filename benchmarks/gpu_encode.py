@@ -26,10 +26,10 @@ from benchmarks.gpu_common import DRIVER, ONE_AT_A_TIME, CompilePhases, cache_st
 def child_encode_ours(model_dir, texts_path, cache, batch, precision, compare_kernels, side_by_side):
     start = time.perf_counter()
     from simbert.api import SimBERT
-    from simbert.compiled import CompiledFunction
+    from simbert.source_pass import SourcePass
 
-    if not side_by_side:  # each shape's program built when its first batch comes, as before
-        CompiledFunction.prepare = lambda self, calls: None
+    if not side_by_side:  # each shape's program built when its first batch comes, none ahead in threads
+        SourcePass.prepare_pooled = lambda self, shapes: None
 
     with open(texts_path, encoding="utf-8") as reader:
         texts = reader.read().split("\n")

@@ -69,6 +69,7 @@ def time_ours_step(model: dict, vocab_size: int, batch: int, steps: int, precisi
     import keras
 
     from simbert.config import BackboneConfig, TrainingConfig
+    from simbert.kernels import Platform
     from simbert.models import Transformer
     from simbert.trainer import build_training_model
 
@@ -76,7 +77,8 @@ def time_ours_step(model: dict, vocab_size: int, batch: int, steps: int, precisi
     config = BackboneConfig(vocab_size=vocab_size, max_position_embeddings=512, hidden_dropout_prob=dropout,
                             attention_probs_dropout_prob=dropout, **model)
     backbone = Transformer(config, "unilm", with_pool="linear", with_mlm="linear", dtype=precision, kernels=kernels)
-    training = build_training_model(backbone, TrainingConfig(learning_rate=1e-5, precision=precision))
+    training = build_training_model(backbone, TrainingConfig(learning_rate=1e-5, precision=precision),
+                                    Platform.current())
     inputs, targets = step_batch(batch, vocab_size)
 
     def repeated():

@@ -23,6 +23,7 @@ from reference.invoke import run_job
 from simbert import build_transformer_model
 from simbert.config import TrainingConfig
 from simbert.data import target_positions
+from simbert.kernels import Platform
 from simbert.trainer import build_training_model
 
 CONFIG = {"vocab_size": 13000, "hidden_size": 256, "num_hidden_layers": 4, "num_attention_heads": 4,
@@ -66,7 +67,7 @@ def time_ours(token_ids, segment_ids, steps, precision="float32", jit_compile=Fa
     keras.config.set_dtype_policy(precision)
     backbone = build_transformer_model(CONFIG, application="unilm", with_pool="linear", with_mlm="linear")
     keras.config.set_dtype_policy("float32")
-    model = build_training_model(backbone, training)
+    model = build_training_model(backbone, training, Platform.current())
     positions, seq2seq = target_positions(token_ids, segment_ids)
     similarity = np.arange(BATCH, dtype="int32")
     x, y = [token_ids, segment_ids, positions], {"seq2seq": seq2seq, "similarity": similarity}
