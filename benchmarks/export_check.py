@@ -63,12 +63,13 @@ def main():
                 import tensorflow as tf
 
                 loaded = tf.saved_model.load(out)  # kept: its variables live as long as it does
-                run = lambda ids: loaded.serve([tf.constant(ids), tf.constant(np.zeros_like(ids))]).numpy()  # noqa: E731
+                def run(ids, loaded=loaded):
+                    return loaded.serve([tf.constant(ids), tf.constant(np.zeros_like(ids))]).numpy()
             elif format == "onnx":
                 import onnxruntime
 
                 session = onnxruntime.InferenceSession(os.path.join(out, "model.onnx"))
-                run = lambda ids: session.run(None, {"token_ids": ids, "segment_ids": np.zeros_like(ids)})[0]  # noqa: E731,E501
+                run = lambda ids, session=session: session.run(None, {"token_ids": ids, "segment_ids": np.zeros_like(ids)})[0]  # noqa: E731,E501
             elif format == "hf":
                 import torch
                 import transformers

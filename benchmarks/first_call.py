@@ -104,7 +104,7 @@ def main():
     print("| call | traces | first s | host overhead s | steady s | programs |")
     print("|---|---|---|---|---|---|")
     for (task, kept), reports in results.items():
-        def values(key):
+        def values(key, reports=reports):
             return ", ".join(f"{report[key]:.2f}" for report in reports) if key in reports[0] else ""
 
         print(f"| {task} | {'stored' if kept else 'removed'} | {values('first_s')} | {values('overhead_s')} | "

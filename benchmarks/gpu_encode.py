@@ -66,7 +66,7 @@ def time_fused_attention(model, texts, batch) -> dict:
         encoder = SimBERT(twin, model.tokenizer, model.max_tokens)
         vectors[fused] = encoder.encode(texts, batch_size=batch)
         seconds[f"pass_s_fused_attention_{str(fused).lower()}"] = median_seconds(
-            lambda: encoder.encode(texts, batch_size=batch), 3, warmup=0)
+            lambda encoder=encoder: encoder.encode(texts, batch_size=batch), 3, warmup=0)
     return {**seconds, "fused_attention_max_difference": float(np.abs(vectors[True] - vectors[False]).max())}
 
 

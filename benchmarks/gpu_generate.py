@@ -54,7 +54,7 @@ def time_sampler_kernels(model, samples, repeats) -> dict:
         model.backbone.kernels = variant
         decoder = CachedDecoder(model.backbone, model.tokenizer.sep_id, SOURCE, SOURCE, model.source_pass)
         seconds[f"sampler_s_{label}"] = median_seconds(
-            lambda: decoder.sample(source, n=samples, topk=5, seed=0), repeats, warmup=1)
+            lambda decoder=decoder: decoder.sample(source, n=samples, topk=5, seed=0), repeats, warmup=1)
     model.backbone.kernels = kernels
     return {"platform_kernels": dataclasses.asdict(kernels), **seconds}
 

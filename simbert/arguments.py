@@ -11,7 +11,6 @@ from typing import Callable
 
 from simbert.errors import missing_path
 
-
 # Keras dtype policies a model may compute in: `training.precision`, `SimBERT.from_pretrained`.
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 
@@ -64,7 +63,9 @@ def argument_type(check: Callable, name: str, convert: Callable = int, **bounds)
         try:
             return check(name, convert(text), **bounds)
         except ValueError as error:
-            message = str(error) if "should be" in str(error) else f"{name} should be a {convert.__name__}, got {text!r}"
+            message = str(error)
+            if "should be" not in message:
+                message = f"{name} should be a {convert.__name__}, got {text!r}"
             raise argparse.ArgumentTypeError(message) from None
 
     parse.__name__ = name

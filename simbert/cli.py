@@ -32,8 +32,14 @@ import sys
 import threading
 
 from simbert import __version__
-from simbert.arguments import (PRECISIONS, argument_type, check_integer, check_positive, check_probability,
-                               existing_path)
+from simbert.arguments import (
+    PRECISIONS,
+    argument_type,
+    check_integer,
+    check_positive,
+    check_probability,
+    existing_path,
+)
 
 # TensorFlow's C++ start-up log level, unless the user set one: warnings and errors only.
 TF_LOG_LEVEL = "1"

@@ -158,7 +158,7 @@ class TrainingConfig:
     warmup_steps: int = 0
     clipnorm: float | None = None
     precision: str = "float32"  # float32 | mixed_float16 | mixed_bfloat16
-    jit_compile: bool | str = "auto"  # XLA-compile the step; auto: on JAX yes, on TensorFlow no (its graph path is faster on CPU)
+    jit_compile: bool | str = "auto"  # XLA-compile the step; auto: Platform.compiles_training_step (JAX yes, TF no)
     scale: float = 30.0  # similarity logits scale (30 SimBERT, 20 RoFormer-Sim)
     seq2seq_weight: float = 1.0
     similarity_weight: float = 1.0

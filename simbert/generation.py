@@ -28,7 +28,6 @@ from simbert.layers import NEGATIVE_INFINITY
 from simbert.models import Transformer
 from simbert.source_pass import SourcePass
 
-
 TOP_K_BLOCK = 128  # columns per block of `blocked_top_k`
 
 
@@ -267,7 +266,7 @@ class CachedDecoder:
                 break
             padding = np.zeros(beam_size - width, "int64")
             order = ops.convert_to_tensor(np.concatenate([rows, padding]))
-            caches = self._map_caches(lambda part: ops.take(part, order, axis=0), caches)
+            caches = self._map_caches(lambda part, order=order: ops.take(part, order, axis=0), caches)
             logits, caches = self.step(np.concatenate([tokens, padding]), source_caches, caches, source_len, t)
             log_probs = self._log_softmax(logits)
         return self._until_end(outputs[int(np.argmax(scores))])

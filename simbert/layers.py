@@ -366,8 +366,9 @@ class TransformerBlock(keras.layers.Layer):
     def __init__(self, num_heads: int, head_size: int, hidden_size: int, intermediate_size: int,
                  hidden_act: str = "gelu", rotary: bool = False, dropout_rate: float = 0.1,
                  attention_dropout_rate: float = 0.1, initializer_range: float = 0.02,
-                 kernels: Kernels = Kernels(), **kwargs):
+                 kernels: Kernels | None = None, **kwargs):
         super().__init__(**kwargs)
+        kernels = kernels or Kernels()
         self.num_heads = num_heads
         self.head_size = head_size
         self.hidden_size = hidden_size

@@ -280,7 +280,8 @@ def create_app(model: str | os.PathLike | SimBERT, index_dir: str | os.PathLike 
     @app.get("/health")
     async def health():
         return {"status": "ok", "model": model.name, "fingerprint": model.fingerprint, "dimension": model.dimension,
-                "backend": Platform.current().backend, "index_size": len(model.index) if model.index is not None else 0,
+                "backend": Platform.current().backend,
+                "index_size": len(model.index) if model.index is not None else 0,
                 "warm_up_s": state.get("warm_up_s"), "warm_up_programs": state.get("warm_up_programs")}
 
     @app.get("/metrics")

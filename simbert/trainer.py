@@ -31,7 +31,6 @@ from simbert.directories import (
     TRAINING_STATE_FILE,
     VOCAB_FILE,
     RunDirectory,
-    RunDirectoryTaken,
     RunLock,
     build_backbone,
     config_path,
