@@ -46,6 +46,7 @@ setup(
             "onnx",
             "onnxruntime",
             "pytest",
+            "ruff",
             "jax",
             "tf-keras",
             "torch==2.13.0",
