@@ -1,10 +1,11 @@
-"""Session fixtures: a tiny model trained once and shared by the API, CLI and evaluation tests."""
+"""Shared fixtures: a tiny model trained once and shared by the API, CLI and evaluation
+tests; two random models of one width; a random model written in the released layout."""
 
 import os
 
 import pytest
 
-from helpers import ROOT
+from helpers import ROOT, TINY_CONFIG, write_model_dir
 
 
 @pytest.fixture(scope="session")
@@ -24,3 +25,19 @@ def trained_tiny(session_dir):
     config.training.steps = 100
     Trainer(config).fit()
     return config.output.dir
+
+
+@pytest.fixture(scope="module")
+def two_models(tmp_path_factory):
+    """Two random models of the same width (vectors of different spaces)."""
+    from simbert.api import SimBERT
+
+    root = tmp_path_factory.mktemp("models")
+    return [SimBERT.from_pretrained(write_model_dir(str(root / name), TINY_CONFIG, seed=seed), max_tokens=16,
+                                    compilation_cache=None) for seed, name in enumerate(("first", "second"))]
+
+
+@pytest.fixture()
+def saved_model(tmp_path):
+    """A random TINY_CONFIG model in the released layout (bert_config.json, vocab.txt, bert_model.ckpt)."""
+    return write_model_dir(str(tmp_path / "model"), TINY_CONFIG)

@@ -1,14 +1,18 @@
-"""Test helpers: tiny random checkpoints in the released format, padded batches, and
-gradients on whichever backend the tests run."""
+"""Test helpers: tiny random checkpoints in the released format, padded batches,
+gradients on whichever backend the tests run, short training recipes, and the `simbert`
+command run in a subprocess."""
 
 import json
 import os
+import subprocess
+import sys
 
 import keras
 import numpy as np
 
 from simbert.checkpoints import write_tf_checkpoint
 from simbert.config import TrainConfig
+from simbert.directories import checkpoint_dirs
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -127,6 +131,39 @@ def tiny_config(output_dir, steps, **training):
     for key, value in training.items():
         setattr(config.training, key, value)
     return config
+
+
+def short_config(output_dir, steps, save_every=0, **training):
+    """`tiny_config` saving every `save_every` steps (0: at the end only), logging every 2."""
+    config = tiny_config(output_dir, steps, **training)
+    config.output.save_every, config.output.log_every = save_every, 2
+    return config
+
+
+def steps_of(directory) -> list[int]:
+    """The steps of the checkpoints in run directory `directory`, oldest first."""
+    return [step for step, _ in checkpoint_dirs(str(directory))]
+
+
+def simbert(*args, timeout=300):
+    """`python -m simbert.cli *args` run from the repository root; the finished process."""
+    return subprocess.run([sys.executable, "-m", "simbert.cli", *map(str, args)], capture_output=True, text=True,
+                          cwd=ROOT, timeout=timeout)
+
+
+def error_lines(stderr: str) -> list[str]:
+    """stderr without the backends' start-up log lines."""
+    return [line for line in stderr.splitlines() if line.startswith("simbert")]
+
+
+def backend_loaded(pid: int) -> bool:
+    """Whether process `pid` has mapped TensorFlow's or JAX's native library."""
+    try:
+        with open(f"/proc/{pid}/maps", encoding="utf-8", errors="replace") as reader:
+            maps = reader.read()
+    except OSError:
+        return False
+    return "tensorflow" in maps or "jaxlib" in maps
 
 
 def child_processes() -> list[int]:

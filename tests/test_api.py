@@ -1,4 +1,5 @@
-"""The SimBERT facade: loading, encode, gen_synonyms, most_similar, save; bad input."""
+"""The SimBERT facade: loading, encode, gen_synonyms, most_similar, save; bad input and
+sampling arguments."""
 
 import json
 import os
@@ -143,3 +144,30 @@ def test_bad_input(model, tmp_path):
     bigger_vocab = Tokenizer({**model.tokenizer.token_dict, "extra": model.tokenizer.vocab_size})
     with pytest.raises(ValueError, match=r"vocabulary has \d+ tokens but the model's embedding has \d+ rows"):
         SimBERT(model.backbone, bigger_vocab)
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"temperature": 0}, "temperature should be a finite number above 0, got 0"),
+    ({"temperature": -1.0}, "temperature should be"),
+    ({"temperature": float("nan")}, "temperature should be"),
+    ({"topp": 0.0}, r"topp should be a number in \(0, 1\], got 0.0"),
+    ({"topp": 1.5}, "topp should be"),
+    ({"topk": -1}, "topk should be an integer of at least 1 and at most 97, got -1"),
+    ({"topk": 10 ** 6}, "topk should be an integer of at least 1 and at most 97"),
+    ({"n": -1}, "n should be an integer of at least 1, got -1"),
+    ({"n": 0}, "n should be an integer of at least 1, got 0"),
+    ({"k": -1}, "k should be an integer of at least 1, got -1"),
+])
+def test_sampling_arguments_are_checked(two_models, options, message):
+    options = {"n": 4, **options}
+    with pytest.raises(ValueError, match=message):
+        two_models[0].gen_synonyms("w10 w11", **options)
+
+
+def test_text_without_tokens_and_a_zero_maxlen_are_refused(two_models, tmp_path):
+    with pytest.raises(ValueError, match="has no token once cleaned"):
+        two_models[0].generate("\u200b\x01\u200d ", n=2)
+    with pytest.raises(ValueError, match=r"texts\[1\] ' ' has no token"):
+        two_models[0].encode(["w10", " "])
+    with pytest.raises(ValueError, match="max_tokens should be an integer of at least 3"):
+        SimBERT(two_models[0].backbone, two_models[0].tokenizer, max_tokens=0)

@@ -1,55 +1,62 @@
-"""The simbert command end to end on a tiny trained model."""
+"""The simbert command end to end on a tiny trained model; its errors (one line, exit 1 or
+the usage error 2, found before the backend starts) and Ctrl-C while it starts."""
 
 import importlib.metadata
+import json
 import os
+import signal
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
 
+from helpers import ROOT, backend_loaded, error_lines, simbert
+
 CORPUS = ["明天北京会下雨吗", "花呗怎么还款", "信用卡怎么提高额度", "手机充不进电怎么办"]
 
 
-def simbert(*args):
-    result = subprocess.run([sys.executable, "-m", "simbert.cli", *map(str, args)], capture_output=True, text=True)
+def stdout_of(*args):
+    """The stdout of `simbert *args`, which should succeed."""
+    result = simbert(*args)
     assert result.returncode == 0, result.stderr[-3000:]
     return result.stdout
 
 
 def test_generate_encode_index_search(trained_tiny, tmp_path):
-    lines = simbert("generate", trained_tiny, "花呗怎么还款", "-n", 30, "-k", 5, "--seed", 1).strip().splitlines()
+    lines = stdout_of("generate", trained_tiny, "花呗怎么还款", "-n", 30, "-k", 5, "--seed", 1).strip().splitlines()
     assert 0 < len(lines) <= 5
     scores = [float(line.split("\t")[0]) for line in lines]
     assert scores == sorted(scores, reverse=True) and all("花呗怎么还款" != l.split("\t")[1] for l in lines)
 
     corpus = tmp_path / "corpus.txt"
     corpus.write_text("\ufeff" + "\n".join(CORPUS) + "\n\n", encoding="utf-8")
-    simbert("encode", trained_tiny, "--input", corpus, "--output", tmp_path / "vectors.npy")
+    stdout_of("encode", trained_tiny, "--input", corpus, "--output", tmp_path / "vectors.npy")
     vectors = np.load(tmp_path / "vectors.npy")
     assert vectors.shape[0] == len(CORPUS)
     np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
     half = tmp_path / "new" / "half"  # written exactly there (no .npy added), its directory created
-    simbert("encode", trained_tiny, "--input", corpus, "--output", half, "--precision", "mixed_bfloat16")
+    stdout_of("encode", trained_tiny, "--input", corpus, "--output", half, "--precision", "mixed_bfloat16")
     assert sorted(os.listdir(tmp_path / "new")) == ["half"]
     cosines = np.sum(np.load(half) * vectors, axis=1)
     assert cosines.min() > 0.99 and not np.array_equal(np.load(half), vectors)  # in bfloat16
 
-    simbert("index", trained_tiny, "--input", corpus, "--output", tmp_path / "index")
-    best = simbert("search", tmp_path / "index", trained_tiny, "花呗怎么还款", "--topn", 2).splitlines()
+    stdout_of("index", trained_tiny, "--input", corpus, "--output", tmp_path / "index")
+    best = stdout_of("search", tmp_path / "index", trained_tiny, "花呗怎么还款", "--topn", 2).splitlines()
     assert len(best) == 2 and best[0].split("\t")[1] == "花呗怎么还款" and abs(float(best[0].split("\t")[0]) - 1) < 1e-4
 
 
 @pytest.mark.parametrize("command", ["train", "generate", "encode", "index", "search"])
 def test_help(command):
-    assert "usage: simbert " + command in simbert(command, "--help")
+    assert "usage: simbert " + command in stdout_of(command, "--help")
 
 
 def test_version_is_the_installed_one():
     """`simbert --version` names the package's one version, the one pip installed."""
     import simbert as package
 
-    assert simbert("--version").strip() == f"simbert {package.__version__}"
+    assert stdout_of("--version").strip() == f"simbert {package.__version__}"
     assert package.__version__ == importlib.metadata.version("simbert")
 
 
@@ -80,3 +87,91 @@ def test_another_keras_backend_is_named_with_how_to_choose_one(trained_tiny, tmp
     with pytest.raises(ValueError) as error:
         SimBERT.from_pretrained(trained_tiny)
     assert str(error.value) == BACKEND_ERROR
+
+
+def test_encode_keeps_row_i_for_line_i(trained_tiny, tmp_path):
+    texts = tmp_path / "texts.txt"
+    texts.write_text("花呗怎么还款\n\n信用卡怎么提高额度\n\n", encoding="utf-8")  # a blank line inside, one at the end
+    refused = simbert("encode", trained_tiny, "--input", texts, "--output", tmp_path / "v.npy")
+    assert refused.returncode == 1 and error_lines(refused.stderr) == [
+        f"simbert: error: {texts}: 1 blank line(s) (line 2); vector row i is input line i, so remove them, or pass "
+        f"--skip-blank to leave them out and write the line number of each row beside the vectors"]
+    assert not (tmp_path / "v.npy").exists()
+    done = simbert("encode", trained_tiny, "--input", texts, "--output", tmp_path / "v.npy", "--skip-blank")
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert np.load(tmp_path / "v.npy").shape[0] == 2
+    assert (tmp_path / "v.lines.txt").read_text().split() == ["1", "3"]
+    for size in ("-1", "0"):
+        bad = simbert("encode", trained_tiny, "--input", texts, "--output", tmp_path / "w.npy", "--batch-size", size)
+        assert bad.returncode == 2 and error_lines(bad.stderr) == [
+            f"simbert: error: argument --batch-size: --batch-size should be an integer of at least 1, got {size} "
+            f"(see simbert encode --help)"]
+
+
+def test_cli_sampling_arguments_are_usage_errors(trained_tiny):
+    for arguments, message in [(("-n", "-1"), "-n should be an integer of at least 1, got -1"),
+                               (("--topk", "-1"), "--topk should be"),
+                               (("--maxlen", "0"), "--maxlen should be an integer of at least 3, got 0"),
+                               (("--temperature", "0"), "--temperature should be a finite number above 0"),
+                               (("--topp", "2"), r"--topp should be a number in (0, 1]")]:
+        result = simbert("generate", trained_tiny, "花呗怎么还款", *arguments)
+        assert result.returncode == 2 and len(error_lines(result.stderr)) == 1, result.stderr[-2000:]
+        assert message in result.stderr
+
+
+def test_cli_errors_are_one_line_and_debug_shows_the_traceback(tmp_path):
+    result = simbert("generate", tmp_path, "text")  # a directory, but no model in it
+    assert result.returncode == 1
+    assert error_lines(result.stderr) == [
+        f"simbert: error: {tmp_path} has no vocab.txt: not a model directory (a released checkpoint, a training "
+        "output or a Hugging Face directory)"]
+    assert "Traceback" not in result.stderr
+    debug = simbert("generate", tmp_path, "text", "--debug")
+    assert debug.returncode == 1 and "Traceback" in debug.stderr
+    usage = simbert("train", "--config", os.path.join(ROOT, "configs", "tiny.yaml"), "--resume-anyway")
+    assert usage.returncode == 2 and error_lines(usage.stderr) == [
+        "simbert: error: --resume-anyway goes with --resume (see simbert --help)"]
+
+
+def test_path_arguments_are_checked_before_anything_loads(tmp_path):
+    """A path that does not exist, or a file where a directory is expected (and the
+    reverse), is a usage error naming the argument (exit 2), found before the backend is
+    started; a relative path names the directory it was looked up from."""
+    text_file = tmp_path / "texts.txt"
+    text_file.write_text("花呗怎么还款\n", encoding="utf-8")
+    missing = tmp_path / "missing"
+    cases = [
+        (("generate", missing, "text"), f"argument model_dir: model directory {missing} does not exist",
+         "generate"),
+        (("generate", text_file, "text"), f"argument model_dir: model directory {text_file} is a file; expected a "
+                                          "directory", "generate"),
+        (("encode", tmp_path, "--input", missing, "--output", tmp_path / "v.npy"),
+         f"argument --input: input file {missing} does not exist", "encode"),
+        (("search", text_file, tmp_path, "query"),
+         f"argument index_dir: index directory {text_file} is a file; expected a directory", "search"),
+        (("eval", tmp_path, text_file, missing), f"argument files: pair file {missing} does not exist", "eval"),
+        (("train", "--config", tmp_path), f"argument --config: recipe {tmp_path} is a directory; expected a file",
+         "train"),
+        (("train", "--config", "no_such_recipe.yaml"), f"argument --config: recipe no_such_recipe.yaml does not "
+                                                       f"exist (looked up from the current directory {ROOT})",
+         "train"),
+    ]
+    for args, message, command in cases:
+        result = simbert(*args)
+        assert result.returncode == 2, (args, result.stderr[-2000:])
+        # stderr is that one line: no backend started (TensorFlow and JAX log as they start).
+        assert result.stderr == f"simbert: error: {message} (see simbert {command} --help)\n", args
+
+
+def test_ctrl_c_while_starting_stops_before_training(tmp_path):
+    command = [sys.executable, "-m", "simbert.cli", "train", "--config", os.path.join(ROOT, "configs", "tiny.yaml"),
+               "--output-dir", str(tmp_path), "--steps", "5000"]
+    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120  # until it imports the backend (its handlers are installed before that)
+    while time.time() < deadline and process.poll() is None and not backend_loaded(process.pid):
+        time.sleep(0.05)
+    process.send_signal(signal.SIGINT)
+    stdout, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130, stderr[-3000:]
+    result = json.loads(stdout.strip().splitlines()[-1])
+    assert result["stopped"] == "requested" and result["step"] == 0

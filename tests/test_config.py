@@ -1,4 +1,4 @@
-"""YAML recipes: the shipped ones validate, bad keys and types are named."""
+"""YAML recipes: the shipped ones validate, bad keys, types and numbers are named."""
 
 import os
 
@@ -71,3 +71,20 @@ def test_a_missing_recipe_or_data_file_names_where_a_relative_path_was_looked_up
     with pytest.raises(FileNotFoundError, match=rf"^data.train pairs.txt does not exist \(looked up from the "
                                                 rf"current directory {tmp_path}\)$"):
         read_training_groups(TrainConfig.from_yaml(recipe).data, ReadReport())
+
+
+@pytest.mark.parametrize("override, message", [
+    ({"data": {"max_chars": 0}}, "data.max_chars should be at least 1, got 0"),
+    ({"data": {"shuffle_buffer": 0}}, "data.shuffle_buffer should be at least 1, got 0"),
+    ({"training": {"steps": -5}}, "training.steps should be at least 1, got -5"),
+    ({"training": {"learning_rate": 0.0}}, "training.learning_rate should be a finite number above 0"),
+])
+def test_recipe_numbers_are_checked_when_read(override, message):
+    with pytest.raises(ValueError, match=message):
+        TrainConfig.from_dict(override, "recipe.yaml")
+
+
+def test_a_yaml_1e_3_is_a_float(tmp_path):
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("training:\n  learning_rate: 1e-3\n", encoding="utf-8")
+    assert TrainConfig.from_yaml(recipe).training.learning_rate == 0.001

@@ -1,4 +1,5 @@
-"""Readers on messy files, pair sampling, batch layout and source masking."""
+"""Readers on messy files (not UTF-8, empty, a directory, a trailing tab), pair sampling,
+batch layout and source masking."""
 
 import json
 import os
@@ -17,13 +18,17 @@ from simbert.data import (
     build_char_vocab,
     clean_text,
     cut_text,
+    detect_pair_format,
     make_batch,
+    problem_handler,
     read_groups,
+    read_pair_rows,
     read_pairs,
 )
-from helpers import ROOT
+from helpers import ROOT, short_config
 from simbert.shapes import ShapeBuckets
 from simbert.tokenizer import Tokenizer
+from simbert.trainer import Trainer
 
 GROUPS = [
     ["今天天气怎么样", "今天天气好吗", "今天的天气如何"],
@@ -208,3 +213,45 @@ def test_prepare_pairs_keeps_the_similar_pairs_and_writes_whole_or_not_at_all(tm
     refused = prepare(output, binary, tmp_path / "absent.tsv")
     assert refused.returncode == 2 and f"pair file {tmp_path / 'absent.tsv'} does not exist" in refused.stderr
     assert output.read_bytes() == before and os.listdir(tmp_path / "new") == ["pairs.jsonl"]
+
+
+def test_non_utf8_data_names_file_and_line_and_skip_skips_it(tmp_path):
+    data = tmp_path / "gbk.json"
+    good = open(os.path.join(ROOT, "data_sample.json"), encoding="utf-8").read().splitlines()
+    bad = json.dumps({"text": "花呗怎么还款", "synonyms": ["花呗如何还"]}, ensure_ascii=False).encode("gbk")
+    data.write_bytes(("\n".join(good[:3]) + "\n").encode() + bad + b"\n" + ("\n".join(good[3:]) + "\n").encode())
+    config = short_config(tmp_path / "run", 2)
+    config.data.train = str(data)
+    with pytest.raises(DataError, match=rf"{data}, line 4: not UTF-8"):
+        Trainer(config)
+    config.data.on_error = "skip"
+    trainer = Trainer(config)
+    trainer.fit()
+    assert trainer.report.skipped_records == 1
+
+
+def test_records_are_counted_once_however_many_passes(tmp_path):
+    data = tmp_path / "data.json"
+    lines = open(os.path.join(ROOT, "data_sample.json"), encoding="utf-8").read().splitlines()
+    data.write_text("\n".join(lines[:4] + ["{broken"]) + "\n", encoding="utf-8")  # 4 groups: passes every 2 steps
+    config = short_config(tmp_path / "run", 12)
+    config.data.train, config.data.on_error, config.data.shuffle_buffer = str(data), "skip", 2
+    trainer = Trainer(config)
+    trainer.fit()
+    assert trainer.report.skipped_records == 1
+
+
+def test_a_directory_as_data_is_named(tmp_path):
+    config = short_config(tmp_path / "run", 2)
+    config.data.train = str(tmp_path)
+    with pytest.raises(IsADirectoryError, match=rf"data.train {tmp_path} is a directory"):
+        Trainer(config)
+
+
+def test_a_trailing_tab_is_still_a_tsv(tmp_path):
+    path = tmp_path / "pairs.txt"
+    path.write_text("花呗怎么还款\t花呗如何还\t1\t\n借呗额度\t信用卡\t0\t\n", encoding="utf-8")
+    assert detect_pair_format(str(path)) == "tsv"
+    rows = list(read_pair_rows(str(path), problem_handler("raise", None)))
+    assert [(first, second, label) for _, first, second, label in rows] == [
+        ("花呗怎么还款", "花呗如何还", 1.0), ("借呗额度", "信用卡", 0.0)]

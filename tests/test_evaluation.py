@@ -3,6 +3,7 @@
 import json
 import subprocess
 import sys
+import warnings
 
 import numpy as np
 import pytest
@@ -10,7 +11,14 @@ from scipy import stats
 
 from simbert import SimBERT
 from simbert.data import detect_pair_format
-from simbert.evaluation import accuracy_f1, best_threshold, jaccard_similarity, pair_metrics, read_pair_file
+from simbert.evaluation import (
+    accuracy_f1,
+    best_threshold,
+    evaluate_files,
+    jaccard_similarity,
+    pair_metrics,
+    read_pair_file,
+)
 from simbert.retrieval import fit_whitening
 
 
@@ -121,3 +129,16 @@ def test_eval_cli_end_to_end(trained_tiny, tmp_path):
     assert report["cosine"][pairs]["best_accuracy"] >= 5 / 6  # the trained model separates these
     assert (tmp_path / "plots" / "dev.cosine.png").is_file() and (tmp_path / "plots" / "dev.jaccard.png").is_file()
     assert "[whitened]" in result.stdout and "spear" in result.stdout
+
+
+def test_eval_of_a_one_class_file_writes_valid_json(tmp_path):
+    path = tmp_path / "positives.tsv"
+    path.write_text("花呗怎么还款\t花呗如何还\t1\n借呗额度\t借呗的额度\t1\n信用卡\t信用卡额度\t1\n", encoding="utf-8")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no raw scipy warning
+        results = evaluate_files([str(path)], lambda a, b: np.array([0.9, 0.8, 0.95]))
+    metrics = results[str(path)]
+    assert metrics["spearman"] is None and metrics["pearson"] is None
+    assert metrics["note"] == "every pair has label 1: correlations are undefined"
+    report = {k: v for k, v in metrics.items() if k not in ("scores", "labels")}
+    assert json.loads(json.dumps(report, allow_nan=False))["spearman"] is None

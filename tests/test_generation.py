@@ -189,3 +189,11 @@ def test_checking_for_ended_samples_less_often_gives_the_same_samples(end_bias):
     assert all(samples[every] == samples[1] for every in samples)
     with pytest.raises(ValueError, match="end_check_every should be a positive integer, got 0"):
         Kernels(end_check_every=0)
+
+
+def test_large_n_is_sampled_in_chunks_of_one_program(two_models):
+    decoder = two_models[0].decoder
+    before = decoder.compiled_programs
+    samples = decoder.sample([2, 10, 11, 3], n=300, topk=5, seed=0, max_rows=64, max_new_tokens=4)
+    assert len(samples) == 300 and decoder.compiled_programs - before <= 2  # the prefill and one 64-row loop
+    assert samples[:64] == decoder.sample([2, 10, 11, 3], n=300, topk=5, seed=0, max_new_tokens=4)[:64]

@@ -1,8 +1,14 @@
-"""SimilarityIndex: exact search equals numpy brute force; fp16; faiss recall; save/load."""
+"""SimilarityIndex: exact search equals numpy brute force; fp16; faiss recall; save/load;
+an index directory written whole or not at all, and its damaged or foreign files named."""
+
+import json
+import logging
+import os
 
 import numpy as np
 import pytest
 
+from simbert.errors import FileFormatError
 from simbert.retrieval import SimilarityIndex, top_n
 
 
@@ -85,3 +91,80 @@ def test_save_load_round_trip_and_dimension_check(tmp_path):
         SimilarityIndex.load(tmp_path / "absent")
     with pytest.raises(ValueError, match="dimension 16"):
         index.add(["x"], np.zeros((1, 8)))
+
+
+TEXTS = ["w10 w11 w12", "w20 w21", "w30 w31 w32 w33"]
+
+
+def test_an_index_write_killed_midway_leaves_the_old_index_whole(two_models, tmp_path, monkeypatch):
+    model = two_models[0]
+    model.make_index(TEXTS).save(tmp_path / "index")
+    bigger = model.make_index(TEXTS[::-1] + ["w40 w41"])
+
+    def killed(path, *args, **kwargs):
+        raise KeyboardInterrupt  # as kill -9 would stop it: after the vectors, before the texts
+
+    monkeypatch.setattr("simbert.retrieval.json.dumps", killed)
+    with pytest.raises(KeyboardInterrupt):
+        bigger.save(tmp_path / "index")
+    monkeypatch.undo()
+    loaded = SimilarityIndex.load(tmp_path / "index")
+    assert loaded.texts == TEXTS
+    assert loaded.search(model.encode(["w20 w21"]), 1)[0][0][0] == "w20 w21"
+    bigger.save(tmp_path / "index")  # the next write replaces it whole
+    assert SimilarityIndex.load(tmp_path / "index").texts == TEXTS[::-1] + ["w40 w41"]
+    assert sorted(os.listdir(tmp_path)) == ["index"] or all(name.startswith(".index.tmp") for name in
+                                                             sorted(os.listdir(tmp_path)) if name != "index")
+
+
+def test_an_index_refuses_to_overwrite_a_directory_that_is_not_an_index(two_models, tmp_path):
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "keep.txt").write_text("mine")
+    with pytest.raises(FileExistsError, match="is not a simbert index"):
+        two_models[0].make_index(TEXTS).save(tmp_path / "notes")
+    assert (tmp_path / "notes" / "keep.txt").read_text() == "mine"
+
+
+def test_an_index_of_another_model_is_flagged(two_models, tmp_path, caplog):
+    first, second = two_models
+    first.make_index(TEXTS).save(tmp_path / "index")
+    index = SimilarityIndex.load(tmp_path / "index")
+    assert index.check_model(first.fingerprint, "first")
+    with caplog.at_level(logging.WARNING):
+        assert not index.check_model(second.fingerprint, "second")
+    assert "rebuild the index with this model" in caplog.text
+    with pytest.raises(ValueError, match=f"fingerprint {first.fingerprint}"):
+        index.check_model(second.fingerprint, "second", strict=True)
+
+
+@pytest.mark.parametrize("tamper, message", [
+    (lambda v: np.where(np.arange(v.size).reshape(v.shape) == 0, np.nan, v), "row 0 has non-finite values"),
+    (lambda v: v * 1000, "row 0 has norm 1000"),
+])
+def test_tampered_index_vectors_are_refused(two_models, tmp_path, tamper, message):
+    two_models[0].make_index(TEXTS).save(tmp_path / "index")
+    path = tmp_path / "index" / "vectors.npy"
+    np.save(path, tamper(np.load(path)).astype("float32"))
+    with pytest.raises(FileFormatError, match=rf"vectors.npy: {message}"):
+        SimilarityIndex.load(tmp_path / "index")
+
+
+def test_a_bad_texts_line_is_named(two_models, tmp_path):
+    two_models[0].make_index(TEXTS).save(tmp_path / "index")
+    path = tmp_path / "index" / "texts.jsonl"
+    lines = path.read_text(encoding="utf-8").splitlines()
+    assert lines[1] == '"w20 w21"'
+    path.write_text("\n".join([lines[0], "{not json", lines[2]]) + "\n", encoding="utf-8")  # same size
+    index = SimilarityIndex.load(tmp_path / "index")  # texts stay on disk: the line is read when needed
+    with pytest.raises(FileFormatError, match=r"texts.jsonl: line 2 is not a JSON string"):
+        index.search(two_models[0].encode(["w20 w21"]), 1)
+    path.write_text("\n".join([lines[0], "{not json at all", lines[2]]) + "\n", encoding="utf-8")
+    with pytest.raises(FileFormatError, match=r"texts.jsonl: has \d+ bytes but index.json records \d+"):
+        SimilarityIndex.load(tmp_path / "index")
+    # Without the writer's size and offsets (an index written by hand), the file is read through.
+    meta = json.loads((tmp_path / "index" / "index.json").read_text())
+    del meta["texts_bytes"]
+    (tmp_path / "index" / "index.json").write_text(json.dumps(meta))
+    os.remove(tmp_path / "index" / "text_offsets.npy")
+    with pytest.raises(FileFormatError, match=r"texts.jsonl: line 2 is not a JSON string"):
+        SimilarityIndex.load(tmp_path / "index")

@@ -2,6 +2,8 @@
 checkpoints that bert4keras loads."""
 
 import json
+import logging
+import math
 import os
 import signal
 import subprocess
@@ -13,11 +15,13 @@ import keras
 import numpy as np
 import pytest
 
-from helpers import ROOT, padded_batch, tiny_config
+from helpers import ROOT, padded_batch, short_config, steps_of, tiny_config
 from reference.invoke import run_bert4keras
 from simbert import build_transformer_model
-from simbert.directories import checkpoint_dirs
-from simbert.trainer import Trainer, linear_warmup
+from simbert.data import DataError
+from simbert.directories import checkpoint_dirs, remove_checkpoint
+from simbert.tokenizer import load_vocab
+from simbert.trainer import ResumeMismatch, Trainer, linear_warmup
 
 
 def read_metrics(output_dir):
@@ -227,3 +231,110 @@ def parent_of(pid: str) -> int | None:
     except OSError:
         return None
 
+
+
+def test_resume_keeps_the_checkpoints_vocabulary_when_the_data_changed(tmp_path, caplog):
+    data = tmp_path / "data.json"
+    original = open(os.path.join(ROOT, "data_sample.json"), encoding="utf-8").read()
+    data.write_text(original, encoding="utf-8")
+    config = short_config(tmp_path / "run", 6)
+    config.data.train = str(data)
+    Trainer(config).fit()
+    vocab = load_vocab(tmp_path / "run" / "checkpoint-0000006" / "vocab.txt")
+    replaced = next(ch for ch in original if ch in vocab and "\u4e00" <= ch <= "\u9fff")
+    data.write_text(original.replace(replaced, "鑫"), encoding="utf-8")  # one character swapped for a new one
+    config.training.steps = 12
+    with caplog.at_level(logging.WARNING):
+        trainer = Trainer(config, resume=True)
+    assert trainer.tokenizer.token_dict == vocab  # never rebuilt from the changed data
+    assert "1 character(s) not in" in caplog.text and "鑫" in caplog.text
+    result = trainer.fit()
+    assert result.start_step == 6 and result.step == 12 and math.isfinite(result.last["loss"])
+    # The run continues at the loss it had, not at a scrambled vocabulary's.
+    with open(tmp_path / "run" / "metrics.jsonl", encoding="utf-8") as reader:
+        losses = {m["step"]: m["seq2seq_loss"] for m in map(json.loads, reader)}
+    assert losses[8] < 1.5 * losses[6]
+
+
+@pytest.mark.parametrize("section, field, value", [("training", "batch_size", 16), ("data", "max_chars", 20),
+                                                    ("training", "seed", 7)])
+def test_resume_refuses_a_changed_stream_unless_told(tmp_path, caplog, section, field, value):
+    config = short_config(tmp_path, 2)
+    Trainer(config).fit()
+    before = getattr(getattr(config, section), field)
+    setattr(getattr(config, section), field, value)
+    config.training.steps = 4
+    with pytest.raises(ResumeMismatch, match=rf"{section}.{field} is {before!r} in the checkpoint but {value!r} now"):
+        Trainer(config, resume=True)
+    with caplog.at_level(logging.WARNING):
+        trainer = Trainer(config, resume=True, resume_anyway=True)
+    assert f"resuming {tmp_path}" in caplog.text and f"{section}.{field}" in caplog.text
+    assert trainer.fit().step == 4
+
+
+def test_resume_refuses_another_model(tmp_path):
+    config = short_config(tmp_path, 2)
+    Trainer(config).fit()
+    config.model.config = {**config.model.config, "num_hidden_layers": 3}
+    with pytest.raises(ResumeMismatch, match="model.config is"):
+        Trainer(config, resume=True)
+
+
+def test_resume_falls_back_past_a_torn_checkpoint(tmp_path, caplog):
+    config = short_config(tmp_path, 4, save_every=2)
+    Trainer(config).fit()
+    state = tmp_path / "checkpoint-0000004" / "training_state.npz"
+    with open(state, "r+b") as file:
+        file.truncate(os.path.getsize(state) // 2)
+    config.training.steps = 6
+    with caplog.at_level(logging.WARNING):
+        trainer = Trainer(config, resume=True)
+    assert "cannot resume from" in caplog.text and "checkpoint-0000004" in caplog.text
+    assert "training_state.npz: cannot be read as a training-state .npz" in caplog.text
+    result = trainer.fit()
+    assert result.start_step == 2 and result.step == 6
+
+
+def test_metrics_hold_each_step_once_after_a_resume(tmp_path):
+    config = short_config(tmp_path, 8, save_every=4)
+    Trainer(config).fit()
+    remove_checkpoint(str(tmp_path / "checkpoint-0000008"))  # killed after logging steps 6 and 8
+    result = Trainer(config, resume=True).fit()
+    assert result.start_step == 4
+    with open(tmp_path / "metrics.jsonl", encoding="utf-8") as reader:
+        assert [json.loads(line)["step"] for line in reader] == [2, 4, 6, 8]
+
+
+@pytest.mark.parametrize("content", ["", "\n  \n", '{"text": "a", "synonyms": []}\n'])
+def test_an_empty_data_set_fails_before_the_model_is_built(tmp_path, content):
+    data = tmp_path / "empty.json"
+    data.write_text(content, encoding="utf-8")
+    config = short_config(tmp_path / "run", 2)
+    config.data.train = str(data)
+    with pytest.raises(DataError, match=rf"data.train {data} holds no group of two or more distinct texts"):
+        Trainer(config)
+    assert not os.path.exists(tmp_path / "run" / "training.lock")  # refused before taking the directory
+
+
+@pytest.mark.parametrize("field", ["model.pretrained", "model.vocab", "training.teacher"])
+def test_a_missing_path_of_the_recipe_is_named_with_its_field(tmp_path, field):
+    config = short_config(tmp_path / "run", 2)
+    section, name = field.split(".")
+    setattr(getattr(config, section), name, str(tmp_path / "absent"))
+    with pytest.raises(FileNotFoundError, match=rf"^{field} {tmp_path / 'absent'} does not exist$"):
+        Trainer(config)
+
+
+def test_rows_longer_than_the_positions_fail_before_training(tmp_path):
+    config = short_config(tmp_path, 2)
+    config.model.config = {**config.model.config, "max_position_embeddings": 20}
+    with pytest.raises(ValueError, match=r"data.max_chars 32 makes rows of up to 64 tokens, but "
+                                         r"model.config.max_position_embeddings gives 20 positions"):
+        Trainer(config)
+
+
+def test_the_nan_message_says_whether_a_checkpoint_exists(tmp_path, caplog):
+    with caplog.at_level(logging.ERROR):
+        result = Trainer(short_config(tmp_path, 4, scale=float("nan"))).fit()
+    assert result.nan_step == 1 and "no checkpoint was written" in caplog.text
+    assert steps_of(tmp_path) == []
