@@ -356,7 +356,7 @@ class MultiHeadAttention(keras.layers.Layer):
     def get_config(self):
         return {**super().get_config(), "num_heads": self.num_heads, "head_size": self.head_size,
                 "hidden_size": self.hidden_size, "rotary": self.rotary,
-                "dropout_rate": self.dropout_rate, "initializer_range": self.initializer_range}
+                "dropout_rate": self.dropout_rate, "initializer_range": self.initializer_range, "fused": self.fused}
 
 
 @keras.saving.register_keras_serializable(package="simbert")
