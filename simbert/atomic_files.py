@@ -18,6 +18,21 @@ def temporary_name(path: str) -> str:
     return os.path.join(parent, f".{name}.{os.getpid()}-{threading.get_ident()}.tmp")
 
 
+def replace_atomically(path: str | os.PathLike, write: Callable[[str], None]) -> None:
+    """Write the file `path` through `write(temporary_path)` (for writers that take a path,
+    such as safetensors'), then rename it into place: a failed write leaves whatever was
+    at `path` before. Its directory is created if missing."""
+    path = os.path.abspath(str(path))
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    temporary = temporary_name(path)
+    try:
+        write(temporary)
+        os.replace(temporary, path)
+    finally:
+        if os.path.exists(temporary):
+            os.unlink(temporary)
+
+
 def write_atomically(path: str | os.PathLike, write: Callable, binary: bool = False) -> None:
     """Write the file `path` through `write(file)`: its directory created if missing,
     written under a temporary name and renamed, so that a failed write leaves whatever
@@ -31,16 +46,11 @@ def write_atomically(path: str | os.PathLike, write: Callable, binary: bool = Fa
     Example:
         >>> write_atomically("out/scores.json", lambda writer: json.dump(scores, writer))
     """
-    path = os.path.abspath(str(path))
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    temporary = temporary_name(path)
-    try:
+    def write_file(temporary: str) -> None:
         with open(temporary, "wb" if binary else "w", encoding=None if binary else "utf-8") as writer:
             write(writer)
-        os.replace(temporary, path)
-    finally:
-        if os.path.exists(temporary):
-            os.unlink(temporary)
+
+    replace_atomically(path, write_file)
 
 
 def doomed_name(path: str) -> str:
@@ -113,7 +123,11 @@ class StagedDirectory:
         return self
 
     def __exit__(self, kind, error, traceback) -> None:
-        if kind is None:
-            self.commit()
-        else:
+        if kind is not None:
             self.abort()
+            return
+        try:
+            self.commit()
+        except BaseException:
+            self.abort()
+            raise

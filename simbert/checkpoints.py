@@ -16,7 +16,7 @@ from typing import Sequence
 
 import numpy as np
 
-from simbert.atomic_files import write_atomically
+from simbert.atomic_files import replace_atomically
 from simbert.errors import missing_path, unreadable
 from simbert.models import Transformer
 
@@ -232,6 +232,28 @@ def write_tf_checkpoint(values: dict[str, np.ndarray], prefix: str | os.PathLike
                           tensors=[tf.constant(values[n]) for n in names])
 
 
+def keep_tensorflow_off_the_gpus() -> None:
+    """Under another Keras backend (JAX), hide the GPUs from TensorFlow for this process:
+    TensorFlow is then only used to write bert4keras checkpoints, and would otherwise
+    reserve the memory of the GPUs the backend computes on when it starts. A process-wide
+    setting: the `simbert` commands and `Trainer.fit` make it; from Python, call it
+    before `SimBERT.save` or `export_model(..., "bert4keras")` on a GPU machine.
+
+    Example:
+        >>> keep_tensorflow_off_the_gpus()
+        >>> model.save("my_model")      # bert_model.ckpt.* written on the CPU
+    """
+    from simbert.kernels import Platform
+
+    if Platform.current().tensorflow_is_a_guest and tensorflow_importable():
+        import tensorflow as tf
+
+        try:
+            tf.config.set_visible_devices([], "GPU")
+        except RuntimeError:  # TensorFlow's devices were already set up in this process
+            pass
+
+
 def tensorflow_importable() -> bool:
     """Whether the TF checkpoint (bert4keras' format) can be written here."""
     try:
@@ -248,10 +270,10 @@ def holds_google_safetensors(path: str | os.PathLike) -> bool:
 
 def write_google_safetensors(values: dict[str, np.ndarray], path: str | os.PathLike) -> None:
     """Google-named arrays to one safetensors file (no TensorFlow needed), written atomically."""
-    from safetensors.numpy import save
+    from safetensors.numpy import save_file
 
-    content = save({name: np.ascontiguousarray(value) for name, value in values.items()})
-    write_atomically(path, lambda writer: writer.write(content), binary=True)
+    arrays = {name: np.ascontiguousarray(value) for name, value in values.items()}
+    replace_atomically(path, lambda temporary: save_file(arrays, temporary))
 
 
 def read_safetensors(path: str | os.PathLike) -> dict[str, np.ndarray]:

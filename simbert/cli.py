@@ -57,27 +57,12 @@ def _load_model(args):
                                    precision=args.precision)
 
 
-def _keep_tensorflow_off_the_gpus() -> None:
-    """Under JAX, TensorFlow is imported only to write bert4keras checkpoints, and would
-    reserve the GPUs' memory that JAX computes in when it starts: a command that may write
-    one hides the GPUs from TensorFlow for its process (a library call never does)."""
-    from simbert.checkpoints import tensorflow_importable
-    from simbert.kernels import Platform
-
-    if Platform.current().tensorflow_is_a_guest and tensorflow_importable():
-        import tensorflow as tf
-
-        try:
-            tf.config.set_visible_devices([], "GPU")
-        except RuntimeError:  # TensorFlow's devices were already set up in this process
-            pass
-
-
 def _convert(args) -> int:
+    from simbert.checkpoints import keep_tensorflow_off_the_gpus
     from simbert.directories import convert_checkpoint, resolve_model_directory
 
     if args.to == "bert4keras":
-        _keep_tensorflow_off_the_gpus()
+        keep_tensorflow_off_the_gpus()
     print(f"wrote {convert_checkpoint(resolve_model_directory(args.model_dir), args.to)}")
     return 0
 
@@ -112,7 +97,6 @@ def _train(args) -> int:
             config.training.compilation_cache = args.compile_cache
         trainer = Trainer(config, resume=args.resume, overwrite=args.overwrite, resume_anyway=args.resume_anyway,
                           stop_event=stop)
-        _keep_tensorflow_off_the_gpus()
         result = trainer.fit()
     finally:
         for sig, handler in previous.items():
@@ -235,10 +219,11 @@ class Parser(argparse.ArgumentParser):
 
 
 def _export(args) -> int:
+    from simbert.checkpoints import keep_tensorflow_off_the_gpus
     from simbert.export import export_model
 
     if args.format == "bert4keras":
-        _keep_tensorflow_off_the_gpus()
+        keep_tensorflow_off_the_gpus()
     print(f"wrote {export_model(args.model_dir, args.out, args.format)}")
     return 0
 

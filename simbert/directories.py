@@ -17,6 +17,7 @@ import json
 import logging
 import os
 import shutil
+import time
 from typing import Callable, Iterable, Sequence, TypeVar
 
 import numpy as np
@@ -56,6 +57,9 @@ TRAINER_STATE_FILE = "trainer_state.json"  # step, model_type, the recipe; writt
 METRICS_FILE = "metrics.jsonl"
 LOSS_PLOT_FILE = "loss.png"
 LOCK_FILE = "training.lock"  # holds the PID of the run training into the directory
+# Taking the lock is tried this often, this many seconds apart, before the directory is in use.
+LOCK_ATTEMPTS = 10
+LOCK_RETRY_S = 0.05
 # A reader of a live run's newest checkpoint retries this often if rotation removes it.
 READ_ATTEMPTS = 5
 
@@ -183,12 +187,16 @@ class RunLock:
             return
         os.makedirs(self.output_dir, exist_ok=True)
         file = open(self.path, "a+", encoding="utf-8")
-        try:
-            fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            error = self._in_use(file)
-            file.close()
-            raise error from None
+        for attempt in range(LOCK_ATTEMPTS):
+            try:
+                fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if attempt == LOCK_ATTEMPTS - 1:
+                    error = self._in_use(file)
+                    file.close()
+                    raise error from None
+                time.sleep(LOCK_RETRY_S)  # perhaps another process's `check_free`, which lets go at once
         file.seek(0)
         file.truncate()
         file.write(f"{os.getpid()}\n")
@@ -426,6 +434,48 @@ def with_latest_checkpoint(path: str | os.PathLike, read: Callable[[str], T]) ->
     return read(resolve_model_directory(path))
 
 
+@dataclasses.dataclass
+class ModelFiles:
+    """A model directory read in full, before any model is built (`read_model_files`):
+    its tokenizer, config, architecture and weights (`keep_tokens`: the vocabulary rows
+    kept by a simplified vocabulary)."""
+
+    directory: str
+    tokenizer: Tokenizer
+    config: BackboneConfig
+    model_type: str
+    values: dict[str, np.ndarray]
+    keep_tokens: list[int] | None = None
+
+    def build(self, application: str = "unilm", with_pool: bool | str = "linear", with_mlm: bool | str = "linear",
+              dropout_rate: float | None = None, dtype=None) -> Transformer:
+        """The backbone with these weights (building draws Keras' default seeds)."""
+        backbone = build_backbone(self.config, None, self.model_type, application, with_pool, with_mlm,
+                                  self.keep_tokens, dropout_rate, dtype)
+        assign_weights(backbone, self.values, self.directory, self.keep_tokens)
+        return backbone
+
+
+def read_model_files(directory: str, model_type: str | None = None, simplify_vocab: bool = False,
+                     pre_tokenize: Callable[[str], Iterable[str]] | None = None) -> ModelFiles:
+    """Every file of the model directory `directory`, read (a torn one raises, naming it)."""
+    vocab_path = os.path.join(directory, VOCAB_FILE)
+    if not os.path.isfile(vocab_path):
+        raise FileNotFoundError(f"{directory} has no {VOCAB_FILE}: not a model directory (a released "
+                                f"checkpoint, a training output or a Hugging Face directory)")
+    keep_tokens = None
+    if simplify_vocab:
+        token_dict, keep_tokens = load_vocab(vocab_path, simplified=True, startswith=list(SPECIAL_TOKENS))
+    else:
+        token_dict = load_vocab(vocab_path)
+    tokenizer = Tokenizer(token_dict, do_lower_case=True, pre_tokenize=pre_tokenize)
+    # Every file is read before the (slow) model building, so a live run's rotation has
+    # only the reading's moment to remove the directory.
+    config = read_config(config_path(directory))
+    kind = model_type or infer_model_type(directory) or "bert"
+    return ModelFiles(directory, tokenizer, config, kind, read_weights(directory), keep_tokens)
+
+
 def load_pretrained(
     path: str | os.PathLike,
     model_type: str | None = None,
@@ -446,25 +496,8 @@ def load_pretrained(
     the matching embedding rows, as the original fine-tuning script (`keep_tokens`).
     """
     def read(directory: str) -> tuple[Tokenizer, Transformer]:
-        vocab_path = os.path.join(directory, VOCAB_FILE)
-        if not os.path.isfile(vocab_path):
-            raise FileNotFoundError(f"{directory} has no {VOCAB_FILE}: not a model directory (a released "
-                                    f"checkpoint, a training output or a Hugging Face directory)")
-        keep_tokens = None
-        if simplify_vocab:
-            token_dict, keep_tokens = load_vocab(vocab_path, simplified=True, startswith=list(SPECIAL_TOKENS))
-        else:
-            token_dict = load_vocab(vocab_path)
-        tokenizer = Tokenizer(token_dict, do_lower_case=True, pre_tokenize=pre_tokenize)
-        # Every file is read before the (slow) model building, so a live run's rotation
-        # has only the reading's moment to remove the directory.
-        config = read_config(config_path(directory))
-        kind = model_type or infer_model_type(directory) or "bert"
-        values = read_weights(directory)
-        backbone = build_backbone(config, None, kind, application, with_pool, with_mlm, keep_tokens, dropout_rate,
-                                  dtype)
-        assign_weights(backbone, values, directory, keep_tokens)
-        return tokenizer, backbone
+        files = read_model_files(directory, model_type, simplify_vocab, pre_tokenize)
+        return files.tokenizer, files.build(application, with_pool, with_mlm, dropout_rate, dtype)
 
     return with_latest_checkpoint(path, read)
 

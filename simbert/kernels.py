@@ -19,6 +19,7 @@ variants differ in rounding only.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import keras
 
@@ -84,10 +85,14 @@ def default_kernels() -> Kernels:
 class Platform:
     """What simbert does differently on each backend and device, decided here only.
 
+    The backend's fields are set at once; `accelerator` and `kernels` ask the backend for
+    its devices, which starts it (TensorFlow then reads `TF_XLA_FLAGS`), so they are read
+    on first use, once the caller's process-wide setup is done.
+
     Attributes:
         backend: the Keras backend, "tensorflow" or "jax".
-        accelerator: "gpu" or "cpu".
-        kernels: the hot spots' implementations (`Kernels`).
+        accelerator: "gpu" or "cpu" (on first use).
+        kernels: the hot spots' implementations (`Kernels`; on first use).
         compiles_per_shape: each input shape of a compiled function is its own XLA
             program (JAX), so inputs are padded to a few shape buckets; otherwise one
             graph serves every shape (TensorFlow), and padding would only add work.
@@ -112,8 +117,6 @@ class Platform:
     """
 
     backend: str
-    accelerator: str
-    kernels: Kernels
     compiles_per_shape: bool
     compiles_training_step: bool
     feeds_tf_data: bool
@@ -127,8 +130,14 @@ class Platform:
         """The policy of the active Keras backend and its device (a ValueError for a
         backend simbert does not run on)."""
         backend = check_backend()
-        device = accelerator()
         jax = backend == "jax"
-        return cls(backend=backend, accelerator=device, kernels=GPU_KERNELS if device == "gpu" else CPU_KERNELS,
-                   compiles_per_shape=jax, compiles_training_step=jax, feeds_tf_data=not jax, dispatches_ahead=jax,
-                   fused_adamw=not jax, exports_graphs=not jax, tensorflow_is_a_guest=jax)
+        return cls(backend=backend, compiles_per_shape=jax, compiles_training_step=jax, feeds_tf_data=not jax,
+                   dispatches_ahead=jax, fused_adamw=not jax, exports_graphs=not jax, tensorflow_is_a_guest=jax)
+
+    @cached_property
+    def accelerator(self) -> str:
+        return accelerator()
+
+    @cached_property
+    def kernels(self) -> Kernels:
+        return GPU_KERNELS if self.accelerator == "gpu" else CPU_KERNELS

@@ -6,6 +6,7 @@ see a key. The UniLM and padding masks are built by `build_attention_mask`.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import random
 
@@ -366,9 +367,10 @@ class TransformerBlock(keras.layers.Layer):
     def __init__(self, num_heads: int, head_size: int, hidden_size: int, intermediate_size: int,
                  hidden_act: str = "gelu", rotary: bool = False, dropout_rate: float = 0.1,
                  attention_dropout_rate: float = 0.1, initializer_range: float = 0.02,
-                 kernels: Kernels | None = None, **kwargs):
+                 kernels: Kernels | dict | None = None, **kwargs):
         super().__init__(**kwargs)
-        kernels = kernels or Kernels()
+        kernels = Kernels(**kernels) if isinstance(kernels, dict) else kernels or Kernels()
+        self.kernels = kernels
         self.num_heads = num_heads
         self.head_size = head_size
         self.hidden_size = hidden_size
@@ -424,7 +426,7 @@ class TransformerBlock(keras.layers.Layer):
                 "hidden_act": self.hidden_act, "rotary": self.rotary,
                 "dropout_rate": self.dropout_rate,
                 "attention_dropout_rate": self.attention_dropout_rate,
-                "initializer_range": self.initializer_range}
+                "initializer_range": self.initializer_range, "kernels": dataclasses.asdict(self.kernels)}
 
 
 @keras.saving.register_keras_serializable(package="simbert")

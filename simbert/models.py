@@ -201,7 +201,7 @@ class Transformer(keras.Model):
     def get_config(self):
         return {"config": self.config.to_dict(), "application": self.application, "with_pool": self.with_pool,
                 "with_mlm": self.with_mlm, "dtype": keras.dtype_policies.serialize(self.dtype_policy),
-                "name": self.name, "trainable": self.trainable}
+                "kernels": dataclasses.asdict(self.kernels), "name": self.name, "trainable": self.trainable}
 
     @classmethod
     def from_config(cls, config):
@@ -209,4 +209,6 @@ class Transformer(keras.Model):
         backbone = BackboneConfig.from_dict(config.pop("config"))
         if isinstance(config.get("dtype"), dict):
             config["dtype"] = keras.dtype_policies.deserialize(config["dtype"])
+        if isinstance(config.get("kernels"), dict):
+            config["kernels"] = Kernels(**config["kernels"])
         return cls(backbone, **config)

@@ -22,7 +22,12 @@ import numpy as np
 
 from simbert.api import SimBERT
 from simbert.callbacks import CheckpointSaver, DispatchAhead, LossCurve, ProgressLogger, SamplePrinter
-from simbert.checkpoints import assign_training_state, read_training_state, write_training_state
+from simbert.checkpoints import (
+    assign_training_state,
+    keep_tensorflow_off_the_gpus,
+    read_training_state,
+    write_training_state,
+)
 from simbert.compiled import use_compilation_cache
 from simbert.config import DataConfig, TrainConfig, TrainingConfig
 from simbert.data import DataError, ReadReport, batch_dataset, build_char_vocab, read_training_groups, training_batches
@@ -30,17 +35,20 @@ from simbert.directories import (
     TRAINER_STATE_FILE,
     TRAINING_STATE_FILE,
     VOCAB_FILE,
+    ModelFiles,
     RunDirectory,
+    RunDirectoryTaken,  # noqa: F401 (importable from here, where it was defined before RunDirectory)
     RunLock,
     build_backbone,
     config_path,
     load_pretrained,
     read_config,
+    read_model_files,
     read_trainer_state,
     resolve_model_directory,
     save_pretrained,
 )
-from simbert.errors import missing_path
+from simbert.errors import FileFormatError, missing_path
 from simbert.kernels import Platform
 from simbert.losses import DistillationLoss, Seq2SeqLoss, SimilarityLoss
 from simbert.models import Transformer
@@ -176,14 +184,17 @@ class ResumeMismatch(ValueError):
 
 @dataclass
 class ResumePoint:
-    """A checkpoint read in full, ready to continue from."""
+    """A checkpoint read in full, ready to continue from (its model built when training starts)."""
 
     step: int
     path: str
     recipe: dict
     training_state: dict
-    tokenizer: Tokenizer
-    backbone: Transformer
+    files: ModelFiles
+
+    @property
+    def tokenizer(self) -> Tokenizer:
+        return self.files.tokenizer
 
 
 def recipe_path(field: str, path: str) -> str:
@@ -241,7 +252,7 @@ class Trainer:
         self.config = config
         self.output_dir = config.output.dir
         self.run = RunDirectory(self.output_dir)
-        self.resume, self.overwrite = resume, overwrite
+        self.resume, self.overwrite, self.resume_anyway = resume, overwrite, resume_anyway
         self.report = ReadReport()
         self.stop_event = stop_event if stop_event is not None else threading.Event()
         training = config.training
@@ -249,19 +260,20 @@ class Trainer:
             recipe_path("training.teacher", training.teacher)
         self.check_data()
         self.run.check_free()
-        self.resume_point = None
+        self.tokenizer = self.resume_point = None
+        self._seen_checkpoints = []
         if resume:
-            self.resume_point = self.run.newest_readable(self._read_checkpoint)
-            if self.resume_point is None:
-                logger.warning("--resume: no checkpoint in %s, starting from step 0", self.output_dir)
-            else:
-                self._check_resume(self.resume_point, resume_anyway)
+            try:
+                self._find_resume_point()
+            except FileFormatError:
+                self.run.check_free()  # a run that started since is named, not its half-written checkpoints
+                raise
         else:
             self.run.check_unclaimed(overwrite)
         if self.resume_point is None:
             self._check_model_recipe()
-        self.tokenizer = self.resume_point.tokenizer if self.resume_point is not None else None
-        self.backbone = self.resume_point.backbone if self.resume_point is not None else None
+        self._claimed = False
+        self.backbone = None
         self.teacher = None
         self.training_model = None
         self.optimizer = None
@@ -284,26 +296,40 @@ class Trainer:
         it, and so does entering a `with` block. Returns the trainer."""
         if self.lock.held:
             return self
-        training = self.config.training
         self.lock.acquire()
         try:
-            keras.utils.set_random_seed(training.seed)
-            use_compilation_cache(training.compilation_cache)
-            self.run.claim(self.resume, self.overwrite)
-            if self.resume_point is not None:
-                self._check_resume_point_is_newest()
-            if self.training_model is None:
-                if self.backbone is None:
-                    self.tokenizer, self.backbone = self._build_tokenizer_and_backbone()
-                if training.teacher:
-                    self.teacher = SimBERT.from_pretrained(recipe_path("training.teacher", training.teacher),
-                                                           max_tokens=self.config.data.max_tokens)
-                self.training_model = build_training_model(self.backbone, training, self.platform)
-                self.optimizer = self.training_model.optimizer
+            if not self._claimed:
+                self._claim_and_build()
+                self._claimed = True
         except BaseException:
             self.lock.release()
             raise
         return self
+
+    def _claim_and_build(self) -> None:
+        """What starting a run does once (the lock held): process-wide setup, the output
+        directory claimed, the model built."""
+        training = self.config.training
+        keras.utils.set_random_seed(training.seed)
+        use_compilation_cache(training.compilation_cache)
+        keep_tensorflow_off_the_gpus()
+        self.run.claim(self.resume, self.overwrite)
+        if self.resume and self.run.checkpoints() != self._seen_checkpoints:
+            logger.warning("the checkpoints in %s changed since this trainer was built; reading them again",
+                           self.output_dir)
+            self._find_resume_point()
+        if self.resume_point is not None:
+            self.backbone = self.resume_point.files.build(dropout_rate=self.config.model.dropout_rate,
+                                                          dtype=training.precision)
+        else:
+            self.tokenizer, self.backbone = self._build_tokenizer_and_backbone()
+        if training.teacher:
+            self.teacher = SimBERT.from_pretrained(recipe_path("training.teacher", training.teacher),
+                                                   max_tokens=self.config.data.max_tokens)
+        self.training_model = build_training_model(self.backbone, training, self.platform)
+        self.optimizer = self.training_model.optimizer
+        # The model's own answer: Keras may turn XLA off where the model does not support it.
+        self.buckets = batch_buckets(self.config.data, self.training_model.jit_compile)
 
     def close(self) -> None:
         """Release the run lock."""
@@ -392,22 +418,21 @@ class Trainer:
     def _read_checkpoint(self, path: str) -> ResumePoint:
         """A checkpoint read in full (`RunDirectory.newest_readable` tries older ones when
         this raises)."""
-        model, precision = self.config.model, self.config.training.precision
         state = read_trainer_state(path)
         training_state = read_training_state(os.path.join(path, TRAINING_STATE_FILE))
-        tokenizer, backbone = load_pretrained(path, state.get("model_type"), dropout_rate=model.dropout_rate,
-                                              dtype=precision)
-        return ResumePoint(state["step"], path, state["config"], training_state, tokenizer, backbone)
+        files = read_model_files(path, state.get("model_type"))
+        return ResumePoint(state["step"], path, state["config"], training_state, files)
 
-    def _check_resume_point_is_newest(self) -> None:
-        """Under the lock: a run that saved a newer checkpoint after this trainer was
-        built (and before it took the lock) is continued from there."""
-        newest = self.run.checkpoints()
-        if newest and newest[-1][0] > self.resume_point.step:
-            logger.warning("%s holds a newer checkpoint than when this trainer was built; resuming from it",
-                           self.output_dir)
-            self.resume_point = self.run.newest_readable(self._read_checkpoint)
-            self.tokenizer, self.backbone = self.resume_point.tokenizer, self.resume_point.backbone
+    def _find_resume_point(self) -> None:
+        """`resume`: the newest checkpoint that reads in full, checked against the recipe
+        (None, with a warning, when the directory holds none)."""
+        self._seen_checkpoints = self.run.checkpoints()
+        self.resume_point = self.run.newest_readable(self._read_checkpoint)
+        if self.resume_point is None:
+            logger.warning("--resume: no checkpoint in %s, starting from step 0", self.output_dir)
+            return
+        self._check_resume(self.resume_point, self.resume_anyway)
+        self.tokenizer = self.resume_point.tokenizer
 
     def _check_resume(self, point: ResumePoint, anyway: bool) -> None:
         """Refuse (or with `anyway` warn) when the recipe changed a field of

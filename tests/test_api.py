@@ -8,9 +8,12 @@ import shutil
 import numpy as np
 import pytest
 
+import simbert
+from helpers import TINY_CONFIG, write_model_dir
 from simbert import SimBERT, Tokenizer, gen_synonyms, most_similar
 from simbert.checkpoints import read_safetensors, read_tf_checkpoint
 from simbert.cli import main
+from simbert.kernels import Platform
 
 TEXT = "明天北京会下雨吗"
 CORPUS = ["今天气温多少度", "花呗怎么还款", "信用卡怎么提高额度", "手机充不进电怎么办", TEXT,
@@ -31,13 +34,15 @@ def test_from_pretrained_reads_trainer_output_and_its_checkpoints(trained_tiny, 
 
 def test_from_pretrained_computes_in_the_precision_asked(trained_tiny, model):
     half = SimBERT.from_pretrained(trained_tiny, max_tokens=32, precision="mixed_bfloat16")
-    assert half.backbone.compute_dtype == "bfloat16" and half.backbone.blocks[0].attention.query.kernel.dtype == "float32"
+    assert half.backbone.compute_dtype == "bfloat16"
+    assert half.backbone.blocks[0].attention.query.kernel.dtype == "float32"
     vectors, reference = half.encode(CORPUS), model.encode(CORPUS)
     assert vectors.dtype == np.float32
     cosines = np.sum(vectors * reference, axis=1)
     assert cosines.min() > 0.99 and np.abs(vectors - reference).max() > 1e-4  # bfloat16's rounding, no more
     assert model.backbone.compute_dtype == "float32"
-    with pytest.raises(ValueError, match="precision should be one of float32, mixed_float16, mixed_bfloat16, got 'bf16'"):
+    with pytest.raises(ValueError,
+                       match="precision should be one of float32, mixed_float16, mixed_bfloat16, got 'bf16'"):
         SimBERT.from_pretrained(trained_tiny, precision="bf16")
 
 
@@ -95,7 +100,8 @@ def test_save_writes_the_released_layout_and_safetensors(model, tmp_path):
     assert sorted(os.listdir(tmp_path / "saved")) == [
         "bert_config.json", "bert_model.ckpt.data-00000-of-00001", "bert_model.ckpt.index", "bert_model.safetensors",
         "checkpoint", "vocab.txt"]
-    assert json.loads((tmp_path / "saved" / "bert_config.json").read_text())["vocab_size"] == model.tokenizer.vocab_size
+    saved_config = json.loads((tmp_path / "saved" / "bert_config.json").read_text())
+    assert saved_config["vocab_size"] == model.tokenizer.vocab_size
     tf_values = read_tf_checkpoint(tmp_path / "saved")
     safetensors_values = read_safetensors(tmp_path / "saved" / "bert_model.safetensors")
     assert "cls/predictions/output_bias" in tf_values and tf_values.keys() == safetensors_values.keys()
@@ -171,3 +177,44 @@ def test_text_without_tokens_and_a_zero_maxlen_are_refused(two_models, tmp_path)
         two_models[0].encode(["w10", " "])
     with pytest.raises(ValueError, match="max_tokens should be an integer of at least 3"):
         SimBERT(two_models[0].backbone, two_models[0].tokenizer, max_tokens=0)
+
+
+def jax_compilation_cache_setting():
+    """JAX's persistent-cache directory setting, or None where JAX is not imported."""
+    import sys
+
+    return sys.modules["jax"].config.jax_compilation_cache_dir if "jax" in sys.modules else None
+
+
+def test_loading_and_encoding_leave_the_process_settings_alone(tmp_path, monkeypatch):
+    """`from_pretrained` + `encode` change neither the environment (TF_XLA_FLAGS) nor JAX's
+    compilation-cache setting, and write nothing under the cache directory: keeping
+    compiled programs is one explicit call, `simbert.use_compilation_cache`."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    write_model_dir(tmp_path / "model", TINY_CONFIG)
+    environment, jax_cache = dict(os.environ), jax_compilation_cache_setting()
+    model = SimBERT.from_pretrained(tmp_path / "model", max_tokens=16)
+    assert model.encode(["w1 w2", "w3"]).shape == (2, TINY_CONFIG["hidden_size"])
+    assert dict(os.environ) == environment
+    assert jax_compilation_cache_setting() == jax_cache
+    assert not (tmp_path / "cache").exists()
+
+
+def test_the_compilation_cache_is_one_explicit_call(tmp_path, monkeypatch):
+    monkeypatch.setenv("TF_XLA_FLAGS", "--xla_cpu_enable_fast_math=false")
+    directory = str(tmp_path / "xla")
+    if Platform.current().backend == "jax":
+        import jax
+
+        before = jax.config.jax_compilation_cache_dir
+        try:
+            assert simbert.use_compilation_cache(directory) == directory
+            assert jax.config.jax_compilation_cache_dir == directory
+        finally:
+            jax.config.update("jax_compilation_cache_dir", before)
+    else:
+        assert simbert.use_compilation_cache(directory) == directory
+        assert os.environ["TF_XLA_FLAGS"] == (f"--xla_cpu_enable_fast_math=false "
+                                              f"--tf_xla_persistent_cache_directory={directory}")
+    assert os.path.isdir(directory)
+    assert simbert.use_compilation_cache(None) is None

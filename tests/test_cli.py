@@ -28,7 +28,7 @@ def test_generate_encode_index_search(trained_tiny, tmp_path):
     lines = stdout_of("generate", trained_tiny, "花呗怎么还款", "-n", 30, "-k", 5, "--seed", 1).strip().splitlines()
     assert 0 < len(lines) <= 5
     scores = [float(line.split("\t")[0]) for line in lines]
-    assert scores == sorted(scores, reverse=True) and all("花呗怎么还款" != l.split("\t")[1] for l in lines)
+    assert scores == sorted(scores, reverse=True) and all("花呗怎么还款" != line.split("\t")[1] for line in lines)
 
     corpus = tmp_path / "corpus.txt"
     corpus.write_text("\ufeff" + "\n".join(CORPUS) + "\n\n", encoding="utf-8")
@@ -44,7 +44,8 @@ def test_generate_encode_index_search(trained_tiny, tmp_path):
 
     stdout_of("index", trained_tiny, "--input", corpus, "--output", tmp_path / "index")
     best = stdout_of("search", tmp_path / "index", trained_tiny, "花呗怎么还款", "--topn", 2).splitlines()
-    assert len(best) == 2 and best[0].split("\t")[1] == "花呗怎么还款" and abs(float(best[0].split("\t")[0]) - 1) < 1e-4
+    assert len(best) == 2 and best[0].split("\t")[1] == "花呗怎么还款"
+    assert abs(float(best[0].split("\t")[0]) - 1) < 1e-4
 
 
 @pytest.mark.parametrize("command", ["train", "generate", "encode", "index", "search"])

@@ -46,9 +46,9 @@ def test_training_step_is_compiled_with_a_bounded_number_of_programs(tmp_path):
 def test_an_eager_step_is_counted_once_per_step(tmp_path):
     """The trace counter the previous test relies on does see every eager step."""
     config = tiny_config(tmp_path, 4, jit_compile=False)
-    trainer = Trainer(config)
-    trainer.training_model.run_eagerly = True
-    assert trainer.fit().compiled_programs == 4
+    with Trainer(config) as trainer:
+        trainer.training_model.run_eagerly = True
+        assert trainer.fit().compiled_programs == 4
 
 
 @pytest.mark.parametrize("async_safe", [False, True])

@@ -10,6 +10,7 @@ import sys
 import numpy as np
 import pytest
 
+from helpers import ROOT, short_config
 from simbert.data import (
     DataError,
     PairSampler,
@@ -25,7 +26,6 @@ from simbert.data import (
     read_pair_rows,
     read_pairs,
 )
-from helpers import ROOT, short_config
 from simbert.shapes import ShapeBuckets
 from simbert.tokenizer import Tokenizer
 from simbert.trainer import Trainer
@@ -207,7 +207,8 @@ def test_prepare_pairs_keeps_the_similar_pairs_and_writes_whole_or_not_at_all(tm
     done = prepare(output, binary, graded)
     assert done.returncode == 0, done.stderr[-2000:]
     assert [json.loads(line) for line in output.read_text(encoding="utf-8").splitlines()] == [
-        {"text_a": "花呗怎么还款", "text_b": "花呗如何还钱"}, {"text_a": "一个男人在弹吉他", "text_b": "一个人在弹吉他"},
+        {"text_a": "花呗怎么还款", "text_b": "花呗如何还钱"},
+        {"text_a": "一个男人在弹吉他", "text_b": "一个人在弹吉他"},
         {"text_a": "两个人在跑步", "text_b": "两人在跑"}]
     before = output.read_bytes()
     refused = prepare(output, binary, tmp_path / "absent.tsv")

