@@ -71,7 +71,7 @@ def time_ours_step(model: dict, vocab_size: int, batch: int, steps: int, precisi
     from simbert.config import BackboneConfig, TrainingConfig
     from simbert.kernels import Platform
     from simbert.models import Transformer
-    from simbert.trainer import build_training_model
+    from simbert.training_model import build_training_model
 
     keras.backend.clear_session()
     config = BackboneConfig(vocab_size=vocab_size, max_position_embeddings=512, hidden_dropout_prob=dropout,

@@ -24,7 +24,7 @@ from simbert import build_transformer_model
 from simbert.config import TrainingConfig
 from simbert.data import target_positions
 from simbert.kernels import Platform
-from simbert.trainer import build_training_model
+from simbert.training_model import build_training_model
 
 CONFIG = {"vocab_size": 13000, "hidden_size": 256, "num_hidden_layers": 4, "num_attention_heads": 4,
           "intermediate_size": 1024, "max_position_embeddings": 512, "hidden_act": "gelu"}

@@ -29,7 +29,7 @@ from simbert.checkpoints import (
     write_training_state,
 )
 from simbert.compiled import use_compilation_cache
-from simbert.config import DataConfig, TrainConfig, TrainingConfig
+from simbert.config import DataConfig, TrainConfig
 from simbert.data import DataError, ReadReport, batch_dataset, build_char_vocab, read_training_groups, training_batches
 from simbert.directories import (
     TRAINER_STATE_FILE,
@@ -50,39 +50,13 @@ from simbert.directories import (
 )
 from simbert.errors import FileFormatError, missing_path
 from simbert.kernels import Platform
-from simbert.losses import DistillationLoss, Seq2SeqLoss, SimilarityLoss
 from simbert.models import Transformer
-from simbert.optimizers import AdamW
 from simbert.shapes import ShapeBuckets
 from simbert.tokenizer import Tokenizer, load_vocab
+from simbert.training_model import build_training_model, compiles_step, learning_rate_schedule
 from simbert.workers import Prefetcher
 
 logger = logging.getLogger(__name__)
-
-
-def linear_warmup(learning_rate: float, warmup_steps: int) -> keras.optimizers.schedules.LearningRateSchedule:
-    """`lr * min(1, (step + 1) / warmup_steps)`: linear warm-up, then constant.
-
-    Keras' `CosineDecay` with `alpha=1` (no decay: its cosine factor is 1) warms up
-    linearly from `lr / w` at step 0 to `lr` at step `w - 1`, which is this schedule.
-    """
-    return keras.optimizers.schedules.CosineDecay(
-        initial_learning_rate=learning_rate / warmup_steps, decay_steps=1, alpha=1.0,
-        warmup_target=learning_rate, warmup_steps=warmup_steps - 1)
-
-
-def learning_rate_schedule(training: TrainingConfig) -> float | keras.optimizers.schedules.LearningRateSchedule:
-    """`training.learning_rate`, warmed up linearly over `training.warmup_steps` if any."""
-    if training.warmup_steps:
-        return linear_warmup(training.learning_rate, training.warmup_steps)
-    return training.learning_rate
-
-
-def compiles_step(jit_compile: bool | str, platform: Platform) -> bool:
-    """`training.jit_compile` on `platform`: "auto" is `platform.compiles_training_step`."""
-    if jit_compile == "auto":
-        return platform.compiles_training_step
-    return bool(jit_compile)
 
 
 def batch_buckets(data: DataConfig, step_compiled: bool) -> ShapeBuckets:
@@ -101,52 +75,6 @@ def default_workers() -> int:
     """Batch-building processes when `data.workers` is not set: a quarter of the CPU
     cores, at most 8 (none on a 2-core machine, where they would take the step's cores)."""
     return min(8, (os.cpu_count() or 1) // 4)
-
-
-class TrainingModel(keras.Model):
-    """A functional `keras.Model` that counts how often its training step is traced:
-    once per compiled program on JAX and TensorFlow, once per step when run eagerly."""
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.step_traces = 0
-
-    def train_step(self, *args, **kwargs):
-        self.step_traces += 1
-        return super().train_step(*args, **kwargs)
-
-
-def build_training_model(backbone: Transformer, training: TrainingConfig, platform: Platform) -> keras.Model:
-    """The compiled model `fit` trains: inputs `(token_ids, segment_ids, target_positions)`,
-    outputs `seq2seq` (MLM logits at the target positions only, about half of them),
-    `similarity` (pooled [CLS]) and, with a teacher, `distillation` (pooled again);
-    losses weighted as configured; AdamW without decay on LayerNorm and bias."""
-    token_ids, segment_ids = backbone.inputs
-    positions = keras.Input(shape=(None,), dtype="int32", name="target_positions")
-    # Only [CLS] (pooled) and the target positions (MLM) leave the last layer.
-    cls_and_targets = keras.ops.concatenate([keras.ops.zeros_like(positions[:, :1]), positions], axis=1)
-    sequence = backbone.sequence_output(token_ids, segment_ids, output_positions=cls_and_targets)
-    pooled = backbone.pool(sequence)
-    logits = backbone.mlm_logits(sequence[:, 1:])
-    outputs = {"seq2seq": logits, "similarity": pooled}
-    written = backbone.kernels.written_cross_entropy
-    losses = {"seq2seq": Seq2SeqLoss(written),
-              "similarity": SimilarityLoss(training.scale, training.mask_duplicates, written)}
-    weights = {"seq2seq": training.seq2seq_weight, "similarity": training.similarity_weight}
-    if training.teacher:
-        outputs["distillation"] = pooled
-        losses["distillation"] = DistillationLoss()
-        weights["distillation"] = training.distillation_weight
-    model = TrainingModel([token_ids, segment_ids, positions], outputs, name="simbert_training")
-    learning_rate = learning_rate_schedule(training)
-    # A fixed name, so that the optimizer's variable paths (the training-state keys) are
-    # the same in every process.
-    optimizer = AdamW(learning_rate=learning_rate, weight_decay=training.weight_decay,
-                      clipnorm=training.clipnorm, name="adamw")
-    optimizer.exclude_from_weight_decay(var_names=["gamma", "beta", "bias"])
-    model.compile(optimizer=optimizer, loss=losses, loss_weights=weights,
-                  jit_compile=compiles_step(training.jit_compile, platform))
-    return model
 
 
 @dataclass

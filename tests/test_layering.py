@@ -19,7 +19,7 @@ LAYERS = [
     {"models"},
     {"checkpoints", "source_pass"},
     {"directories", "data", "losses", "optimizers", "generation", "retrieval"},
-    {"evaluation", "export"},
+    {"evaluation", "export", "training_model"},
     {"api"},
     {"callbacks", "server"},
     {"trainer"},

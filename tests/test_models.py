@@ -78,7 +78,7 @@ def test_pruned_last_block_gives_the_same_rows(checkpoints, model):
     those rows equal the full model's."""
     from simbert.config import TrainingConfig
     from simbert.data import target_positions
-    from simbert.trainer import build_training_model
+    from simbert.training_model import build_training_model
 
     transformer = loaded_model(checkpoints, model, with_pool="linear", with_mlm="linear")
     token_ids, segment_ids = padded_batch(TINY_CONFIG["vocab_size"], seed=3)
@@ -144,7 +144,7 @@ def test_training_loss_gradient_matches_finite_differences(checkpoints, model):
     from simbert.config import TrainingConfig
     from simbert.data import target_positions
     from simbert.losses import Seq2SeqLoss, SimilarityLoss
-    from simbert.trainer import build_training_model
+    from simbert.training_model import build_training_model
 
     backbone = loaded_model(checkpoints, model, with_pool="linear", with_mlm="linear")
     training_model = build_training_model(backbone, TrainingConfig(), Platform.current())

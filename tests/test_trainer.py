@@ -22,7 +22,8 @@ from simbert import build_transformer_model
 from simbert.data import DataError
 from simbert.directories import DirectoryInUse, RunDirectoryTaken, checkpoint_dirs, remove_checkpoint
 from simbert.tokenizer import load_vocab
-from simbert.trainer import ResumeMismatch, Trainer, linear_warmup
+from simbert.trainer import ResumeMismatch, Trainer
+from simbert.training_model import linear_warmup
 
 
 def read_metrics(output_dir):
