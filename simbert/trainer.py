@@ -200,7 +200,6 @@ class Trainer:
             self.run.check_unclaimed(overwrite)
         if self.resume_point is None:
             self._check_model_recipe()
-        self._claimed = False
         self.backbone = None
         self.teacher = None
         self.training_model = None
@@ -226,9 +225,8 @@ class Trainer:
             return self
         self.lock.acquire()
         try:
-            if not self._claimed:
+            if self.training_model is None:  # not started before
                 self._claim_and_build()
-                self._claimed = True
         except BaseException:
             self.lock.release()
             raise
