@@ -148,18 +148,22 @@ class ProgressLogger(TrainingModelCallback):
     and stops training (the message is the trainer's); the steps after it (started
     before it was read) are not taken in. `learning_rate` (a number or a Keras schedule
     of the step) gives the logged `lr`, the rate for the next step, as the optimizer's
-    `learning_rate` would. `async_safe`: it reads no weights, and its batch ends may run
-    in another thread.
+    `learning_rate` would. `negatives(step)`, when given, is the mean number of negatives
+    a row of that step's batch saw in the similarity softmax, logged as `negatives`.
+    Without `metrics_path` (a process that does not write the run's files) only the bar
+    shows. `async_safe`: it reads no weights, and its batch ends may run in another thread.
     """
 
     KEYS = ("loss", "seq2seq_loss", "similarity_loss", "distillation_loss")
     async_safe = True
 
-    def __init__(self, metrics_path: str, start_step: int, total_steps: int, batch_size: int, log_every: int,
-                 stop_event: threading.Event,
-                 learning_rate: float | keras.optimizers.schedules.LearningRateSchedule):
+    def __init__(self, metrics_path: str | None, start_step: int, total_steps: int, batch_size: int,
+                 log_every: int, stop_event: threading.Event,
+                 learning_rate: float | keras.optimizers.schedules.LearningRateSchedule,
+                 negatives: Callable[[int], float | None] | None = None):
         super().__init__()
         self.metrics_path = metrics_path
+        self.negatives = negatives
         self.learning_rate = learning_rate
         self.start_step = self.step = start_step
         self.total_steps = total_steps
@@ -208,12 +212,17 @@ class ProgressLogger(TrainingModelCallback):
         self.previous_sums, self.previous_count = sums, count
         record = {"step": self.step, **{k: round(float(v), 6) for k, v in means.items()},
                   "lr": self.learning_rate_at(self.step)}
+        negatives = self.negatives(self.step) if self.negatives is not None else None
+        if negatives is not None:
+            record["negatives"] = round(negatives, 2)
         self.first = self.first or record
         self.last = record
-        with open(self.metrics_path, "a", encoding="utf-8") as writer:
-            writer.write(json.dumps(record) + "\n")
+        if self.metrics_path is not None:
+            with open(self.metrics_path, "a", encoding="utf-8") as writer:
+                writer.write(json.dumps(record) + "\n")
         rate = self.samples_per_second()
         self.bar.set_postfix(seq2seq=f"{means['seq2seq_loss']:.3f}", similarity=f"{means['similarity_loss']:.3f}",
+                             **({"negatives": f"{negatives:.1f}"} if negatives is not None else {}),
                              samples_per_s=f"{rate:.1f}" if rate else "-")
 
     def on_train_end(self, logs=None):

@@ -2,6 +2,7 @@
 imported inside the commands, so `--help` and argument errors answer at once.
 
     simbert train --config FILE [--steps N] [--output-dir DIR] [--resume [--resume-anyway] | --overwrite] [--seed S]
+                  [--coordinator HOST:PORT --num-processes N --process-id I]
     simbert generate MODEL_DIR "text" [-n 100] [-k 20] [--topk 5] [--topp P] [--temperature T]
     simbert encode MODEL_DIR --input texts.txt --output vecs.npy [--skip-blank]
     simbert index MODEL_DIR --input corpus.txt --output INDEX_DIR [--append]
@@ -78,13 +79,20 @@ def _train(args) -> int:
         signal.signal(signum, previous[signum])
 
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    group = None
     try:
         import dataclasses
 
         from simbert.config import TrainConfig
-        from simbert.trainer import Trainer
+        from simbert.distribution import ProcessGroup
 
         config = TrainConfig.from_yaml(args.config)
+        group = ProcessGroup.from_arguments(args.coordinator, args.num_processes, args.process_id)
+        if group is not None:  # before the backend starts
+            group.join(heartbeat_timeout_s=args.heartbeat_timeout)
+
+        from simbert.trainer import Trainer
+
         if args.steps is not None:
             config.training.steps = args.steps
         if args.output_dir is not None:
@@ -98,6 +106,15 @@ def _train(args) -> int:
         trainer = Trainer(config, resume=args.resume, overwrite=args.overwrite, resume_anyway=args.resume_anyway,
                           stop_event=stop)
         result = trainer.fit()
+    except Exception as error:
+        if group is None or args.debug:
+            raise
+        # One line, then out at once: JAX's exit handler would wait for the lost process and abort.
+        print(f"simbert: error: process {group.process_id} of {group.num_processes}: {one_line(error)}. A process "
+              f"of this run failed or lost contact, so every process stops; start them all again with --resume",
+              file=sys.stderr, flush=True)
+        sys.stdout.flush()
+        os._exit(1)
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
@@ -259,6 +276,13 @@ def build_parser() -> argparse.ArgumentParser:
                        help="with --resume: continue although the recipe changed batch size, maxlen, seed or "
                             "the model (warns)")
     train.add_argument("--seed", type=int, help="override training.seed")
+    hosts = train.add_argument_group("several processes (hosts), JAX only; or the KERAS_DISTRIBUTION_* variables")
+    hosts.add_argument("--coordinator", metavar="HOST:PORT", help="where process 0 listens for the others")
+    add_count(hosts, "--num-processes", help="processes in the run, one per host")
+    add_count(hosts, "--process-id", minimum=0,
+              help="this process's index, 0 to N-1 (process 0 writes checkpoints and metrics)")
+    add_count(hosts, "--heartbeat-timeout", default=60,
+              help="seconds after which a silent process ends the run with an error (default 60)")
     train.set_defaults(run=_train)
     add_cache_arguments(train, default=None)
 

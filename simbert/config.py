@@ -168,6 +168,11 @@ class TrainingConfig:
     compilation_cache: str | None = "default"
     teacher: str | None = None  # model directory of a teacher for distillation
     distillation_weight: float = 100.0
+    # auto: data parallel over every device the JAX backend sees (when more than one); none; data_parallel.
+    distribution: str = "auto"
+    devices: list | None = None  # device names (keras.distribution.list_devices()) to train on; None: all
+    # Rows a forward pass holds activations for at a time (the cached contrastive step); None: the whole batch.
+    similarity_chunk: int | None = None
 
 
 @dataclass
@@ -193,11 +198,13 @@ class TrainConfig:
         "data.on_error": ("raise", "skip"),
         "training.precision": PRECISIONS,
         "training.jit_compile": (True, False, "auto"),
+        "training.distribution": ("auto", "none", "data_parallel"),
     }
     # Numbers checked when the recipe is read, before anything is built (None: unset).
     MINIMUMS: ClassVar[dict] = {
         "data.max_chars": 1, "data.shuffle_buffer": 1, "data.length_step": 1, "data.workers": 0,
-        "training.steps": 1, "training.warmup_steps": 0, "output.save_every": 0, "output.keep": 1,
+        "training.steps": 1, "training.warmup_steps": 0, "training.similarity_chunk": 1,
+        "output.save_every": 0, "output.keep": 1,
         "output.log_every": 1, "output.sample_every": 0,
     }
     POSITIVE: ClassVar[tuple] = ("training.learning_rate", "training.scale", "training.clipnorm")

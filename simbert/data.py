@@ -349,6 +349,20 @@ def source_text_ids(rows: Sequence[Sequence[int]]) -> np.ndarray:
     return np.array([seen.setdefault(tuple(r), len(seen)) for r in rows], "int32")
 
 
+def negatives_per_row(text_ids: np.ndarray, mask_duplicates: bool = True) -> float:
+    """The mean number of negatives a row of the batch sees in the similarity softmax:
+    every other row but its partner (`rows - 2`), less, with `mask_duplicates`, the rows
+    whose source text equals its partner's (`SimilarityLoss` masks them)."""
+    rows = len(text_ids)
+    if not mask_duplicates:
+        return float(rows - 2)
+    partners = np.arange(rows) ^ 1
+    same_as_partner = text_ids[partners][:, None] == text_ids[None, :]
+    same_as_partner[np.arange(rows), partners] = False
+    same_as_partner[np.arange(rows), np.arange(rows)] = False
+    return float(rows - 2 - same_as_partner.sum(axis=1).mean())
+
+
 def target_positions(token_ids: np.ndarray, segment_ids: np.ndarray,
                      buckets: ShapeBuckets | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Where the seq2seq loss looks: position p predicts token p + 1, which counts when it

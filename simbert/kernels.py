@@ -109,6 +109,8 @@ class Platform:
             would write StableHLO the installed TensorFlow may not read.
         tensorflow_is_a_guest: another backend computes, and TensorFlow is only used to
             write bert4keras checkpoints: it should stay off the GPUs.
+        distributes: a step can run data parallel over several devices and processes
+            (`keras.distribution` on JAX; see `simbert.distribution`).
 
     Example:
         >>> platform = Platform.current()
@@ -124,6 +126,7 @@ class Platform:
     fused_adamw: bool
     exports_graphs: bool
     tensorflow_is_a_guest: bool
+    distributes: bool
 
     @classmethod
     def current(cls) -> "Platform":
@@ -132,7 +135,8 @@ class Platform:
         backend = check_backend()
         jax = backend == "jax"
         return cls(backend=backend, compiles_per_shape=jax, compiles_training_step=jax, feeds_tf_data=not jax,
-                   dispatches_ahead=jax, fused_adamw=not jax, exports_graphs=not jax, tensorflow_is_a_guest=jax)
+                   dispatches_ahead=jax, fused_adamw=not jax, exports_graphs=not jax, tensorflow_is_a_guest=jax,
+                   distributes=jax)
 
     @cached_property
     def accelerator(self) -> str:

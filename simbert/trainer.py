@@ -30,7 +30,15 @@ from simbert.checkpoints import (
 )
 from simbert.compiled import use_compilation_cache
 from simbert.config import DataConfig, TrainConfig
-from simbert.data import DataError, ReadReport, batch_dataset, build_char_vocab, read_training_groups, training_batches
+from simbert.data import (
+    DataError,
+    ReadReport,
+    batch_dataset,
+    build_char_vocab,
+    negatives_per_row,
+    read_training_groups,
+    training_batches,
+)
 from simbert.directories import (
     TRAINER_STATE_FILE,
     TRAINING_STATE_FILE,
@@ -48,6 +56,7 @@ from simbert.directories import (
     resolve_model_directory,
     save_pretrained,
 )
+from simbert.distribution import batch_layout
 from simbert.errors import FileFormatError, missing_path
 from simbert.kernels import Platform
 from simbert.models import Transformer
@@ -186,8 +195,11 @@ class Trainer:
         training = config.training
         if training.teacher:
             recipe_path("training.teacher", training.teacher)
+        # Devices and processes; only process 0 of a multi-process run writes in output.dir.
+        self.layout = batch_layout(training.distribution, training.devices, training.batch_size, self.platform)
         self.check_data()
-        self.run.check_free()
+        if self.layout.writes:
+            self.run.check_free()
         self.tokenizer = self.resume_point = None
         self._seen_checkpoints = []
         if resume:
@@ -196,7 +208,7 @@ class Trainer:
             except FileFormatError:
                 self.run.check_free()  # a run that started since is named, not its half-written checkpoints
                 raise
-        else:
+        elif self.layout.writes:
             self.run.check_unclaimed(overwrite)
         if self.resume_point is None:
             self._check_model_recipe()
@@ -207,6 +219,7 @@ class Trainer:
         # XLA compiles the step once per batch shape.
         self.buckets = batch_buckets(config.data, compiles_step(training.jit_compile, self.platform))
         self.workers = default_workers() if config.data.workers is None else config.data.workers
+        self._negatives = {}  # step -> mean negatives a row of its batch saw
 
     @property
     def lock(self) -> RunLock:
@@ -217,13 +230,20 @@ class Trainer:
         self.stop_event.set()
 
     # ------------------------------------------------------------ starting
+    @property
+    def started(self) -> bool:
+        """Whether the run has started and not been closed since."""
+        return self.lock.held or (not self.layout.writes and self.training_model is not None)
+
     def start(self) -> "Trainer":
         """Take the run lock, set the seeds and the compilation cache, claim the output
         directory (`overwrite` deletes its checkpoints) and build the model; `fit` calls
-        it, and so does entering a `with` block. Returns the trainer."""
-        if self.lock.held:
+        it, and so does entering a `with` block. A process other than process 0 of a
+        multi-process run takes no lock and claims nothing. Returns the trainer."""
+        if self.started:
             return self
-        self.lock.acquire()
+        if self.layout.writes:
+            self.lock.acquire()
         try:
             if self.training_model is None:  # not started before
                 self._claim_and_build()
@@ -239,21 +259,23 @@ class Trainer:
         keras.utils.set_random_seed(training.seed)
         use_compilation_cache(training.compilation_cache)
         keep_tensorflow_off_the_gpus()
-        self.run.claim(self.resume, self.overwrite)
+        if self.layout.writes:
+            self.run.claim(self.resume, self.overwrite)
         if self.resume and self.run.checkpoints() != self._seen_checkpoints:
             logger.warning("the checkpoints in %s changed since this trainer was built; reading them again",
                            self.output_dir)
             self._find_resume_point()
-        if self.resume_point is not None:
-            self.backbone = self.resume_point.files.build(dropout_rate=self.config.model.dropout_rate,
-                                                          dtype=training.precision)
-        else:
-            self.tokenizer, self.backbone = self._build_tokenizer_and_backbone()
-        if training.teacher:
+        with self.layout.scope():  # variables replicated over the devices
+            if self.resume_point is not None:
+                self.backbone = self.resume_point.files.build(dropout_rate=self.config.model.dropout_rate,
+                                                              dtype=training.precision)
+            else:
+                self.tokenizer, self.backbone = self._build_tokenizer_and_backbone()
+            self.training_model = build_training_model(self.backbone, training, self.platform)
+            self.optimizer = self.training_model.optimizer
+        if training.teacher:  # on this process's own device: it encodes each batch on the host's side
             self.teacher = SimBERT.from_pretrained(recipe_path("training.teacher", training.teacher),
                                                    max_tokens=self.config.data.max_tokens)
-        self.training_model = build_training_model(self.backbone, training, self.platform)
-        self.optimizer = self.training_model.optimizer
         # The model's own answer: Keras may turn XLA off where the model does not support it.
         self.buckets = batch_buckets(self.config.data, self.training_model.jit_compile)
 
@@ -391,10 +413,21 @@ class Trainer:
         return vectors @ vectors.T
 
     def _batches(self, start_step: int):
+        """This process's rows of every global batch from `start_step` on (every process
+        builds the same global batch, so lengths agree), its negatives recorded by step."""
         data, training = self.config.data, self.config.training
-        return training_batches(self.read_groups, self.tokenizer, data, training.batch_size, training.seed,
-                                start_step, self._teacher_similarities if self.teacher is not None else None,
-                                self.buckets, self.workers)
+        batches = training_batches(self.read_groups, self.tokenizer, data, training.batch_size, training.seed,
+                                   start_step, self._teacher_similarities if self.teacher is not None else None,
+                                   self.buckets, self.workers)
+        for step, batch in enumerate(batches, start_step + 1):
+            self._negatives[step] = negatives_per_row(batch[1]["similarity"], training.mask_duplicates)
+            yield self.layout.local_part(batch)
+
+    def negatives_at(self, step: int) -> float | None:
+        """The mean negatives a row of step `step`'s batch saw (None once forgotten)."""
+        for old in [key for key in list(self._negatives) if key < step]:  # list(): the batch thread adds keys
+            self._negatives.pop(old, None)
+        return self._negatives.get(step)
 
     def _fit_input(self, batches):
         """The batches as `fit` takes them: a tf.data pipeline where the platform feeds
@@ -416,10 +449,12 @@ class Trainer:
             json.dump({"step": step, "model_type": self.backbone.config.model_type,
                        "config": self.config.to_dict()}, writer, indent=2)
 
-    def save_checkpoint(self, step: int) -> str:
+    def save_checkpoint(self, step: int) -> str | None:
         """Write `checkpoint-<step>` whole or not at all and keep the last `output.keep`,
         never removing the one just written (`RunDirectory.save_checkpoint`); the run
-        must have started. Returns its path."""
+        must have started. Returns its path (None in a process that does not write)."""
+        if self.started and not self.layout.writes:
+            return None
         if not self.lock.held:
             raise RuntimeError("save_checkpoint: the run has not started (call it inside `with Trainer(...)` or fit)")
         return self.run.save_checkpoint(step, lambda directory: self._write_checkpoint(directory, step),
@@ -427,7 +462,8 @@ class Trainer:
 
     def _restore(self, point: ResumePoint) -> int:
         """Load the optimizer and random state of `point` (its weights came with its backbone)."""
-        self.optimizer.build(self.training_model.trainable_variables)
+        with self.layout.scope():
+            self.optimizer.build(self.training_model.trainable_variables)
         assign_training_state(point.training_state, self._state_variables(),
                               os.path.join(point.path, TRAINING_STATE_FILE))
         return point.step
@@ -443,7 +479,7 @@ class Trainer:
             A `FitResult`. Called outside a `with` block, `fit` starts the run itself and
             releases the output directory when done.
         """
-        if self.lock.held:
+        if self.started:
             return self._fit(callbacks)
         with self:
             return self._fit(callbacks)
@@ -459,13 +495,21 @@ class Trainer:
             return FitResult(start_step, start_step, stopped="already complete")
         if self.stop_event.is_set():
             return FitResult(start_step, start_step, stopped="requested")
-        self.run.keep_metrics_until(start_step)
-        progress = ProgressLogger(self.run.metrics_path, start_step, total, self.config.training.batch_size,
-                                  output.log_every, self.stop_event, learning_rate_schedule(self.config.training))
+        writes = self.layout.writes
+        if writes:
+            self.run.keep_metrics_until(start_step)
+        logger.info("%s", self.layout.describe())
+        progress = ProgressLogger(self.run.metrics_path if writes else None, start_step, total,
+                                  self.config.training.batch_size, output.log_every, self.stop_event,
+                                  learning_rate_schedule(self.config.training), self.negatives_at)
         callbacks = [progress,
                      CheckpointSaver(self.save_checkpoint, start_step, total, output.save_every, self.stop_event),
-                     LossCurve(self.run.metrics_path, self.run.loss_plot_path), *(callbacks or [])]
-        if output.sample_every:
+                     *([LossCurve(self.run.metrics_path, self.run.loss_plot_path)] if writes else []),
+                     *(callbacks or [])]
+        if output.sample_every and self.layout.processes > 1:
+            logger.warning("output.sample_every: samples are not printed in a multi-process run (every process "
+                           "would have to generate them together)")
+        elif output.sample_every:
             texts = output.sample_texts or [group[0] for _, group in zip(range(3), self.read_groups())]
             sampler = SimBERT(self.backbone, self.tokenizer, max_tokens=self.config.data.max_tokens)
             callbacks.append(SamplePrinter(sampler, texts, output.sample_every, start_step))
@@ -474,8 +518,9 @@ class Trainer:
         batches = Prefetcher(self._batches(start_step), PREFETCH_BATCHES)
         started = time.perf_counter()
         try:
-            self.training_model.fit(self._fit_input(batches), steps_per_epoch=total - start_step, epochs=1,
-                                    shuffle=False, verbose=0, callbacks=callbacks)
+            with self.layout.scope():  # fit shards each batch over the devices
+                self.training_model.fit(self._fit_input(batches), steps_per_epoch=total - start_step, epochs=1,
+                                        shuffle=False, verbose=0, callbacks=callbacks)
         finally:
             callbacks.close()
             batches.close()  # stops the batch workers

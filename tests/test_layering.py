@@ -14,7 +14,7 @@ PACKAGE = os.path.join(ROOT, "simbert")
 # Lowest first. A module may import modules of strictly lower layers only.
 LAYERS = [
     {"errors", "atomic_files", "kernels", "workers"},
-    {"arguments", "tokenizer", "layers", "shapes", "text_files", "trace_store"},
+    {"arguments", "distribution", "tokenizer", "layers", "shapes", "text_files", "trace_store"},
     {"compiled", "config"},
     {"models"},
     {"checkpoints", "source_pass"},
