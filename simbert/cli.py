@@ -4,8 +4,9 @@ imported inside the commands, so `--help` and argument errors answer at once.
     simbert train --config FILE [--steps N] [--output-dir DIR] [--resume [--resume-anyway] | --overwrite] [--seed S]
                   [--coordinator HOST:PORT --num-processes N --process-id I]
     simbert generate MODEL_DIR "text" [-n 100] [-k 20] [--topk 5] [--topp P] [--temperature T]
-    simbert encode MODEL_DIR --input texts.txt --output vecs.npy [--skip-blank]
-    simbert index MODEL_DIR --input corpus.txt --output INDEX_DIR [--append]
+    simbert encode MODEL_DIR --input texts.txt --output vecs.npy [--skip-blank] [--distribution auto]
+    simbert index MODEL_DIR --input corpus.txt --output INDEX_DIR [--append | --shard I/N] [--distribution auto]
+    simbert index --output INDEX_DIR --merge PART_DIR...
     simbert search INDEX_DIR MODEL_DIR "query" [--topn 10] [--strict]
     simbert eval MODEL_DIR FILE... [--threshold 0.9] [--output JSON] [--plot DIR]
                  [--whiten CORPUS --dim 256] [--baseline jaccard]
@@ -51,11 +52,12 @@ def _cache(args) -> str | None:
 
 
 def _load_model(args):
-    """The `SimBERT` of a model command's arguments."""
+    """The `SimBERT` of a model command's arguments (on one device unless the command
+    has `--distribution`)."""
     from simbert.api import SimBERT
 
     return SimBERT.from_pretrained(args.model_dir, max_tokens=args.max_tokens, compilation_cache=_cache(args),
-                                   precision=args.precision)
+                                   precision=args.precision, distribution=getattr(args, "distribution", "none"))
 
 
 def _convert(args) -> int:
@@ -109,8 +111,9 @@ def _train(args) -> int:
     except Exception as error:
         if group is None or args.debug:
             raise
-        # One line, then out at once: JAX's exit handler would wait for the lost process and abort.
-        print(f"simbert: error: process {group.process_id} of {group.num_processes}: {one_line(error)}. A process "
+        # One line (below the progress bar), then out at once: JAX's exit handler would wait
+        # for the lost process and abort.
+        print(f"\nsimbert: error: process {group.process_id} of {group.num_processes}: {one_line(error)}. A process "
               f"of this run failed or lost contact, so every process stops; start them all again with --resume",
               file=sys.stderr, flush=True)
         sys.stdout.flush()
@@ -167,15 +170,56 @@ def line_numbers_path(vectors_path: str) -> str:
 
 
 def _index(args) -> int:
+    from simbert.index_parts import CorpusPart, merge_indexes
     from simbert.text_files import read_texts
 
-    count = sum(1 for _ in read_texts(args.input))  # a first pass: the writer preallocates the vectors
+    check_index_arguments(args)
+    if args.merge:
+        index = merge_indexes(args.merge, args.output)
+        print(f"merged {len(args.merge)} parts; {args.output} holds {len(index)} texts")
+        return 0
+    part = CorpusPart.of_file(args.input, *args.shard) if args.shard else None
+
+    def texts():
+        return part.texts(args.input) if part is not None else read_texts(args.input)
+
+    count = sum(1 for _ in texts())  # a first pass: the writer preallocates the vectors
     model = _load_model(args)
     options = {} if args.append else {"dtype": args.dtype, "backend": args.backend, "faiss_index": args.faiss_index}
-    index = model.write_index(read_texts(args.input), count, args.output, batch_size=args.batch_size,
-                              append=args.append, progress=True, **options)
-    print(f"{'appended' if args.append else 'indexed'} {count} texts; {args.output} holds {len(index)}")
+    index = model.write_index(texts(), count, args.output, batch_size=args.batch_size, append=args.append,
+                              progress=True, part=part, **options)
+    done = "appended" if args.append else "indexed"
+    what = f" of {part.describe()} (part {part.part}/{part.parts})" if part is not None else ""
+    print(f"{done} {count} texts{what}; {args.output} holds {len(index)}")
     return 0
+
+
+def check_index_arguments(args) -> None:
+    """`simbert index` builds (MODEL_DIR and --input, maybe --append or --shard) or merges
+    (--merge, nothing of a build): a usage error (exit 2) otherwise."""
+    if args.merge:
+        given = [name for name, value in (("MODEL_DIR", args.model_dir), ("--input", args.input),
+                                          ("--shard", args.shard), ("--append", args.append)) if value]
+        if given:
+            args.parser.error(f"--merge joins index parts and takes no {', '.join(given)}")
+    elif args.model_dir is None or args.input is None:
+        args.parser.error("simbert index needs MODEL_DIR and --input (or --merge PART_DIR... to join parts)")
+    elif args.shard and args.append:
+        args.parser.error("--shard writes an index part whole; it cannot --append")
+
+
+def shard_argument(text: str) -> tuple[int, int]:
+    """`--shard I/N`: part I (from 0) of N."""
+    import argparse
+
+    try:
+        part, parts = (int(number) for number in text.split("/"))
+    except ValueError:
+        part, parts = -1, 0
+    if not 0 <= part < parts:
+        raise argparse.ArgumentTypeError(f"--shard should be I/N with 0 <= I < N (part I of N, from 0), "
+                                         f"got {text!r}")
+    return part, parts
 
 
 def _search(args) -> int:
@@ -320,13 +364,23 @@ def build_parser() -> argparse.ArgumentParser:
     encode.add_argument("--skip-blank", action="store_true",
                         help="leave blank lines out (instead of failing) and write each row's input line number "
                              "to OUTPUT.lines.txt")
+    add_distribution(encode)
 
-    index = model_command("index", "build a similarity index over a corpus (one text a line)", _index)
-    add_model_directory(index)
-    index.add_argument("--input", required=True, type=existing_path("input file"),
-                       help="UTF-8 text file, one text a line")
+    index = model_command("index", "build a similarity index over a corpus (one text a line), a part of one, "
+                                   "or join parts", _index)
+    index.add_argument("model_dir", nargs="?", type=existing_path("model directory", directory=True),
+                       help="model directory (not with --merge)")
+    index.add_argument("--input", type=existing_path("input file"), help="UTF-8 text file, one text a line")
     index.add_argument("--output", required=True, help="directory to write the index to (replaced atomically)")
     index.add_argument("--append", action="store_true", help="add the texts to the index already in --output")
+    index.add_argument("--shard", metavar="I/N", type=shard_argument,
+                       help="index part I of N (from 0) of the corpus: lines [floor(I*L/N), floor((I+1)*L/N)) of "
+                            "its L lines, to join with --merge")
+    index.add_argument("--merge", nargs="+", metavar="PART_DIR",
+                       type=existing_path("index part", directory=True),
+                       help="join index parts (built with --shard, by one model) into --output; no MODEL_DIR")
+    index.set_defaults(parser=index)
+    add_distribution(index)
     add_count(index, "--batch-size", default=64)
     index.add_argument("--dtype", choices=["float32", "float16"], default="float32")
     index.add_argument("--backend", choices=["exact", "faiss"], default="exact")
@@ -398,6 +452,13 @@ def add_count(command: argparse.ArgumentParser, *flags: str, default: int | None
 def add_model_directory(command: argparse.ArgumentParser, help: str | None = None) -> None:
     """The `model_dir` positional, checked to be an existing directory before anything loads."""
     command.add_argument("model_dir", type=existing_path("model directory", directory=True), help=help)
+
+
+def add_distribution(command: argparse.ArgumentParser) -> None:
+    """`--distribution`, `SimBERT.from_pretrained`'s."""
+    command.add_argument("--distribution", choices=["auto", "none", "data_parallel"], default="auto",
+                         help="auto (default): split each batch over every local device when JAX sees several; "
+                              "none: one device; data_parallel: every local device (needs KERAS_BACKEND=jax)")
 
 
 def add_cache_arguments(command: argparse.ArgumentParser, default: str | None) -> None:

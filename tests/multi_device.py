@@ -1,14 +1,16 @@
 """What tests/test_distribution.py runs in JAX subprocesses with simulated CPU devices
 (`XLA_FLAGS=--xla_force_host_platform_device_count=N`): `python multi_device.py COMMAND
-ARGS...`, each command printing or writing its results for the test to compare.
+ARGS...`, each command writing its results for the test to compare. One process does
+several runs, so that the backend starts once.
 
 Commands:
     gradients OUT MODE            the loss and every gradient of one training step on the
-                                  tiny recipe's first batch (MODE: none | data_parallel),
-                                  written to OUT (.npz)
-    train OUT_DIR MODE STEPS      a run of the tiny recipe (dropout on); MODE as above
+                                  small recipe's first batch (MODE: none | data_parallel |
+                                  auto), written to OUT (.npz)
+    train OUT_DIR MODE STEPS      a run of the small recipe (dropout on); MODE as above
     resume OUT_DIR MODE STEPS     the same run, resumed from OUT_DIR's newest checkpoint
-    process OUT_DIR STEPS COORDINATOR N I   process I of N of a multi-process run
+    devices WORK                  all of the single-process runs the tests compare, under WORK
+    recipe OUT_YAML OUT_DIR STEPS the small recipe as a YAML file, for the `simbert` command
     encode OUT MODE               the vectors of `SimBERT.encode` (.npy)
 """
 
@@ -68,29 +70,52 @@ def gradients(out, mode):
 def train(output_dir, mode, steps, resume=False):
     from simbert.trainer import Trainer
 
-    result = Trainer(recipe(output_dir, int(steps), mode, dropout=0.1), resume=resume).fit()
+    trainer = Trainer(recipe(output_dir, int(steps), mode, dropout=0.1), resume=resume)
+    result = trainer.fit()
+    print("layout", mode, trainer.layout.describe())
     print("steps", result.start_step, result.step)
 
 
-def process(output_dir, steps, coordinator, count, index):
-    from simbert.distribution import ProcessGroup
+def devices(work):
+    """The runs tests/test_distribution.py compares, in one process: the gradients of one
+    step on one device and on all, 30 steps on one device, 20 on all then resumed to 30."""
+    gradients(os.path.join(work, "gradients-none.npz"), "none")
+    gradients(os.path.join(work, "gradients-auto.npz"), "auto")
+    train(os.path.join(work, "one"), "none", 30)
+    train(os.path.join(work, "all"), "data_parallel", 20)
+    train(os.path.join(work, "all"), "data_parallel", 30, resume=True)
 
-    ProcessGroup(coordinator, int(count), int(index)).join(heartbeat_timeout_s=10, initialization_timeout_s=60)
-    train(output_dir, "data_parallel", steps)
+
+def write_recipe(out_yaml, output_dir, steps):
+    import yaml
+
+    config = recipe(output_dir, int(steps), "auto", dropout=0.1)
+    with open(out_yaml, "w", encoding="utf-8") as writer:
+        yaml.safe_dump(config.to_dict(), writer, allow_unicode=True)
 
 
 def encode(out, mode):
+    """`SimBERT.encode` of 37 texts in batches of 16 (a last one of 5) on the devices MODE
+    gives, with the compiled programs it counts, and `gen_synonyms` with a seed; written
+    to OUT (.npz). Traces are kept in a compilation cache beside OUT, which runs on other
+    device counts share: each must store and load its own."""
     import numpy as np
 
     from helpers import TINY_CONFIG, write_model_dir
     from simbert import SimBERT
 
-    directory = os.path.join(os.path.dirname(out), "model")
-    write_model_dir(directory, TINY_CONFIG)
-    model = SimBERT.from_pretrained(directory, distribution=mode)
-    texts = [f"第{i}句话是一个例子" * (1 + i % 3) for i in range(37)]
-    np.save(out, model.encode(texts, batch_size=16))
-
+    work = os.path.dirname(out)
+    directory = write_model_dir(os.path.join(work, f"model-{mode}"), TINY_CONFIG)
+    model = SimBERT.from_pretrained(directory, max_tokens=16, distribution=mode,
+                                    compilation_cache=os.path.join(work, "cache"))
+    texts = [" ".join(f"w{(7 * i + j) % 90 + 1}" for j in range(1 + i % 11)) for i in range(37)]
+    vectors = model.encode(texts, batch_size=16)
+    programs = model.compiled_programs
+    again = model.encode(texts[:3], batch_size=16)  # a batch of 3 rows: 4 on one device and on 4
+    synonyms = model.gen_synonyms("w5 w6 w7", n=12, k=5, seed=3, with_scores=True)
+    np.savez(out, vectors=vectors, again=again, programs=programs, devices=len(model.layout.devices),
+             sharded=len(model.source_pass.pooled(np.zeros((4, 16), "int32")).sharding.device_set),
+             synonyms=np.array([text for text, _ in synonyms]), scores=np.array([score for _, score in synonyms]))
 
 if __name__ == "__main__":
     import logging
@@ -100,4 +125,5 @@ if __name__ == "__main__":
     if command == "resume":
         train(*arguments, resume=True)
     else:
-        {"gradients": gradients, "train": train, "process": process, "encode": encode}[command](*arguments)
+        {"gradients": gradients, "train": train, "devices": devices, "recipe": write_recipe,
+         "encode": encode}[command](*arguments)
