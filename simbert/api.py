@@ -12,6 +12,7 @@ import collections
 import hashlib
 import itertools
 import json
+import logging
 import os
 import threading
 from typing import Callable, Iterable, Sequence
@@ -23,7 +24,9 @@ from tqdm import tqdm
 from simbert.arguments import check_integer, check_precision
 from simbert.compiled import use_compilation_cache
 from simbert.directories import WHITENING_FILE, load_pretrained, save_pretrained, with_latest_checkpoint
+from simbert.distribution import InferenceLayout, inference_layout
 from simbert.generation import CachedDecoder
+from simbert.index_parts import PART_KEY, CorpusPart
 from simbert.kernels import Platform, check_backend
 from simbert.models import Transformer
 from simbert.retrieval import IndexWriter, SimilarityIndex, Whitening, fit_whitening, l2_normalize
@@ -33,6 +36,8 @@ from simbert.tokenizer import Tokenizer
 
 SYNONYM_BATCH = 64  # texts gen_synonyms encodes per batch (its input and candidates)
 ENCODE_IN_FLIGHT = 4  # batches `encode` starts before reading the first of them back
+
+logger = logging.getLogger(__name__)
 
 
 class SimBERT:
@@ -47,6 +52,13 @@ class SimBERT:
         max_tokens: caps each encoded text and each source (`[CLS] text [SEP]`, longer
             texts are cut from the end) and the tokens a generated text may have.
         name: the model's name, recorded by the indexes it builds.
+        distribution: where `encode` runs, as the recipe's `training.distribution`:
+            "auto" (every local device when the JAX backend sees more than one, else one),
+            "none" (one device; the default here, which leaves the variables of a
+            backbone built elsewhere, e.g. a trainer's, where they are) or
+            "data_parallel" (JAX only); or an `InferenceLayout`. Over several devices the
+            variables are replicated and each encode batch is split by rows over them;
+            generation runs the same program on each. `from_pretrained` defaults to "auto".
 
     Example:
         >>> model = SimBERT.from_pretrained("runs/tiny")
@@ -54,7 +66,8 @@ class SimBERT:
         >>> model.gen_synonyms("今天天气怎么样", n=20, k=5)
     """
 
-    def __init__(self, backbone: Transformer, tokenizer: Tokenizer, max_tokens: int = 64, name: str = ""):
+    def __init__(self, backbone: Transformer, tokenizer: Tokenizer, max_tokens: int = 64, name: str = "",
+                 distribution: str | InferenceLayout = "none"):
         if backbone.application != "unilm" or backbone.pooler is None:
             raise ValueError("SimBERT needs a Transformer built with application='unilm' and with_pool")
         check_integer("max_tokens", max_tokens, 3)
@@ -62,10 +75,14 @@ class SimBERT:
             raise ValueError(f"the vocabulary has {tokenizer.vocab_size} tokens but the model's embedding has "
                              f"{backbone.config.vocab_size} rows (a simplified vocab with keep_tokens, or the "
                              "wrong vocab.txt?)")
+        self.layout = distribution if isinstance(distribution, InferenceLayout) else inference_layout(distribution)
         self.backbone = backbone
         self.tokenizer = tokenizer
         self.max_tokens = max_tokens
         self.name = name
+        self.layout.replicate(backbone.variables)
+        if self.layout.distribution is not None:
+            logger.info("encoding %s", self.layout.describe())
         # On JAX each padded shape is a program compiled once, so batches are padded to
         # buckets (see `simbert.shapes`); TensorFlow's one graph takes any shape, so there
         # padding would only add work (100 gen_synonyms candidates of 34 tokens: 128 x 48).
@@ -73,7 +90,7 @@ class SimBERT:
         self.shapes = ShapeBuckets(length_step=16 if per_shape else 1, pad_rows=per_shape,
                                    max_length=min(max_tokens, backbone.config.max_position_embeddings))
         # One forward pass for encode and the sampler's prefill (one graph on TensorFlow).
-        self.source_pass = SourcePass(backbone)
+        self.source_pass = SourcePass(backbone, place=self.layout.shard)
         self._decoder: CachedDecoder | None = None
         self._decoder_lock = threading.Lock()
         self.index: SimilarityIndex | None = None
@@ -82,7 +99,8 @@ class SimBERT:
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, model_type: str | None = None, max_tokens: int = 64,
                         pre_tokenize: Callable[[str], Iterable[str]] | None = None,
-                        compilation_cache: str | None = None, precision: str | None = None) -> "SimBERT":
+                        compilation_cache: str | None = None, precision: str | None = None,
+                        distribution: str = "auto") -> "SimBERT":
         """Load a released TF-checkpoint directory, a trainer output (its latest checkpoint)
         or an HF directory. A whitening.npz beside the weights is applied.
 
@@ -105,6 +123,8 @@ class SimBERT:
                 weights and computes in bfloat16 (LayerNorm, GELU and softmax in
                 float32), the GPU's fast path; its vectors differ a little from float32's
                 (docs/benchmarks.md).
+            distribution: "auto", "none" or "data_parallel": where `encode` runs (see
+                `SimBERT`); on JAX "auto" splits each batch over every local device.
 
         Returns:
             The `SimBERT`.
@@ -113,15 +133,18 @@ class SimBERT:
             >>> model = SimBERT.from_pretrained("chinese_simbert_L-12_H-768_A-12")
             >>> roformer = SimBERT.from_pretrained("chinese_roformer-sim-char_L-12_H-768_A-12",
             ...                                    model_type="roformer", precision="mixed_bfloat16")
+            >>> on_all = SimBERT.from_pretrained("runs/tiny", distribution="data_parallel")  # JAX
         """
         check_backend()
         if precision is not None:
             check_precision("precision", precision)
+        layout = inference_layout(distribution)  # a refused mode stops before the weights are read
         use_compilation_cache(compilation_cache)
 
         def read(directory: str) -> "SimBERT":
             tokenizer, backbone = load_pretrained(directory, model_type, pre_tokenize=pre_tokenize, dtype=precision)
-            simbert = cls(backbone, tokenizer, max_tokens, name=os.path.basename(os.path.normpath(str(path))))
+            simbert = cls(backbone, tokenizer, max_tokens, name=os.path.basename(os.path.normpath(str(path))),
+                          distribution=layout)
             if os.path.isfile(os.path.join(directory, WHITENING_FILE)):
                 simbert.whitening = Whitening.load(os.path.join(directory, WHITENING_FILE))
             return simbert
@@ -242,7 +265,7 @@ class SimBERT:
         order = np.argsort([len(ids) for ids in encoded], kind="stable")
         batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
         # Every shape this call needs is known now: their programs are built side by side.
-        self.source_pass.prepare_pooled({self.shapes.shape([len(encoded[i]) for i in batch], batch_size)
+        self.source_pass.prepare_pooled({self._padded_shape([len(encoded[i]) for i in batch], batch_size)
                                          for batch in batches})
 
         def read_back(rows, pooled):
@@ -253,7 +276,7 @@ class SimBERT:
         # while the host pads the next batch or compiles its shape.
         in_flight = collections.deque()
         for batch in tqdm(batches, desc="encoding", disable=not progress):
-            token_ids = self.shapes.pad([encoded[i] for i in batch], batch_size)
+            token_ids = self._padded([encoded[i] for i in batch], batch_size)
             self.backbone.check_inputs(token_ids, np.zeros_like(token_ids))
             in_flight.append((batch, self.source_pass.pooled(token_ids)))
             if len(in_flight) > ENCODE_IN_FLIGHT:
@@ -263,6 +286,18 @@ class SimBERT:
         if self.whitening is not None:
             return self.whitening(vectors, normalize)
         return l2_normalize(vectors) if normalize else vectors
+
+    def _padded_shape(self, lengths: Sequence[int], batch_size: int) -> tuple[int, int]:
+        """`(rows, length)` of the padded batch: `self.shapes`' bucket, its rows rounded up
+        to a multiple of the devices the batch is split over."""
+        rows, length = self.shapes.shape(lengths, batch_size)
+        return self.layout.rows(rows), length
+
+    def _padded(self, sequences: Sequence[Sequence[int]], batch_size: int) -> np.ndarray:
+        """`self.shapes.pad(sequences)`, with zero rows up to `_padded_shape`'s."""
+        token_ids = self.shapes.pad(sequences, batch_size)
+        rows = self.layout.rows(len(token_ids))
+        return np.pad(token_ids, ((0, rows - len(token_ids)), (0, 0))) if rows > len(token_ids) else token_ids
 
     def warm_up(self, batch_size: int = 64, sample_rows: Sequence[int] = ()) -> int:
         """Compile now what later calls would compile: `encode` for every padded shape of
@@ -284,7 +319,8 @@ class SimBERT:
         shapes = [(1, self.shapes.max_length)]
         if self.shapes.pad_rows:
             sizes = {batch_size, SYNONYM_BATCH} if sample_rows else {batch_size}
-            shapes = sorted({shape for size in sizes for shape in self.shapes.shapes(size)})
+            shapes = sorted({(self.layout.rows(rows), length) for size in sizes
+                             for rows, length in self.shapes.shapes(size)})
         self.source_pass.prepare_pooled(shapes)  # built in other threads while the samplers compile
         source = [self.tokenizer.cls_id, self.tokenizer.sep_id]
         for rows in sample_rows:
@@ -415,7 +451,7 @@ class SimBERT:
 
     def write_index(self, texts: Iterable[str], count: int, directory: str | os.PathLike, batch_size: int = 64,
                     chunk_size: int = 8192, append: bool = False, progress: bool = False,
-                    **index_options) -> SimilarityIndex:
+                    part: CorpusPart | None = None, **index_options) -> SimilarityIndex:
         """Encode `texts` (`count` of them, e.g. a file's lines streamed) `chunk_size` at a
         time straight into the index files of `directory` (`IndexWriter`: one chunk of
         vectors in memory, the directory replaced whole at the end). With `append`, the
@@ -429,6 +465,8 @@ class SimBERT:
             chunk_size: texts encoded and written per chunk.
             append: extend the index already in `directory`.
             progress: show a progress bar.
+            part: the corpus lines `texts` are (`CorpusPart`), recorded for
+                `simbert.index_parts.merge_indexes`; a part is written whole, not appended to.
             **index_options: `SimilarityIndex` options (`dtype`, `backend`, `faiss_index`).
 
         Returns:
@@ -437,8 +475,14 @@ class SimBERT:
         Example:
             >>> with open("corpus.txt", encoding="utf-8") as lines:
             ...     model.write_index((line.strip() for line in lines), count, "faq_index")
+            >>> part = CorpusPart.of_file("corpus.txt", 0, 3)     # part 0 of 3, for merge_indexes
+            >>> model.write_index(part.texts("corpus.txt"), sum(1 for _ in part.texts("corpus.txt")),
+            ...                   "part-0", part=part)
         """
         check_integer("chunk_size", chunk_size)
+        if append and part is not None:
+            raise ValueError(f"an index part ({part.describe()}) is written whole; it cannot be appended to "
+                             f"{directory}")
         iterator = iter(texts)
         if append:
             base = SimilarityIndex.load(directory, expected_dimension=self.dimension)
@@ -448,6 +492,8 @@ class SimBERT:
             base = None
             meta = SimilarityIndex(self.dimension, model_name=self.name, model_fingerprint=self.fingerprint,
                                    **index_options).meta
+            if part is not None:
+                meta[PART_KEY] = part.meta
         with IndexWriter(directory, meta, count + (len(base) if base is not None else 0)) as writer:
             for start in range(0, len(base) if base is not None else 0, chunk_size):
                 writer.add(base.texts[start:start + chunk_size], base.vectors[start:start + chunk_size])

@@ -204,7 +204,7 @@ class JaxFunction(CompiledFunction):
         store = TraceStore.of_compilation_cache() if self._program_key is not None else None
         if store is None:
             return self._jitted
-        name = store.name(self._program_key, (values, args))
+        name = store.name(self._program_key + placement((values, args)), (values, args))
         exported = store.load(name)
         if exported is None:
             try:
@@ -214,6 +214,17 @@ class JaxFunction(CompiledFunction):
                 return self._jitted
             store.save(name, exported)
         return jax.jit(exported.call)
+
+
+def placement(arguments) -> str:
+    """How the arrays among `arguments` that span several devices are laid out (their
+    shardings, by position), '' when none does: a program traced for several devices is
+    stored apart from the one-device program of the same shapes."""
+    import jax
+
+    spread = [f"{i}: {leaf.sharding}" for i, leaf in enumerate(jax.tree_util.tree_leaves(arguments))
+              if isinstance(leaf, jax.Array) and len(leaf.sharding.device_set) > 1]
+    return f" on devices {'; '.join(spread)}" if spread else ""
 
 
 def compile_function(function: Callable, variables: Sequence, jit_compile: bool = True,

@@ -197,3 +197,96 @@ class ProcessGroup:
         jax.distributed.initialize(coordinator_address=self.coordinator, num_processes=self.num_processes,
                                    process_id=self.process_id, heartbeat_timeout_seconds=heartbeat_timeout_s,
                                    initialization_timeout=initialization_timeout_s)
+
+
+# ---------------------------------------------------------------------------- inference
+@dataclass(frozen=True)
+class InferenceLayout:
+    """Where `SimBERT`'s compiled calls run: on `devices` (names, `keras.distribution`
+    style), with `distribution` a Keras `DataParallel` over them (None: one device, as
+    without a layout). With a distribution the model's variables are replicated
+    (`replicate`) and each padded batch is split by rows over the devices (`rows`, `shard`),
+    so one compiled program runs on all of them (SPMD).
+
+    Example:
+        >>> layout = inference_layout("auto")
+        >>> layout.rows(5)                     # 8 on 4 devices, 5 on one
+    """
+
+    devices: tuple[str, ...]
+    distribution: keras.distribution.DataParallel | None
+
+    def rows(self, rows: int) -> int:
+        """`rows` rounded up to a multiple of the device count (padding rows are dropped
+        by the caller)."""
+        if self.distribution is None:
+            return rows
+        return -(-rows // len(self.devices)) * len(self.devices)
+
+    def replicate(self, variables) -> None:
+        """Put a copy of each variable's value on every device (no-op on one device)."""
+        if self.distribution is None:
+            return
+        for variable in variables:
+            layout = self.distribution.get_variable_layout(variable)
+            variable.assign(keras.distribution.distribute_tensor(variable.value, layout))
+
+    def shard(self, array):
+        """`array` (rows first, `rows()` of them) split by rows over the devices; as it is
+        on one device."""
+        if self.distribution is None:
+            return array
+        return keras.distribution.distribute_tensor(array, self.distribution.get_data_layout(array.shape))
+
+    def describe(self) -> str:
+        """One line: the devices a batch is split over."""
+        if self.distribution is None:
+            return f"one device ({device_range(self.devices)})"
+        return (f"data parallel over {len(self.devices)} devices ({device_range(self.devices)}): each batch's "
+                f"rows split over them, the model replicated")
+
+
+def inference_layout(mode: str = "auto", devices: list[str] | None = None,
+                     platform: Platform | None = None) -> InferenceLayout:
+    """The layout `SimBERT(distribution=mode)` runs in; the modes mean what
+    `training.distribution`'s do, over this process's own (local) devices.
+
+    Args:
+        mode: "auto" (all local devices when the JAX backend sees more than one), "none"
+            (one device), or "data_parallel" (all local devices, or `devices`).
+        devices: device names among this process's (`keras.distribution.list_devices()`
+            style), None for all.
+        platform: the backend's policy (default: the active one).
+
+    Returns:
+        An `InferenceLayout`; a `DistributionError` on TensorFlow for `data_parallel` or
+        `devices`, and for an unknown mode or device.
+
+    Example:
+        >>> inference_layout("data_parallel").describe()   # JAX, 4 GPUs
+        'data parallel over 4 devices (gpu:0..3): ...'
+    """
+    if mode not in MODES:
+        raise DistributionError(f"distribution should be one of {MODES}, got {mode!r}")
+    platform = platform or Platform.current()
+    if not platform.distributes:
+        if mode == "data_parallel" or devices:
+            asked = f"distribution={mode!r}" + (f" on devices {devices}" if devices else "")
+            raise DistributionError(f"{asked} needs KERAS_BACKEND=jax; on {platform.backend} simbert encodes on one "
+                                    f"device")
+        return InferenceLayout(("cpu:0",), None)
+    available = local_devices()
+    chosen = list(devices) if devices else available
+    unknown = [name for name in chosen if name not in available]
+    if unknown:
+        raise DistributionError(f"devices {unknown} are not among this process's devices {available}")
+    if mode == "none" or len(chosen) == 1:
+        return InferenceLayout((chosen[0],), None)
+    return InferenceLayout(tuple(chosen), keras.distribution.DataParallel(devices=chosen, auto_shard_dataset=False))
+
+
+def local_devices() -> list[str]:
+    """This process's devices of the default JAX backend, named as `keras.distribution.list_devices` names them."""
+    import jax
+
+    return [f"{device.platform.lower()}:{device.id}" for device in jax.local_devices()]

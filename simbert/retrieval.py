@@ -410,15 +410,17 @@ class IndexWriter:
         self._texts = open(os.path.join(self.temporary, TEXTS_FILE), "wb")
         self._offsets = np.zeros(total, "int64")
 
-    def add(self, texts: Sequence[str], vectors: np.ndarray) -> None:
-        """Append texts and their vectors (normalised here)."""
+    def add(self, texts: Sequence[str], vectors: np.ndarray, normalized: bool = False) -> None:
+        """Append texts and their vectors (normalised here, unless `normalized` says they
+        are unit vectors already, such as another index's: then stored as they are)."""
         vectors = np.asarray(vectors)
         if vectors.shape != (len(texts), self.meta["dimension"]):
             raise ValueError(f"expected {len(texts)} vectors of dimension {self.meta['dimension']}, got shape "
                              f"{vectors.shape}")
         if self.written + len(texts) > self.total:
             raise ValueError(f"the writer was opened for {self.total} texts; {self.written + len(texts)} given")
-        self._vectors[self.written:self.written + len(texts)] = l2_normalize(vectors).astype(self.meta["dtype"])
+        rows = vectors if normalized else l2_normalize(vectors)
+        self._vectors[self.written:self.written + len(texts)] = rows.astype(self.meta["dtype"])
         for i, text in enumerate(texts):
             self._offsets[self.written + i] = self._texts.tell()
             self._texts.write((json.dumps(text, ensure_ascii=False) + "\n").encode("utf-8"))

@@ -18,6 +18,8 @@ outputs (XLA drops the rest).
 
 from __future__ import annotations
 
+from typing import Callable
+
 import numpy as np
 from keras import ops
 
@@ -28,10 +30,12 @@ from simbert.models import Transformer
 
 class SourcePass:
     """`pooled` and `prefill` of a UniLM `Transformer` with a pooler and/or an MLM head.
-    `programs` counts the programs compiled (or loaded: `simbert.trace_store`)."""
+    `programs` counts the programs compiled (or loaded: `simbert.trace_store`). `place`
+    puts `pooled`'s batch inputs on the devices (`InferenceLayout.shard`; None: as they are)."""
 
-    def __init__(self, backbone: Transformer):
+    def __init__(self, backbone: Transformer, place: Callable | None = None):
         self.backbone = backbone
+        self._place = place or (lambda array: array)
         variables = backbone.variables
         if not Platform.current().compiles_per_shape:
             shared = compile_function(self._outputs, variables, jit_compile=False,
@@ -68,9 +72,9 @@ class SourcePass:
         logits = backbone.mlm_logits(ops.take(x, source_rows, axis=0)) if backbone.mlm_dense is not None else None
         return pooled, logits, caches
 
-    @staticmethod
-    def _pooled_inputs(token_ids: np.ndarray) -> tuple:
-        return token_ids, np.zeros((len(token_ids), 1), "int32"), np.zeros((0,), "int32")
+    def _pooled_inputs(self, token_ids: np.ndarray) -> tuple:
+        positions = np.zeros((len(token_ids), 1), "int32")
+        return self._place(token_ids), self._place(positions), np.zeros((0,), "int32")
 
     def pooled(self, token_ids: np.ndarray):
         """Pooled [CLS] vectors `(batch, hidden)` of padded `token_ids` (batch, len)."""

@@ -19,7 +19,7 @@ LAYERS = [
     {"models"},
     {"checkpoints", "source_pass"},
     {"directories", "data", "losses", "optimizers", "generation", "retrieval"},
-    {"evaluation", "export", "training_model"},
+    {"evaluation", "export", "index_parts", "training_model"},
     {"api"},
     {"callbacks", "server"},
     {"trainer"},
