@@ -21,6 +21,7 @@ import keras
 import numpy as np
 
 from simbert.api import SimBERT
+from simbert.cached_step import check_similarity_chunk
 from simbert.callbacks import CheckpointSaver, DispatchAhead, LossCurve, ProgressLogger, SamplePrinter
 from simbert.checkpoints import (
     assign_training_state,
@@ -197,6 +198,8 @@ class Trainer:
             recipe_path("training.teacher", training.teacher)
         # Devices and processes; only process 0 of a multi-process run writes in output.dir.
         self.layout = batch_layout(training.distribution, training.devices, training.batch_size, self.platform)
+        # The cached contrastive step's chunks divide each device's rows (issue 28).
+        check_similarity_chunk(training.similarity_chunk, training.batch_size, len(self.layout.devices))
         self.check_data()
         if self.layout.writes:
             self.run.check_free()
@@ -271,7 +274,8 @@ class Trainer:
                                                               dtype=training.precision)
             else:
                 self.tokenizer, self.backbone = self._build_tokenizer_and_backbone()
-            self.training_model = build_training_model(self.backbone, training, self.platform)
+            self.training_model = build_training_model(self.backbone, training, self.platform,
+                                                       devices=len(self.layout.devices))  # chunks per device
             self.optimizer = self.training_model.optimizer
         if training.teacher:  # on this process's own device: it encodes each batch on the host's side
             self.teacher = SimBERT.from_pretrained(recipe_path("training.teacher", training.teacher),

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import keras
 
+from simbert.cached_step import cached_step, uses_cached_step
 from simbert.config import TrainingConfig
 from simbert.kernels import Platform
 from simbert.losses import DistillationLoss, Seq2SeqLoss, SimilarityLoss
@@ -52,11 +53,32 @@ class TrainingModel(keras.Model):
         return super().train_step(*args, **kwargs)
 
 
-def build_training_model(backbone: Transformer, training: TrainingConfig, platform: Platform) -> keras.Model:
+class CachedTrainingModel(TrainingModel):
+    """A `TrainingModel` whose step is the cached contrastive step
+    (`simbert.cached_step`): the losses over the whole batch, activations for `chunk`
+    rows per device at a time; compiled without Keras losses (the step holds them), its
+    logs are the plain model's (`loss`, `seq2seq_loss`, `similarity_loss`, ...)."""
+
+    def __init__(self, inputs, outputs, losses: dict, weights: dict, chunk: int, devices: int, platform: Platform,
+                 **kwargs):
+        super().__init__(inputs, outputs, **kwargs)
+        self.cached_step = cached_step(self, losses, weights, chunk, devices, platform)
+        self.loss_trackers = self.cached_step.trackers  # owned here: reset, synced and logged with the model's
+
+    def train_step(self, *args):
+        self.step_traces += 1
+        return self.cached_step.train_step(*args)
+
+
+def build_training_model(backbone: Transformer, training: TrainingConfig, platform: Platform,
+                         devices: int = 1) -> keras.Model:
     """The compiled model `fit` trains: inputs `(token_ids, segment_ids, target_positions)`,
     outputs `seq2seq` (MLM logits at the target positions only, about half of them),
     `similarity` (pooled [CLS]) and, with a teacher, `distillation` (pooled again);
-    losses weighted as configured; AdamW without decay on LayerNorm and bias."""
+    losses weighted as configured; AdamW without decay on LayerNorm and bias.
+
+    With `training.similarity_chunk` below the `batch_size / devices` rows a device holds
+    (`devices`: those the batch is sharded over), a `CachedTrainingModel`."""
     token_ids, segment_ids = backbone.inputs
     positions = keras.Input(shape=(None,), dtype="int32", name="target_positions")
     # Only [CLS] (pooled) and the target positions (MLM) leave the last layer.
@@ -73,13 +95,19 @@ def build_training_model(backbone: Transformer, training: TrainingConfig, platfo
         outputs["distillation"] = pooled
         losses["distillation"] = DistillationLoss()
         weights["distillation"] = training.distillation_weight
-    model = TrainingModel([token_ids, segment_ids, positions], outputs, name="simbert_training")
+    inputs = [token_ids, segment_ids, positions]
+    cached = uses_cached_step(training.similarity_chunk, training.batch_size, devices)
+    if cached:
+        model = CachedTrainingModel(inputs, outputs, losses, weights, training.similarity_chunk, devices, platform,
+                                    name="simbert_training")
+    else:
+        model = TrainingModel(inputs, outputs, name="simbert_training")
     learning_rate = learning_rate_schedule(training)
     # A fixed name, so that the optimizer's variable paths (the training-state keys) are
     # the same in every process.
     optimizer = AdamW(learning_rate=learning_rate, weight_decay=training.weight_decay,
                       clipnorm=training.clipnorm, name="adamw")
     optimizer.exclude_from_weight_decay(var_names=["gamma", "beta", "bias"])
-    model.compile(optimizer=optimizer, loss=losses, loss_weights=weights,
+    model.compile(optimizer=optimizer, loss=None if cached else losses, loss_weights=None if cached else weights,
                   jit_compile=compiles_step(training.jit_compile, platform))
     return model
