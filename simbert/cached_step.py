@@ -72,14 +72,19 @@ class CachedContrastiveStep:
         weights: each loss's weight, by the same names.
         chunk: M, rows per device in a chunk.
         devices: D, the devices the batch is sharded over (1 without data parallel).
+        embedder: `model`'s `similarity` output alone, on the same layers (None: `model`);
+            pass 1 runs it where unused outputs are not pruned (TensorFlow's graph: the
+            MLM head would run for nothing); its dropout layers and shapes are `model`'s.
 
     `trackers`: the `keras.metrics.Mean` of each unweighted loss (`seq2seq_loss`, ...),
     for the model to own; with Keras' own `loss` tracker they give the plain step's logs,
     running means since the start of `fit`.
     """
 
-    def __init__(self, model: keras.Model, losses: dict, weights: dict, chunk: int, devices: int = 1):
+    def __init__(self, model: keras.Model, losses: dict, weights: dict, chunk: int, devices: int = 1,
+                 embedder: keras.Model | None = None):
         self.model = model
+        self.embedder = embedder or model
         self.losses = dict(losses)
         self.weights = dict(weights)
         self.chunk, self.devices = chunk, devices
@@ -220,10 +225,12 @@ class TensorFlowCachedStep(CachedContrastiveStep):
     one chunk at a time (`parallel_iterations=1`), pass 2 a `tf.GradientTape` per chunk;
     the dropout seeds are mapped per chunk through a `keras.StatelessScope`."""
 
-    def _forward(self, x, seeds, c):
+    def _forward(self, network, x, seeds, c):
+        """`network` (the model or the embedder) on chunk c, the dropout seeds mapped to
+        `seeds` (the model's variables, which the embedder shares): outputs, new seeds."""
         variables = self.model.non_trainable_variables
         with keras.StatelessScope(state_mapping=list(zip(variables, seeds))) as scope:
-            outputs = self.model(self.chunk_inputs(x, c), training=True)
+            outputs = network(self.chunk_inputs(x, c), training=True)
         return outputs, [scope.get_current_value(v) for v in variables]
 
     def loss_and_gradients(self, x, y):
@@ -239,8 +246,8 @@ class TensorFlowCachedStep(CachedContrastiveStep):
 
         def embed(c, delta, vectors):
             seeds = self.seeds_at(start, delta, c)
-            outputs, after = self._forward(x, seeds, c)
-            delta = [seed if new is None else new - seed for new, seed in zip(after, seeds)]
+            outputs, after = self._forward(self.embedder, x, seeds, c)
+            delta = [tf.zeros_like(seed) if new is None else new - seed for new, seed in zip(after, seeds)]
             return c + 1, delta, vectors.write(c, tf.cast(outputs["similarity"], "float32"))
 
         _, delta, vectors = tf.while_loop(
@@ -256,7 +263,7 @@ class TensorFlowCachedStep(CachedContrastiveStep):
 
         def accumulate(c, grads, token_sum):
             with tf.GradientTape() as chunk_tape:
-                outputs, _ = self._forward(x, self.seeds_at(start, delta, c), c)
+                outputs, _ = self._forward(model, x, self.seeds_at(start, delta, c), c)
                 value, tokens = self.surrogate(outputs, self.rows(gradient, c), self.rows(y["seq2seq"], c),
                                                total_weight)
                 value = model.optimizer.scale_loss(value)
@@ -282,7 +289,7 @@ class TensorFlowCachedStep(CachedContrastiveStep):
 
 
 def cached_step(model: keras.Model, losses: dict, weights: dict, chunk: int, devices: int = 1,
-                platform: Platform | None = None) -> CachedContrastiveStep:
+                platform: Platform | None = None, embedder: keras.Model | None = None) -> CachedContrastiveStep:
     """The cached step of `model` for the backend of `platform` (default: the active one).
 
     Args:
@@ -292,6 +299,7 @@ def cached_step(model: keras.Model, losses: dict, weights: dict, chunk: int, dev
         chunk: `training.similarity_chunk`, rows per device in a chunk.
         devices: the devices the batch is sharded over.
         platform: the backend's policy.
+        embedder: `model`'s `similarity` output alone, for pass 1 (see `CachedContrastiveStep`).
 
     Returns:
         A `JaxCachedStep` or a `TensorFlowCachedStep`; its `train_step` is the model's.
@@ -301,4 +309,4 @@ def cached_step(model: keras.Model, losses: dict, weights: dict, chunk: int, dev
     """
     platform = platform or Platform.current()
     kind = JaxCachedStep if platform.backend == "jax" else TensorFlowCachedStep
-    return kind(model, losses, weights, chunk, devices)
+    return kind(model, losses, weights, chunk, devices, embedder)

@@ -62,7 +62,9 @@ class CachedTrainingModel(TrainingModel):
     def __init__(self, inputs, outputs, losses: dict, weights: dict, chunk: int, devices: int, platform: Platform,
                  **kwargs):
         super().__init__(inputs, outputs, **kwargs)
-        self.cached_step = cached_step(self, losses, weights, chunk, devices, platform)
+        # Pass 1 needs only the pooled vectors: the same layers without the MLM head.
+        embedder = keras.Model(inputs, {"similarity": outputs["similarity"]}, name="simbert_embedder")
+        self.cached_step = cached_step(self, losses, weights, chunk, devices, platform, embedder)
         self.loss_trackers = self.cached_step.trackers  # owned here: reset, synced and logged with the model's
 
     def train_step(self, *args):
