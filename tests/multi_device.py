@@ -30,6 +30,7 @@ def recipe(output_dir, steps, mode, dropout=0.0):
     config = tiny_config(output_dir, steps, distribution=mode, compilation_cache=None, batch_size=16)
     config.model.config.update(hidden_size=32, intermediate_size=64, num_attention_heads=2)
     config.model.dropout_rate = dropout
+    config.model.config["attention_probs_dropout_prob"] = dropout
     config.data.max_chars = 16
     config.data.workers = 0
     config.output.save_every, config.output.log_every, config.output.keep = 10, 1, 5
