@@ -2,9 +2,10 @@
 at equal batch, and the largest batch each fits in one memory budget.
 
     python -m benchmarks.cached_step [--small] [--steps 10]
-    KERAS_BACKEND=jax python -m benchmarks.cached_step [--small]
+    KERAS_BACKEND=jax python -m benchmarks.cached_step [--small | --base]
 
-Model L2/H128/A2/V8000 (FFN 512; --small: L1/H64/A2/V4000), rows of 32 source + 32 target
+Model L2/H128/A2/V8000 (FFN 512; --small: L1/H64/A2/V4000; --base: BERT-base,
+L12/H768/A12/V21128, batch 128 in chunks of 32, for a GPU), rows of 32 source + 32 target
 tokens, AdamW, float32, `training.jit_compile: auto`. Every measurement is a fresh
 process (`--child`): the first `train_on_batch` (tracing and compiling included), then
 the median of the steady steps, and the step's peak memory:
@@ -35,9 +36,11 @@ CONFIGS = {
              "intermediate_size": 512, "max_position_embeddings": 128, "hidden_act": "gelu"},
     "small": {"vocab_size": 4000, "hidden_size": 64, "num_hidden_layers": 1, "num_attention_heads": 2,
               "intermediate_size": 256, "max_position_embeddings": 128, "hidden_act": "gelu"},
+    "base": {"vocab_size": 21128, "hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12,
+             "intermediate_size": 3072, "max_position_embeddings": 512, "hidden_act": "gelu"},
 }
 SOURCE, TARGET = 32, 32
-BATCH_AND_CHUNK = {"full": (64, 16), "small": (32, 8)}  # rows a step, rows a chunk
+BATCH_AND_CHUNK = {"full": (64, 16), "small": (32, 8), "base": (128, 32)}  # rows a step, rows a chunk
 MAX_FACTOR = 16  # the target: a batch 16x the plain largest
 BUDGET_SLACK = 1.1  # the plain step's own peak varies a little from process to process
 
@@ -102,7 +105,9 @@ def largest(size: str, start: int, chunk: int, budget_mb: float, limit: int) -> 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--small", action="store_true", help="the small model, for a quick check")
+    size = parser.add_mutually_exclusive_group()
+    size.add_argument("--small", action="store_true", help="the small model, for a quick check")
+    size.add_argument("--base", action="store_true", help="BERT-base (for a GPU)")
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -110,7 +115,7 @@ def main():
         size, batch, chunk, steps = args.child
         print(json.dumps(child(size, int(batch), int(chunk), int(steps))))
         return
-    size = "small" if args.small else "full"
+    size = "small" if args.small else "base" if args.base else "full"
     batch, chunk = BATCH_AND_CHUNK[size]
     plain = measure(size, batch, 0, args.steps)
     cached = measure(size, batch, chunk, args.steps)
