@@ -46,6 +46,7 @@ setup(
             "onnx",
             "onnxruntime",
             "pytest",
+            "pytest-xdist",
             "ruff",
             "jax",
             "tf-keras",

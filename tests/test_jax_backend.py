@@ -26,7 +26,7 @@ MODEL_TESTS = ["test_compiled_training.py::test_training_step_is_compiled_with_a
 def test_model_tests_pass_on_jax(tmp_path):
     env = {**os.environ, "KERAS_BACKEND": "jax", "CUDA_VISIBLE_DEVICES": "", "JAX_PLATFORMS": "cpu"}
     result = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--basetemp", str(tmp_path),
+        [sys.executable, "-m", "pytest", "-q", "-n", "0", "-p", "no:cacheprovider", "--basetemp", str(tmp_path),
          *[os.path.join(HERE, name) for name in MODEL_TESTS]],
         env=env, capture_output=True, text=True, cwd=HERE)
     assert result.returncode == 0, result.stdout[-6000:]
