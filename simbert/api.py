@@ -576,6 +576,7 @@ class SimBERT:
         """
         if isinstance(texts, str):
             raise ValueError("most_similar_batch expects a list of texts; for one text use most_similar")
+        check_integer("topn", topn)  # as `simbert search --topn` and /similar: at least 1
         index = index if index is not None else self.index
         if index is None:
             raise ValueError("no index: call build_index(texts) or load_index(directory) first, or pass one")

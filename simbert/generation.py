@@ -222,6 +222,8 @@ class CachedDecoder:
             check_integer("max_new_tokens", max_new_tokens)
         steps = min(max_new_tokens or self.max_target_len, self.max_target_len)
         rows = check_integer("rows", rows) if rows is not None else min(n, max_rows)
+        if seed is not None:
+            check_integer("seed", seed, minimum=0)  # numpy's generators take no negative seed
         key = (rows, steps, topk, topp, float(temperature))
         with self._samplers_lock:  # threads asking for the same new sampler share one
             if key not in self._samplers:

@@ -272,6 +272,8 @@ def create_app(model: str | os.PathLike | SimBERT, index_dir: str | os.PathLike 
         text = checked_text(request.text, "text")
         n = checked_count("n", request.n, limits.max_n)
         k = checked_count("k", request.k, limits.max_k)
+        if request.seed is not None and request.seed < 0:
+            raise RequestError(422, "seed", f"seed should be an integer of at least 0, got {request.seed}")
         counters["synonym_calls"] += 1
         found = await on_model_thread(lambda: model.gen_synonyms(text, n=n, k=k, with_scores=True,
                                                                  seed=request.seed, rows=sample_rows(n)))

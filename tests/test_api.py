@@ -177,6 +177,17 @@ def test_text_without_tokens_and_a_zero_maxlen_are_refused(two_models, tmp_path)
         two_models[0].encode(["w10", " "])
     with pytest.raises(ValueError, match="max_tokens should be an integer of at least 3"):
         SimBERT(two_models[0].backbone, two_models[0].tokenizer, max_tokens=0)
+    with pytest.raises(ValueError, match="seed should be an integer of at least 0, got -1"):
+        two_models[0].generate("w10", n=2, seed=-1)
+
+
+def test_most_similar_refuses_topn_0_as_the_command_does(two_models):
+    """issue 31: `most_similar(topn=0)` returned [] where `simbert search --topn 0` refuses."""
+    model = two_models[0]
+    index = model.make_index(["w10 w11", "w12"])
+    with pytest.raises(ValueError, match="topn should be an integer of at least 1, got 0"):
+        model.most_similar("w10", topn=0, index=index)
+    assert [text for text, _ in model.most_similar("w10 w11", topn=1, index=index)] == ["w10 w11"]
 
 
 def jax_compilation_cache_setting():

@@ -88,6 +88,7 @@ def test_no_request_pays_a_compile(client):
     ("/synonyms", {"text": "w1", "n": 201}, 422, "n", "n should be an integer of at least 1 and at most 200"),
     ("/synonyms", {"text": "w1", "k": 0}, 422, "k", "k should be an integer of at least 1"),
     ("/synonyms", {"text": ""}, 422, "text", "has no token once cleaned"),
+    ("/synonyms", {"text": "w1", "k": 3, "seed": -1}, 422, "seed", "seed should be an integer of at least 0, got -1"),
 ])
 def test_refusals_name_the_field_and_the_limit(client, path, body, status, field, message):
     response = client.post(path, json=body)
