@@ -21,12 +21,17 @@ def temporary_name(path: str) -> str:
 def replace_atomically(path: str | os.PathLike, write: Callable[[str], None]) -> None:
     """Write the file `path` through `write(temporary_path)` (for writers that take a path,
     such as safetensors'), then rename it into place: a failed write leaves whatever was
-    at `path` before. Its directory is created if missing."""
+    at `path` before. Its directory is created if missing. The file gets the mode a new
+    file gets here (0666 less the umask), whatever mode the writer gives it (safetensors
+    writes 0600)."""
     path = os.path.abspath(str(path))
     os.makedirs(os.path.dirname(path), exist_ok=True)
     temporary = temporary_name(path)
     try:
+        open(temporary, "wb").close()  # created as any new file is: the umask applies
+        mode = os.stat(temporary).st_mode & 0o777
         write(temporary)
+        os.chmod(temporary, mode)
         os.replace(temporary, path)
     finally:
         if os.path.exists(temporary):

@@ -22,6 +22,7 @@ import os
 
 import numpy as np
 
+from simbert.atomic_files import replace_atomically
 from simbert.checkpoints import google_to_hf, model_values
 from simbert.directories import HF_CONFIG_FILE, VOCAB_FILE, load_pretrained, save_pretrained
 from simbert.kernels import Platform
@@ -53,7 +54,8 @@ def export_hf(model: Transformer, token_dict: dict[str, int], out: str) -> None:
               "architectures": ["BertForMaskedLM" if kind == "bert" else "RoFormerForMaskedLM"]}
     with open(os.path.join(out, HF_CONFIG_FILE), "w", encoding="utf-8") as writer:
         json.dump(config, writer, indent=2)
-    save_file(hf_tensors(model), os.path.join(out, HF_WEIGHTS_FILE), metadata={"format": "pt"})
+    replace_atomically(os.path.join(out, HF_WEIGHTS_FILE),
+                       lambda temporary: save_file(hf_tensors(model), temporary, metadata={"format": "pt"}))
     save_vocab(os.path.join(out, VOCAB_FILE), token_dict)
 
 

@@ -72,3 +72,26 @@ def test_a_removed_directory_is_gone_at_once(tmp_path):
     (tmp_path / "a" / "f").write_text("x")
     remove_directory(str(tmp_path / "a"))
     assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077, 0o002])
+def test_written_files_follow_the_umask_even_from_writers_that_set_0600(tmp_path, umask):
+    """issue 31: safetensors' writer makes 0600 files; ours get 0666 less the umask, as
+    any other file the process creates."""
+    import numpy as np
+    from safetensors.numpy import load_file
+
+    from simbert.checkpoints import write_google_safetensors
+
+    previous = os.umask(umask)
+    try:
+        write_google_safetensors({"bert/pooler/dense/bias": np.arange(3, dtype="float32")},
+                                 tmp_path / "bert_model.safetensors")
+        write_atomically(tmp_path / "notes.txt", lambda writer: writer.write("x"))
+        open(tmp_path / "plain.txt", "w").close()
+    finally:
+        os.umask(previous)
+    expected = 0o666 & ~umask
+    for name in ("bert_model.safetensors", "notes.txt", "plain.txt"):
+        assert os.stat(tmp_path / name).st_mode & 0o777 == expected, name
+    assert load_file(tmp_path / "bert_model.safetensors")["bert/pooler/dense/bias"].tolist() == [0, 1, 2]
