@@ -123,11 +123,8 @@ def batch_layout(mode: str, devices: list[str] | None, batch_size: int,
             raise DistributionError(f"training.distribution: {mode} (training.devices: {devices}) needs "
                                     f"KERAS_BACKEND=jax; on {platform.backend} simbert trains on one device")
         return BatchLayout(batch_size, ("cpu:0",), 1, 0, None)
-    available = keras.distribution.list_devices()
-    chosen = list(devices) if devices else available
-    unknown = [name for name in chosen if name not in available]
-    if unknown:
-        raise DistributionError(f"training.devices names {unknown}, not among this run's devices {available}")
+    chosen = chosen_devices(devices, keras.distribution.list_devices(), "training.devices names {unknown}, "
+                            "not among this run's devices {available}")
     processes, process_id = process_count_and_id()
     if mode == "none" or (mode == "auto" and len(chosen) == 1):
         if processes > 1:
@@ -141,6 +138,16 @@ def batch_layout(mode: str, devices: list[str] | None, batch_size: int,
     # Each process feeds its own rows (`BatchLayout.local_part`): Keras need not shard the input.
     distribution = keras.distribution.DataParallel(devices=chosen, auto_shard_dataset=False)
     return BatchLayout(batch_size, tuple(chosen), processes, process_id, distribution)
+
+
+def chosen_devices(devices: list[str] | None, available: list[str], refusal: str) -> list[str]:
+    """`devices` (all `available` ones when None), each checked to be available; else a
+    `DistributionError` of `refusal` formatted with `unknown` and `available`."""
+    chosen = list(devices) if devices else available
+    unknown = [name for name in chosen if name not in available]
+    if unknown:
+        raise DistributionError(refusal.format(unknown=unknown, available=available))
+    return chosen
 
 
 def process_count_and_id() -> tuple[int, int]:
@@ -275,11 +282,8 @@ def inference_layout(mode: str = "auto", devices: list[str] | None = None,
             raise DistributionError(f"{asked} needs KERAS_BACKEND=jax; on {platform.backend} simbert encodes on one "
                                     f"device")
         return InferenceLayout(("cpu:0",), None)
-    available = local_devices()
-    chosen = list(devices) if devices else available
-    unknown = [name for name in chosen if name not in available]
-    if unknown:
-        raise DistributionError(f"devices {unknown} are not among this process's devices {available}")
+    chosen = chosen_devices(devices, local_devices(),
+                            "devices {unknown} are not among this process's devices {available}")
     if mode == "none" or len(chosen) == 1:
         return InferenceLayout((chosen[0],), None)
     return InferenceLayout(tuple(chosen), keras.distribution.DataParallel(devices=chosen, auto_shard_dataset=False))
