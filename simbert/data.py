@@ -356,11 +356,12 @@ def negatives_per_row(text_ids: np.ndarray, mask_duplicates: bool = True) -> flo
     rows = len(text_ids)
     if not mask_duplicates:
         return float(rows - 2)
+    # Row i loses the other rows holding its partner's text: that text's count, less the
+    # partner itself and less row i if it holds the same text (O(rows), no rows x rows matrix).
+    _, inverse, counts = np.unique(text_ids, return_inverse=True, return_counts=True)
     partners = np.arange(rows) ^ 1
-    same_as_partner = text_ids[partners][:, None] == text_ids[None, :]
-    same_as_partner[np.arange(rows), partners] = False
-    same_as_partner[np.arange(rows), np.arange(rows)] = False
-    return float(rows - 2 - same_as_partner.sum(axis=1).mean())
+    masked = counts[inverse[partners]] - 1 - (text_ids == text_ids[partners])
+    return float(rows - 2 - masked.mean())
 
 
 def target_positions(token_ids: np.ndarray, segment_ids: np.ndarray,
