@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import threading
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -99,6 +100,8 @@ class TextStore(Sequence[str]):
         self.path = path
         self.offsets = offsets
         self._file = open(path, "rb")
+        self._size = os.fstat(self._file.fileno()).st_size
+        self._seek_lock = threading.Lock()  # only where os.pread is missing (Windows)
 
     def __len__(self) -> int:
         return len(self.offsets)
@@ -106,15 +109,26 @@ class TextStore(Sequence[str]):
     def __getitem__(self, i):
         if isinstance(i, slice):
             return [self[j] for j in range(*i.indices(len(self)))]
-        self._file.seek(int(self.offsets[i]))
-        line = self._file.readline()
+        i = range(len(self))[i]  # negative indices, IndexError past the end
+        start = int(self.offsets[i])
+        end = int(self.offsets[i + 1]) if i + 1 < len(self.offsets) else self._size
+        # One positioned read, no shared file position: safe from several threads.
+        line = self._read_at(start, end - start)
         try:
             text = json.loads(line.decode("utf-8"))
         except (UnicodeDecodeError, json.JSONDecodeError) as error:
-            raise FileFormatError(self.path, f"line {int(i) + 1} is not a JSON string ({error})") from None
+            raise FileFormatError(self.path, f"line {i + 1} is not a JSON string ({error})") from None
         if not isinstance(text, str):
-            raise FileFormatError(self.path, f"line {int(i) + 1} holds a {type(text).__name__}, expected a string")
+            raise FileFormatError(self.path, f"line {i + 1} holds a {type(text).__name__}, expected a string")
         return text
+
+    def _read_at(self, offset: int, size: int) -> bytes:
+        """`size` bytes from `offset` (os.pread where the OS has it, else a locked seek + read)."""
+        if hasattr(os, "pread"):
+            return os.pread(self._file.fileno(), size, offset)
+        with self._seek_lock:
+            self._file.seek(offset)
+            return self._file.read(size)
 
     def __eq__(self, other) -> bool:
         return isinstance(other, Sequence) and len(other) == len(self) and all(a == b for a, b in zip(self, other))

@@ -133,3 +133,32 @@ def test_ivfpq_recall_and_a_stored_faiss_index(tmp_path, monkeypatch):
                for a, b in zip(exact.search(queries, 10), approximate.search(queries, 10)))
     print(f"IVF-PQ recall@10 with exact re-ranking: {hits / 2000:.3f}")
     assert hits / 2000 > 0.8
+
+
+def test_concurrent_searches_read_their_own_texts(tmp_path):
+    """8 threads x 1,000 searches of a loaded index (texts read from disk) return exactly
+    the serial results: reads take no shared file position."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    # Texts of different lengths, so a read at another thread's position would show.
+    count, dimension = 3000, 16
+    _, vectors = clustered(count, dimension, seed=3)
+    texts = [f"文本{i}" + "长" * (i % 17) for i in range(count)]
+    written = SimilarityIndex(dimension)
+    written.add(texts, vectors)
+    written.save(tmp_path / "index")
+    index = SimilarityIndex.load(tmp_path / "index")
+    assert isinstance(index.texts, TextStore)
+    queries = np.random.default_rng(4).normal(size=(8000, dimension)).astype("float32")
+    serial = [index.search(query, 5)[0] for query in queries]
+
+    def search_rows(thread):
+        return [index.search(query, 5)[0] for query in queries[thread::8]]
+
+    with ThreadPoolExecutor(8) as pool:
+        parallel = list(pool.map(search_rows, range(8)))
+    for thread in range(8):
+        assert parallel[thread] == serial[thread::8]
+    assert index.texts[-1] == texts[-1] and index.texts[5:8] == texts[5:8]
+    with pytest.raises(IndexError):
+        index.texts[count]
