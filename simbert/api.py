@@ -29,7 +29,7 @@ from simbert.generation import CachedDecoder
 from simbert.index_parts import PART_KEY, CorpusPart
 from simbert.kernels import Platform, check_backend
 from simbert.models import Transformer
-from simbert.retrieval import IndexWriter, SimilarityIndex, Whitening, fit_whitening, l2_normalize
+from simbert.retrieval import IndexLock, IndexWriter, SimilarityIndex, Whitening, fit_whitening, l2_normalize
 from simbert.shapes import ShapeBuckets
 from simbert.source_pass import SourcePass
 from simbert.tokenizer import Tokenizer
@@ -455,7 +455,9 @@ class SimBERT:
         """Encode `texts` (`count` of them, e.g. a file's lines streamed) `chunk_size` at a
         time straight into the index files of `directory` (`IndexWriter`: one chunk of
         vectors in memory, the directory replaced whole at the end). With `append`, the
-        index already there is extended (it must be this model's).
+        index already there is extended (it must be this model's). One process writes an
+        index at a time (`IndexLock`, `<directory>.lock`): a second is refused with
+        `IndexInUse` naming the first.
 
         Args:
             texts: the corpus, any iterable of strings.
@@ -484,17 +486,25 @@ class SimBERT:
             raise ValueError(f"an index part ({part.describe()}) is written whole; it cannot be appended to "
                              f"{directory}")
         iterator = iter(texts)
-        if append:
-            base = SimilarityIndex.load(directory, expected_dimension=self.dimension)
-            base.check_model(self.fingerprint, self.name, strict=True)
-            meta = base.meta
-        else:
-            base = None
-            meta = SimilarityIndex(self.dimension, model_name=self.name, model_fingerprint=self.fingerprint,
-                                   **index_options).meta
-            if part is not None:
-                meta[PART_KEY] = part.meta
-        with IndexWriter(directory, meta, count + (len(base) if base is not None else 0)) as writer:
+        # Locked before the index to extend is read, so a concurrent write cannot slip
+        # between that read and the swap (and lose its texts): one is refused instead.
+        lock = IndexLock(directory)
+        lock.acquire()
+        try:
+            if append:
+                base = SimilarityIndex.load(directory, expected_dimension=self.dimension)
+                base.check_model(self.fingerprint, self.name, strict=True)
+                meta = base.meta
+            else:
+                base = None
+                meta = SimilarityIndex(self.dimension, model_name=self.name, model_fingerprint=self.fingerprint,
+                                       **index_options).meta
+                if part is not None:
+                    meta[PART_KEY] = part.meta
+        except BaseException:
+            lock.release()
+            raise
+        with IndexWriter(directory, meta, count + (len(base) if base is not None else 0), lock=lock) as writer:
             for start in range(0, len(base) if base is not None else 0, chunk_size):
                 writer.add(base.texts[start:start + chunk_size], base.vectors[start:start + chunk_size])
             with tqdm(total=count, desc="indexing", unit="text", disable=not progress) as bar:

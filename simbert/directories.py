@@ -17,7 +17,6 @@ import json
 import logging
 import os
 import shutil
-import time
 from typing import Callable, Iterable, Sequence, TypeVar
 
 import numpy as np
@@ -40,6 +39,7 @@ from simbert.checkpoints import (
 )
 from simbert.config import MODEL_TYPES, BackboneConfig
 from simbert.errors import FileFormatError, missing_path
+from simbert.file_locks import FileLock
 from simbert.models import Transformer
 from simbert.tokenizer import SPECIAL_TOKENS, Tokenizer, load_vocab, save_vocab
 
@@ -57,9 +57,6 @@ TRAINER_STATE_FILE = "trainer_state.json"  # step, model_type, the recipe; writt
 METRICS_FILE = "metrics.jsonl"
 LOSS_PLOT_FILE = "loss.png"
 LOCK_FILE = "training.lock"  # holds the PID of the run training into the directory
-# Taking the lock is tried this often, this many seconds apart, before the directory is in use.
-LOCK_ATTEMPTS = 10
-LOCK_RETRY_S = 0.05
 # A reader of a live run's newest checkpoint retries this often if rotation removes it.
 READ_ATTEMPTS = 5
 
@@ -141,73 +138,16 @@ class DirectoryInUse(RuntimeError):
     """Another live process is training into the output directory."""
 
 
-class RunLock:
-    """An exclusive lock on a training output directory for the run that trains into it:
-    an `flock` on `training.lock`, which holds the owner's PID for messages. The kernel
-    drops the lock when its process dies, so a lock file left by a killed run is stale
-    and is taken over (POSIX systems)."""
+class RunLock(FileLock):
+    """The lock of the run training into an output directory (`training.lock` in it)."""
 
     def __init__(self, output_dir: str | os.PathLike):
         self.output_dir = str(output_dir)
-        self.path = os.path.join(self.output_dir, LOCK_FILE)
-        self._file = None
+        super().__init__(os.path.join(self.output_dir, LOCK_FILE))
 
-    @property
-    def held(self) -> bool:
-        return self._file is not None
-
-    def _in_use(self, file) -> DirectoryInUse:
-        file.seek(0)
-        owner = file.read().strip() or "unknown"
+    def in_use(self, owner: str) -> DirectoryInUse:
         return DirectoryInUse(f"{self.output_dir} is in use by another training run (PID {owner}, lock file "
                               f"{self.path}); wait for it to end or choose another output directory")
-
-    def check_free(self) -> None:
-        """Raise `DirectoryInUse` if another live run holds the lock; takes nothing and
-        writes nothing (a missing directory or lock file is free)."""
-        import fcntl
-
-        if self.held:
-            return
-        try:
-            file = open(self.path, encoding="utf-8")
-        except (FileNotFoundError, NotADirectoryError):
-            return
-        with file:
-            try:
-                fcntl.flock(file, fcntl.LOCK_SH | fcntl.LOCK_NB)
-            except BlockingIOError:
-                raise self._in_use(file) from None
-            fcntl.flock(file, fcntl.LOCK_UN)
-
-    def acquire(self) -> None:
-        import fcntl
-
-        if self.held:
-            return
-        os.makedirs(self.output_dir, exist_ok=True)
-        file = open(self.path, "a+", encoding="utf-8")
-        for attempt in range(LOCK_ATTEMPTS):
-            try:
-                fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if attempt == LOCK_ATTEMPTS - 1:
-                    error = self._in_use(file)
-                    file.close()
-                    raise error from None
-                time.sleep(LOCK_RETRY_S)  # perhaps another process's `check_free`, which lets go at once
-        file.seek(0)
-        file.truncate()
-        file.write(f"{os.getpid()}\n")
-        file.flush()
-        self._file = file
-
-    def release(self) -> None:
-        if self._file is not None:
-            self._file.truncate(0)
-            self._file.close()  # closing drops the flock
-            self._file = None
 
 
 class RunDirectoryTaken(RuntimeError):

@@ -17,6 +17,7 @@ import numpy as np
 
 from simbert.atomic_files import StagedDirectory
 from simbert.errors import FileFormatError, missing_path, unreadable
+from simbert.file_locks import FileLock
 
 logger = logging.getLogger(__name__)
 
@@ -392,20 +393,50 @@ def pq_subquantizers(dimension: int) -> int:
     return next(m for m in range(target, 0, -1) if dimension % m == 0)
 
 
+class IndexInUse(RuntimeError):
+    """Another live process is writing the index directory."""
+
+
+class IndexLock(FileLock):
+    """The lock of the one process writing an index directory: `<directory>.lock` beside
+    it while it is written (not inside: a write replaces the directory whole). Taken by `IndexWriter`, or
+    first by whoever reads the index it is about to extend (`SimBERT.write_index(append=True)`)."""
+
+    def __init__(self, directory: str | os.PathLike):
+        self.directory = os.path.normpath(str(directory))
+        super().__init__(self.directory + ".lock", remove=True)
+
+    def in_use(self, owner: str) -> IndexInUse:
+        return IndexInUse(f"the index {self.directory} is being written by another process (PID {owner}, lock "
+                          f"file {self.path}); wait for it to end, then run again (an --append then extends "
+                          f"what it wrote)")
+
+
 class IndexWriter:
     """Writes an index directory in chunks, holding one chunk at a time: vectors into a
     preallocated `vectors.npy` (memory-mapped), texts and their byte offsets streamed.
     The files go to a temporary directory that replaces `directory` whole when the
     writer closes (a crash or an error leaves the old index, or none, never a mix); a
-    directory that is not an index is refused. `faiss`: a built faiss index to store.
+    directory that is not an index is refused. The writer holds the directory's
+    `IndexLock` until it closes (`lock`: one already taken, now the writer's to release),
+    so a second writer is refused naming the first.
 
     Example:
         >>> with IndexWriter("index", {"dimension": 2, "dtype": "float32"}, total=2) as writer:
         ...     writer.add(["a", "b"], np.array([[1, 0], [0, 1]]))
     """
 
-    def __init__(self, directory: str | os.PathLike, meta: dict, total: int):
+    def __init__(self, directory: str | os.PathLike, meta: dict, total: int, lock: IndexLock | None = None):
         directory = os.path.normpath(str(directory))
+        self.lock = lock or IndexLock(directory)
+        self.lock.acquire()
+        try:
+            self._open(directory, meta, total)
+        except BaseException:
+            self.lock.release()
+            raise
+
+    def _open(self, directory: str, meta: dict, total: int) -> None:
         if os.path.exists(directory) and not os.path.isfile(os.path.join(directory, META_FILE)) and os.listdir(
                 directory):
             raise FileExistsError(f"{directory} exists and is not a simbert index (no {META_FILE}); "
@@ -458,10 +489,12 @@ class IndexWriter:
         with open(os.path.join(self.temporary, META_FILE), "w", encoding="utf-8") as writer:
             json.dump(meta, writer, indent=2)
         self.staged.commit()
+        self.lock.release()
 
     def abort(self) -> None:
         self._texts.close()
         self.staged.abort()
+        self.lock.release()
 
     def __enter__(self) -> "IndexWriter":
         return self

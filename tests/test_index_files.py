@@ -67,6 +67,40 @@ def test_append_extends_the_index_in_order(model, tmp_path):
     assert len(SimilarityIndex.load(tmp_path / "index")) == len(TEXTS)  # refused before anything was written
 
 
+def test_a_second_writer_is_refused_while_an_append_runs(model, tmp_path, monkeypatch):
+    """Two appends at once kept only one's texts; now the second is refused naming the
+    first, and run again after it, every text is kept."""
+    import threading
+
+    from simbert.retrieval import IndexInUse
+
+    directory = tmp_path / "index"
+    model.write_index(iter(TEXTS[:10]), 10, directory)
+    encoding, finish = threading.Event(), threading.Event()
+    encode = model.encode
+
+    def slow_encode(texts, **options):
+        encoding.set()
+        assert finish.wait(60)
+        return encode(texts, **options)
+
+    monkeypatch.setattr(model, "encode", slow_encode)
+    first = threading.Thread(target=model.write_index, args=(iter(TEXTS[10:25]), 15, directory),
+                             kwargs={"append": True})
+    first.start()
+    assert encoding.wait(60)
+    monkeypatch.setattr(model, "encode", encode)
+    for write in (lambda: model.write_index(iter(TEXTS[25:]), len(TEXTS) - 25, directory, append=True),
+                  lambda: model.write_index(iter(TEXTS), len(TEXTS), directory)):
+        with pytest.raises(IndexInUse, match=rf"being written by another process \(PID {os.getpid()}, lock file "
+                                             rf"{directory}\.lock\)"):
+            write()
+    finish.set()
+    first.join(60)
+    assert os.listdir(tmp_path) == ["index"]  # the lock file goes with its writer
+    assert model.write_index(iter(TEXTS[25:]), len(TEXTS) - 25, directory, append=True).texts == TEXTS
+
+
 def test_a_failed_faiss_build_leaves_the_old_index_and_no_temporary_files(model, tmp_path, monkeypatch):
     model.write_index(iter(TEXTS[:10]), 10, tmp_path / "index")
 
@@ -102,6 +136,32 @@ def test_cli_index_and_append(trained_tiny, tmp_path):
     assert main(["index", trained_tiny, "--input", str(second), "--output", str(tmp_path / "index"), "--append",
                  "--no-compile-cache"]) == 0
     assert SimilarityIndex.load(tmp_path / "index").texts == ["花呗怎么还款", "信用卡怎么提高额度", "明天北京会下雨吗"]
+
+
+def test_cli_index_refused_while_another_process_writes_it(trained_tiny, tmp_path, capsys):
+    import signal
+    import subprocess
+
+    texts = tmp_path / "texts.txt"
+    texts.write_text("花呗怎么还款\n", encoding="utf-8")
+    output = tmp_path / "index"
+    assert main(["index", trained_tiny, "--input", str(texts), "--output", str(output), "--no-compile-cache"]) == 0
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time; from simbert.retrieval import IndexLock; lock = IndexLock(sys.argv[1]); lock.acquire(); "
+        "print('locked', flush=True); time.sleep(600)"), str(output)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        capsys.readouterr()
+        assert main(["index", trained_tiny, "--input", str(texts), "--output", str(output), "--append",
+                     "--no-compile-cache"]) == 1
+        assert (f"simbert: error: the index {output} is being written by another process (PID {holder.pid}"
+                in capsys.readouterr().err)
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    assert main(["index", trained_tiny, "--input", str(texts), "--output", str(output), "--append",
+                 "--no-compile-cache"]) == 0  # a killed writer's lock is taken over
+    assert SimilarityIndex.load(output).texts == ["花呗怎么还款", "花呗怎么还款"]
 
 
 def test_exact_search_over_a_memory_mapped_float16_matrix(tmp_path):

@@ -13,7 +13,7 @@ PACKAGE = os.path.join(ROOT, "simbert")
 
 # Lowest first. A module may import modules of strictly lower layers only.
 LAYERS = [
-    {"errors", "atomic_files", "kernels", "workers"},
+    {"errors", "atomic_files", "file_locks", "kernels", "workers"},
     {"arguments", "distribution", "tokenizer", "layers", "shapes", "text_files", "trace_store"},
     {"compiled", "config"},
     {"models"},
