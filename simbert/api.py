@@ -342,7 +342,8 @@ class SimBERT:
 
     def generate(self, text: str, n: int = 1, topk: int | None = None, topp: float | None = None,
                  temperature: float = 1.0, max_new_tokens: int | None = None, seed: int | None = None,
-                 progress: bool = False, rows: int | None = None) -> list[str]:
+                 progress: bool = False, rows: int | None = None,
+                 cancel: threading.Event | None = None) -> list[str]:
         """n sampled continuations of `[CLS] text [SEP]`, each at most `max_new_tokens`
         (default and cap: `max_tokens`) tokens; drawn `rows` at a time in chunks of
         bounded memory (see `CachedDecoder.sample`), with a progress bar over the chunks
@@ -358,6 +359,8 @@ class SimBERT:
             seed: seed of the sampling noise (the samples are the same for any `rows`).
             progress: show a progress bar over the chunks.
             rows: samples drawn per compiled call (default: n, at most 128).
+            cancel: an event another thread may set to stop before the next chunk
+                (raises `simbert.generation.SamplingCancelled`; a server's timeout uses it).
 
         Returns:
             A list of n decoded texts, duplicates and the input included.
@@ -366,7 +369,8 @@ class SimBERT:
             >>> model.generate("明天北京会下雨吗", n=5, topk=5, seed=0)
         """
         return self._decoded_samples(self._source_ids(text), n, topk=topk, topp=topp, temperature=temperature,
-                                     max_new_tokens=max_new_tokens, seed=seed, progress=progress, rows=rows)
+                                     max_new_tokens=max_new_tokens, seed=seed, progress=progress, rows=rows,
+                                     cancel=cancel)
 
     def _decoded_samples(self, source_ids: list[int], n: int, **sampling) -> list[str]:
         """`CachedDecoder.sample` of `source_ids`, each sample decoded to text."""
@@ -399,7 +403,7 @@ class SimBERT:
             k: paraphrases to return at most (at least 1; fewer when samples repeat).
             with_scores: return `(text, cosine)` pairs instead of texts.
             topk: sampling's top-k (default 5, the original script's setting).
-            **sampling: more of `generate`'s options (`topp`, `temperature`, `seed`, ...).
+            **sampling: more of `generate`'s options (`topp`, `temperature`, `seed`, `cancel`, ...).
 
         Returns:
             The paraphrases, most similar first: texts, or `(text, cosine)` pairs.

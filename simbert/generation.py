@@ -31,6 +31,10 @@ from simbert.source_pass import SourcePass
 TOP_K_BLOCK = 128  # columns per block of `blocked_top_k`
 
 
+class SamplingCancelled(RuntimeError):
+    """`CachedDecoder.sample` stopped early: its `cancel` event was set."""
+
+
 def blocked_top_k(values, k: int, block: int = TOP_K_BLOCK):
     """`keras.ops.top_k(values, k)` of `values` (rows, n), the same values and indices
     (ties to the lower index), in two small passes instead of one over all n columns:
@@ -205,9 +209,10 @@ class CachedDecoder:
     def sample(self, source_ids: list[int], n: int = 1, topk: int | None = None, topp: float | None = None,
                temperature: float = 1.0, max_new_tokens: int | None = None,
                seed: int | None = None, max_rows: int = 128, progress: bool = False,
-               rows: int | None = None) -> list[list[int]]:
+               rows: int | None = None, cancel: threading.Event | None = None) -> list[list[int]]:
         """n sampled targets (token ids, `[SEP]` excluded) for one source, each at most
-        `max_new_tokens` (default and cap: `max_target_len`) long.
+        `max_new_tokens` (default and cap: `max_target_len`) long. Setting `cancel` (from
+        another thread) stops the sampling before its next chunk with `SamplingCancelled`.
 
         Samples are drawn `rows` at a time (default: n, at most `max_rows`; n larger than
         that in chunks of exactly `rows`, the last one padded, so one compiled program
@@ -238,6 +243,8 @@ class CachedDecoder:
         chunks = range(0, n, rows)
         samples = []
         for start in tqdm(chunks, desc="sampling", unit="chunk", disable=not progress or len(chunks) < 2):
+            if cancel is not None and cancel.is_set():
+                raise SamplingCancelled(f"sampling cancelled after {start} of {n} samples")
             chunk = noise[:, start:start + rows]
             chunk = np.pad(chunk, ((0, 0), (0, rows - chunk.shape[1])))
             outputs = ops.convert_to_numpy(sampler(logits, source_caches, ops.convert_to_tensor(source_len),

@@ -12,8 +12,13 @@ first request (every padded encode shape, and the sampler for every `SAMPLE_ROWS
 which /synonyms rounds n up), so no request pays a compile. Limits answer with a JSON
 error naming the field and the limit: 413 for too many texts or characters, 422 for an
 empty or non-string text and for n, k, topn out of range, 409 for /similar without an
-index, 504 past the request timeout. uvicorn stops on SIGTERM after the requests in
-flight.
+index, 504 past the request timeout (the work behind it is cancelled: texts not yet
+encoded are dropped, /synonyms stops before its next chunk of samples), 500 with the
+error on one line for a failure of the server's own (logged whole). Responses are JSON;
+text that is not valid Unicode (a lone surrogate escape such as "\\ud800") is refused
+in a request's texts (422) and escaped wherever a response echoes it. /metrics counts
+requests by path and error responses by status, FastAPI's own 422s included. uvicorn
+stops on SIGTERM after the requests in flight.
 """
 
 from __future__ import annotations
@@ -21,19 +26,27 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import json
+import logging
 import os
+import re
+import threading
 import time
 from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
 from fastapi import FastAPI, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, StrictInt, StrictStr
 
 from simbert.api import SimBERT
 from simbert.arguments import check_integer
 from simbert.kernels import Platform
+
+logger = logging.getLogger(__name__)
 
 # /synonyms samples n rounded up to one of these (a compiled sampler each, warmed up at
 # start); a larger n is drawn in chunks of the last.
@@ -51,10 +64,25 @@ class ServerLimits:
     request_timeout_s: float = 30.0
 
 
+LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+class SafeJSONResponse(JSONResponse):
+    """A JSON response that any text can go into: UTF-8 as FastAPI writes it, or, when
+    the content holds a lone surrogate (not encodable as UTF-8), with every non-ASCII
+    character escaped (`\\ud800`), which JSON allows."""
+
+    def render(self, content) -> bytes:
+        try:
+            return super().render(content)
+        except UnicodeEncodeError:
+            return json.dumps(content, ensure_ascii=True, allow_nan=False, separators=(",", ":")).encode("ascii")
+
+
 class RequestError(Exception):
     """A request the server refuses: HTTP `status`, the `field` at fault, a message."""
 
-    def __init__(self, status: int, field: str, message: str, limit: int | None = None):
+    def __init__(self, status: int, field: str | None, message: str, limit: float | None = None):
         super().__init__(message)
         self.status, self.field, self.limit = status, field, limit
 
@@ -137,6 +165,9 @@ class MicroBatcher:
                     waiting.append(await asyncio.wait_for(self.queue.get(), max(deadline - loop.time(), 0)))
                 except asyncio.TimeoutError:
                     break
+            waiting = [(texts, future) for texts, future in waiting if not future.cancelled()]  # timed out
+            if not waiting:
+                continue
             try:
                 results = await self._encode_now([texts for texts, _ in waiting])
             except Exception as error:  # noqa: BLE001 (handed to each waiting request)
@@ -189,8 +220,18 @@ def create_app(model: str | os.PathLike | SimBERT, index_dir: str | os.PathLike 
     counters = {"requests": {}, "errors": {}, "synonym_calls": 0}
     state = {}
 
-    async def on_model_thread(function):
-        return await asyncio.get_running_loop().run_in_executor(model_thread, function)
+    async def on_model_thread(function, cancel: threading.Event | None = None):
+        """`function()` on the model thread. If the request is cancelled (timed out), a
+        call still queued is dropped and a running one is asked to stop through `cancel`."""
+        try:
+            return await asyncio.get_running_loop().run_in_executor(model_thread, function)
+        except asyncio.CancelledError:
+            if cancel is not None:
+                cancel.set()
+            raise
+
+    def count(kind: str, key: str) -> None:
+        counters[kind][key] = counters[kind].get(key, 0) + 1
 
     @contextlib.asynccontextmanager
     async def lifespan(app):
@@ -206,26 +247,43 @@ def create_app(model: str | os.PathLike | SimBERT, index_dir: str | os.PathLike 
         await batcher.stop()
         model_thread.shutdown(wait=True)
 
-    app = FastAPI(title="simbert", lifespan=lifespan)
+    app = FastAPI(title="simbert", lifespan=lifespan, default_response_class=SafeJSONResponse)
 
     @app.exception_handler(RequestError)
     async def refused(request: Request, error: RequestError):
-        counters["errors"][str(error.status)] = counters["errors"].get(str(error.status), 0) + 1
         body = {"detail": str(error), "field": error.field}
         if error.limit is not None:
             body["limit"] = error.limit
-        return JSONResponse(body, status_code=error.status)
+        return SafeJSONResponse(body, status_code=error.status)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, error: RequestValidationError):
+        # FastAPI's own answer, written so that an echoed lone surrogate cannot break it.
+        return SafeJSONResponse({"detail": jsonable_encoder(error.errors())}, status_code=422)
 
     @app.middleware("http")
-    async def count_and_time_out(request: Request, call_next):
+    async def count_and_catch(request: Request, call_next):
         path = request.url.path
-        counters["requests"][path] = counters["requests"].get(path, 0) + 1
+        count("requests", path)
         try:
-            return await asyncio.wait_for(call_next(request), limits.request_timeout_s)
+            response = await call_next(request)
+        except Exception as error:  # noqa: BLE001 (a failure of the server's own: logged whole, answered 500)
+            logger.exception("%s %s failed", request.method, path)
+            message = " ".join(str(error).split()) or type(error).__name__
+            response = SafeJSONResponse({"detail": f"the server failed: {type(error).__name__}: {message}",
+                                         "field": None}, status_code=500)
+        if response.status_code >= 400:
+            count("errors", str(response.status_code))
+        return response
+
+    async def within_timeout(work):
+        """Await `work` (a coroutine) for at most the request timeout; past it, `work` is
+        cancelled (and with it what it waits for, see `on_model_thread`) and 504 answered."""
+        try:
+            return await asyncio.wait_for(work, limits.request_timeout_s)
         except asyncio.TimeoutError:
-            counters["errors"]["504"] = counters["errors"].get("504", 0) + 1
-            return JSONResponse({"detail": f"the request took longer than {limits.request_timeout_s:g} s",
-                                 "field": None, "limit": limits.request_timeout_s}, status_code=504)
+            raise RequestError(504, None, f"the request took longer than {limits.request_timeout_s:g} s",
+                               limits.request_timeout_s) from None
 
     def checked_texts(texts: list[str]) -> list[str]:
         if not texts:
@@ -241,6 +299,10 @@ def create_app(model: str | os.PathLike | SimBERT, index_dir: str | os.PathLike 
         if len(text) > limits.max_chars:
             raise RequestError(413, field, f"{field} has {len(text)} characters; the limit is {limits.max_chars}",
                                limits.max_chars)
+        if surrogate := LONE_SURROGATE.search(text):
+            raise RequestError(422, field, f"{field} holds a lone surrogate (U+{ord(surrogate.group()):04X}) at "
+                                           f"character {surrogate.start()}, which is not a Unicode character; "
+                                           f"send valid UTF-8 text")
         if len(model.tokenizer.tokenize(text)) <= 2:
             raise RequestError(422, field, f"{field} {text!r} has no token once cleaned (empty, or only spaces, "
                                            f"control or zero-width characters)")
@@ -254,7 +316,7 @@ def create_app(model: str | os.PathLike | SimBERT, index_dir: str | os.PathLike 
 
     @app.post("/encode")
     async def encode(request: EncodeRequest):
-        vectors = await state["batcher"].encode(checked_texts(request.texts))
+        vectors = await within_timeout(state["batcher"].encode(checked_texts(request.texts)))
         return {"vectors": vectors.tolist(), "dim": model.dimension}
 
     @app.post("/similar")
@@ -263,8 +325,13 @@ def create_app(model: str | os.PathLike | SimBERT, index_dir: str | os.PathLike 
             raise RequestError(409, "index", "no index is loaded: start the server with --index INDEX_DIR "
                                              "(create_app(..., index_dir=...))")
         topn = checked_count("topn", request.topn, limits.max_k)
-        vectors = await state["batcher"].encode(checked_texts(request.texts))
-        found = await asyncio.to_thread(model.index.search, vectors, topn)  # numpy / faiss, off the event loop
+        texts = checked_texts(request.texts)
+
+        async def search():
+            vectors = await state["batcher"].encode(texts)
+            return await asyncio.to_thread(model.index.search, vectors, topn)  # numpy / faiss, off the event loop
+
+        found = await within_timeout(search())
         return {"results": [[[text, score] for text, score in row] for row in found]}
 
     @app.post("/synonyms")
@@ -275,8 +342,10 @@ def create_app(model: str | os.PathLike | SimBERT, index_dir: str | os.PathLike 
         if request.seed is not None and request.seed < 0:
             raise RequestError(422, "seed", f"seed should be an integer of at least 0, got {request.seed}")
         counters["synonym_calls"] += 1
-        found = await on_model_thread(lambda: model.gen_synonyms(text, n=n, k=k, with_scores=True,
-                                                                 seed=request.seed, rows=sample_rows(n)))
+        cancel = threading.Event()
+        found = await within_timeout(on_model_thread(
+            lambda: model.gen_synonyms(text, n=n, k=k, with_scores=True, seed=request.seed, rows=sample_rows(n),
+                                       cancel=cancel), cancel))
         return {"results": [[paraphrase, score] for paraphrase, score in found]}
 
     @app.get("/health")

@@ -213,3 +213,58 @@ def test_the_real_server_over_http(trained_tiny, tmp_path):
     # uvicorn re-raises the signal once it has shut down gracefully.
     assert server.returncode in (0, -signal.SIGTERM), output[-3000:]
     assert "Application shutdown complete" in output
+
+
+def test_a_lone_surrogate_is_refused_and_echoed_safely(client):
+    before = client.get("/metrics").json()["errors"]
+    # An escape a JSON parser accepts but no UTF-8 encoder does: in a text (refused by
+    # name), and in a value FastAPI's own refusal echoes back (was a 500).
+    response = client.post("/encode", content='{"texts": ["w1", "w\\ud800"]}',
+                           headers={"content-type": "application/json"})
+    assert response.status_code == 422 and response.json()["field"] == "texts[1]"
+    assert "lone surrogate (U+D800) at character 1" in response.json()["detail"]
+    response = client.post("/encode", content='{"texts": "\\ud800"}', headers={"content-type": "application/json"})
+    assert response.status_code == 422
+    assert [(error["type"], error["loc"], error["input"]) for error in response.json()["detail"]] == [
+        ("list_type", ["body", "texts"], "\ud800")]
+    errors = client.get("/metrics").json()["errors"]
+    assert errors["422"] == before.get("422", 0) + 2  # ours and FastAPI's both counted
+
+
+def test_a_server_failure_is_a_500_on_one_line_and_counted(model, monkeypatch):
+    with TestClient(create_app(model, warm_up=False, batch_wait_ms=0)) as client:
+        monkeypatch.setattr(model, "encode", lambda texts, **options: (_ for _ in ()).throw(
+            RuntimeError("the device\nwent away")))
+        response = client.post("/encode", json={"texts": ["w1"]})
+        monkeypatch.undo()
+        assert response.status_code == 500
+        assert response.json() == {"detail": "the server failed: RuntimeError: the device went away", "field": None}
+        assert client.get("/metrics").json()["errors"] == {"500": 1}
+        assert client.post("/encode", json={"texts": ["w1"]}).status_code == 200
+
+
+def test_a_timed_out_request_stops_its_work(model):
+    """A /synonyms past the timeout stops at its next chunk of samples, so the next request
+    finds the model thread free (before, the thread sampled on and it timed out too)."""
+    limits = ServerLimits(max_n=1000, request_timeout_s=2.0)
+    with TestClient(create_app(model, limits=limits, max_batch=8)) as client:
+        samplers, calls = dict(model.decoder._samplers), []
+
+        def slow(sampler):
+            def run(*arguments):
+                calls.append(time.monotonic())
+                time.sleep(1.0)
+                return sampler(*arguments)
+            return run
+
+        model.decoder._samplers.update({key: slow(sampler) for key, sampler in samplers.items()})
+        try:
+            started = time.monotonic()
+            response = client.post("/synonyms", json={"text": "w10 w11", "n": 1000})  # 8 chunks of 128: 8 s
+            assert response.status_code == 504
+            assert client.post("/encode", json={"texts": ["w1"]}).status_code == 200
+            time.sleep(1.5)  # a chunk that was running ends
+        finally:
+            model.decoder._samplers.update(samplers)
+        assert len(calls) <= 3 and calls[-1] - started < 4, calls
+        assert client.get("/metrics").json()["errors"] == {"504": 1}
