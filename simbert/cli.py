@@ -86,9 +86,11 @@ def _train(args) -> int:
         import dataclasses
 
         from simbert.config import TrainConfig
+
+        config = TrainConfig.from_yaml(args.config)  # checked before Keras (and its backend) loads
+
         from simbert.distribution import ProcessGroup
 
-        config = TrainConfig.from_yaml(args.config)
         group = ProcessGroup.from_arguments(args.coordinator, args.num_processes, args.process_id)
         if group is not None:  # before the backend starts
             group.join(heartbeat_timeout_s=args.heartbeat_timeout)

@@ -19,7 +19,6 @@ import yaml
 
 from simbert.arguments import PRECISIONS
 from simbert.errors import missing_path
-from simbert.layers import ACTIVATIONS, LAYER_NORM_EPSILON
 
 MODEL_TYPES = ("bert", "roformer")
 
@@ -48,11 +47,9 @@ class BackboneConfig:
     initializer_range: float = 0.02
     model_type: str = "bert"
 
-    # Hugging Face settings we do not implement, with the value we do.
-    HF_FIXED: ClassVar[dict] = {"layer_norm_eps": LAYER_NORM_EPSILON, "position_embedding_type": "absolute",
-                                "rotary_value": False}
-
     def __post_init__(self):
+        from simbert.layers import ACTIVATIONS  # here, not at the top: a recipe is checked before Keras loads
+
         source = "config"
         for item in dataclasses.fields(self):
             value = getattr(self, item.name)
@@ -78,14 +75,21 @@ class BackboneConfig:
     def embedding_width(self) -> int:
         return self.embedding_size or self.hidden_size
 
+    @staticmethod
+    def hf_fixed() -> dict:
+        """Hugging Face settings we do not implement, with the value we do."""
+        from simbert.layers import LAYER_NORM_EPSILON
+
+        return {"layer_norm_eps": LAYER_NORM_EPSILON, "position_embedding_type": "absolute", "rotary_value": False}
+
     @classmethod
     def from_dict(cls, values: dict, source: str = "config", **overrides) -> "BackboneConfig":
         """From a bert_config.json or HF config.json mapping; keys we do not use are
-        ignored, HF settings we do not implement (`HF_FIXED`) must hold our value, and
+        ignored, HF settings we do not implement (`hf_fixed()`) must hold our value, and
         `overrides` (e.g. `model_type`, `vocab_size`) replace what the mapping says."""
         if not isinstance(values, dict):
             raise ValueError(f"{source}: should be a JSON object, got {type(values).__name__}")
-        for key, supported in cls.HF_FIXED.items():
+        for key, supported in cls.hf_fixed().items():
             if key in values and values[key] != supported:
                 raise ValueError(f"{source}: {key} {values[key]!r} is not supported (only {supported!r})")
         names = {item.name for item in dataclasses.fields(cls)}
@@ -105,7 +109,7 @@ class BackboneConfig:
 
     def to_hf_config(self) -> dict[str, Any]:
         """Hugging Face config.json for `BertModel` / `RoFormerModel`."""
-        values = {**self.to_dict(), "layer_norm_eps": LAYER_NORM_EPSILON, "pad_token_id": 0}
+        values = {**self.to_dict(), "layer_norm_eps": self.hf_fixed()["layer_norm_eps"], "pad_token_id": 0}
         if self.model_type == "bert":
             values["position_embedding_type"] = "absolute"
         else:
@@ -208,6 +212,10 @@ class TrainConfig:
         "output.log_every": 1, "output.sample_every": 0,
     }
     POSITIVE: ClassVar[tuple] = ("training.learning_rate", "training.scale", "training.clipnorm")
+    # Numbers that must be finite and at least 0; in [0, 1): probabilities.
+    NON_NEGATIVE: ClassVar[tuple] = ("training.weight_decay", "training.seq2seq_weight",
+                                     "training.similarity_weight", "training.distillation_weight")
+    PROBABILITIES: ClassVar[tuple] = ("model.dropout_rate",)
 
     @classmethod
     def from_dict(cls, data: dict, source: str = "config") -> "TrainConfig":
@@ -227,6 +235,16 @@ class TrainConfig:
             value = getattr(getattr(config, section), name)
             if value is not None and not (math.isfinite(value) and value > 0):
                 raise ValueError(f"{source}: {key} should be a finite number above 0, got {value!r}")
+        for key in cls.NON_NEGATIVE:
+            section, name = key.split(".")
+            value = getattr(getattr(config, section), name)
+            if value is not None and not (math.isfinite(value) and value >= 0):
+                raise ValueError(f"{source}: {key} should be a finite number of at least 0, got {value!r}")
+        for key in cls.PROBABILITIES:
+            section, name = key.split(".")
+            value = getattr(getattr(config, section), name)
+            if value is not None and not 0 <= value < 1:
+                raise ValueError(f"{source}: {key} should be at least 0 and below 1 (a probability), got {value!r}")
         if config.training.batch_size % 2 or config.training.batch_size < 2:
             raise ValueError(f"{source}: training.batch_size should be a positive even number "
                              f"(rows come in a->b, b->a pairs), got {config.training.batch_size}")

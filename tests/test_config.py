@@ -78,6 +78,10 @@ def test_a_missing_recipe_or_data_file_names_where_a_relative_path_was_looked_up
     ({"data": {"shuffle_buffer": 0}}, "data.shuffle_buffer should be at least 1, got 0"),
     ({"training": {"steps": -5}}, "training.steps should be at least 1, got -5"),
     ({"training": {"learning_rate": 0.0}}, "training.learning_rate should be a finite number above 0"),
+    ({"model": {"dropout_rate": 2.0}}, r"model.dropout_rate should be at least 0 and below 1 \(a probability\), "
+                                       r"got 2.0"),
+    ({"training": {"weight_decay": -0.1}}, "training.weight_decay should be a finite number of at least 0"),
+    ({"training": {"seq2seq_weight": float("nan")}}, "training.seq2seq_weight should be a finite number of at least 0"),
 ])
 def test_recipe_numbers_are_checked_when_read(override, message):
     with pytest.raises(ValueError, match=message):
@@ -88,3 +92,19 @@ def test_a_yaml_1e_3_is_a_float(tmp_path):
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text("training:\n  learning_rate: 1e-3\n", encoding="utf-8")
     assert TrainConfig.from_yaml(recipe).training.learning_rate == 0.001
+
+
+def test_a_bad_recipe_is_refused_before_keras_loads(tmp_path):
+    """The CLI reads the recipe first: a bad value answers at once, without TensorFlow's
+    start-up time and log lines."""
+    import subprocess
+    import sys
+
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("model:\n  dropout_rate: 2.0\n", encoding="utf-8")
+    probe = ("import sys; from simbert.cli import main; code = main(['train', '--config', sys.argv[1]]); "
+             "print(code, 'keras' in sys.modules, 'tensorflow' in sys.modules, 'jax' in sys.modules)")
+    result = subprocess.run([sys.executable, "-c", probe, str(recipe)], capture_output=True, text=True, timeout=120)
+    assert result.stdout.split() == ["1", "False", "False", "False"], result.stderr
+    assert result.stderr.strip() == (f"simbert: error: {recipe}: model.dropout_rate should be at least 0 and below 1 "
+                                     f"(a probability), got 2.0")
