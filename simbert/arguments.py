@@ -1,7 +1,7 @@
 """Checks of the arguments users pass (counts, sizes, sampling settings): each returns
 the value or raises `ValueError` naming the argument and its valid range. The CLI's
-argparse types are made from the same checks (`argument_type`), and `existing_path`
-checks a path argument before anything loads."""
+argparse types are made from the same checks (`argument_type`), and `existing_path` /
+`output_path` check a path argument before anything loads."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import math
 import os
 from typing import Callable
 
-from simbert.errors import missing_path
+from simbert.errors import missing_path, output_problem
 
 # Keras dtype policies a model may compute in: `training.precision`, `SimBERT.from_pretrained`.
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
@@ -83,6 +83,21 @@ def existing_path(what: str, directory: bool = False) -> Callable[[str], str]:
         if os.path.isdir(text) != directory:
             expected, found = ("a directory", "a file") if directory else ("a file", "a directory")
             raise argparse.ArgumentTypeError(f"{what} {text} is {found}; expected {expected}")
+        return text
+
+    parse.__name__ = what
+    return parse
+
+
+def output_path(what: str, directory: bool = False) -> Callable[[str], str]:
+    """An argparse `type`: the path as given, if a file (or a directory, when `directory`)
+    can be written there (`simbert.errors.output_problem`); else an error naming `what`,
+    before any model loads or any text is encoded."""
+    import argparse
+
+    def parse(text: str) -> str:
+        if (problem := output_problem(what, text, directory)) is not None:
+            raise argparse.ArgumentTypeError(str(problem))
         return text
 
     parse.__name__ = what

@@ -41,6 +41,7 @@ from simbert.arguments import (
     check_positive,
     check_probability,
     existing_path,
+    output_path,
 )
 
 # TensorFlow's C++ start-up log level, unless the user set one: warnings and errors only.
@@ -312,7 +313,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--config", required=True, type=existing_path("recipe"),
                        help="YAML recipe, e.g. configs/tiny.yaml")
     add_count(train, "--steps", help="override training.steps")
-    train.add_argument("--output-dir", help="override output.dir")
+    train.add_argument("--output-dir", type=output_path("output directory", directory=True),
+                       help="override output.dir")
     start = train.add_mutually_exclusive_group()
     start.add_argument("--resume", action="store_true",
                        help="continue from the newest readable checkpoint in output.dir")
@@ -361,7 +363,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_model_directory(encode)
     encode.add_argument("--input", required=True, type=existing_path("input file"),
                         help="UTF-8 text file, one text a line")
-    encode.add_argument("--output", required=True, help=".npy file to write, row i for input line i")
+    encode.add_argument("--output", required=True, type=output_path("output file"),
+                        help=".npy file to write, row i for input line i")
     add_count(encode, "--batch-size", default=64)
     encode.add_argument("--skip-blank", action="store_true",
                         help="leave blank lines out (instead of failing) and write each row's input line number "
@@ -373,7 +376,8 @@ def build_parser() -> argparse.ArgumentParser:
     index.add_argument("model_dir", nargs="?", type=existing_path("model directory", directory=True),
                        help="model directory (not with --merge)")
     index.add_argument("--input", type=existing_path("input file"), help="UTF-8 text file, one text a line")
-    index.add_argument("--output", required=True, help="directory to write the index to (replaced atomically)")
+    index.add_argument("--output", required=True, type=output_path("index directory", directory=True),
+                       help="directory to write the index to (replaced atomically)")
     index.add_argument("--append", action="store_true", help="add the texts to the index already in --output")
     index.add_argument("--shard", metavar="I/N", type=shard_argument,
                        help="index part I of N (from 0) of the corpus: lines [floor(I*L/N), floor((I+1)*L/N)) of "
@@ -402,8 +406,9 @@ def build_parser() -> argparse.ArgumentParser:
                           help="pair files (TSV, ATEC CSV, STS, CSV with header, JSONL)")
     evaluate.add_argument("--format", choices=["tsv", "atec", "sts", "csv", "jsonl"], help="default: detected")
     evaluate.add_argument("--threshold", type=float, default=0.9, help="fixed cosine threshold (default 0.9)")
-    evaluate.add_argument("--output", help="write all metrics as JSON here")
-    evaluate.add_argument("--plot", help="directory for score histograms, one PNG per file")
+    evaluate.add_argument("--output", type=output_path("output file"), help="write all metrics as JSON here")
+    evaluate.add_argument("--plot", type=output_path("plot directory", directory=True),
+                          help="directory for score histograms, one PNG per file")
     evaluate.add_argument("--whiten", type=existing_path("whitening corpus"),
                           help="corpus (one text a line) to fit BERT-whitening on; reports with and without")
     add_count(evaluate, "--dim", help="dimensions kept by whitening (default: all)")
@@ -429,7 +434,7 @@ def build_parser() -> argparse.ArgumentParser:
     exported = commands.add_parser("export", help="the model in another format: SavedModel, ONNX, Hugging Face, "
                                                   "bert4keras", parents=[common])
     add_model_directory(exported, help="model directory (or a training output: its latest checkpoint)")
-    exported.add_argument("out", help="new directory to write")
+    exported.add_argument("out", type=output_path("export directory", directory=True), help="new directory to write")
     exported.add_argument("--format", required=True, choices=["saved_model", "onnx", "hf", "bert4keras"],
                           help="saved_model / onnx: the encoder (token_ids, segment_ids -> pooled vector); "
                                "hf: transformers' BERT / RoFormer; bert4keras: the released layout")

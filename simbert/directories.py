@@ -38,7 +38,7 @@ from simbert.checkpoints import (
     write_tf_checkpoint,
 )
 from simbert.config import MODEL_TYPES, BackboneConfig
-from simbert.errors import FileFormatError, missing_path
+from simbert.errors import FileFormatError, missing_path, output_problem
 from simbert.file_locks import FileLock
 from simbert.models import Transformer
 from simbert.tokenizer import SPECIAL_TOKENS, Tokenizer, load_vocab, save_vocab
@@ -189,6 +189,8 @@ class RunDirectory:
     # ------------------------------------------------------ read-only checks
     def check_free(self) -> None:
         """Raise `DirectoryInUse` if another live run trains into the directory."""
+        if (problem := output_problem("output.dir", self.path, directory=True)) is not None:
+            raise problem
         self.lock.check_free()
 
     def check_unclaimed(self, overwrite: bool) -> None:

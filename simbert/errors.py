@@ -27,3 +27,22 @@ def unreadable(path: str | os.PathLike, expected: str, error: BaseException) -> 
     """`FileFormatError` for `path`, which should be `expected`, from the reader's own error."""
     detail = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
     return FileFormatError(path, f"cannot be read as {expected} ({type(error).__name__}: {detail})")
+
+
+def output_problem(what: str, path: str | os.PathLike, directory: bool = False) -> OSError | None:
+    """Why `path` cannot be written as `what` (a file, or a directory when `directory`),
+    as an `OSError` naming it, or None when it can: an existing path of the other kind, an
+    ancestor that is a file, or a nearest existing directory that is not writable."""
+    path = str(path)
+    if os.path.exists(path) and os.path.isdir(path) != directory:
+        expected, found = ("a directory", "a file") if directory else ("a file", "a directory")
+        return (IsADirectoryError if found == "a directory" else NotADirectoryError)(
+            f"{what} {path} is {found}; expected {expected} to write (choose another path)")
+    ancestor = os.path.dirname(os.path.abspath(path))
+    while not os.path.exists(ancestor):
+        ancestor = os.path.dirname(ancestor)
+    if not os.path.isdir(ancestor):
+        return NotADirectoryError(f"{what} {path} cannot be written: {ancestor} is a file, not a directory")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        return PermissionError(f"{what} {path} cannot be written: no permission to write in {ancestor}")
+    return None

@@ -157,6 +157,29 @@ def test_path_arguments_are_checked_before_anything_loads(tmp_path):
                                                        f"exist (looked up from the current directory {ROOT})",
          "train"),
     ]
+    # Output paths: a directory where a file is written and the reverse, or a path under a
+    # file (were raw OS errors, some after every text was encoded).
+    a_file = text_file / "sub"
+    cases += [
+        (("encode", tmp_path, "--input", text_file, "--output", tmp_path),
+         f"argument --output: output file {tmp_path} is a directory; expected a file to write (choose another "
+         f"path)", "encode"),
+        (("encode", tmp_path, "--input", text_file, "--output", a_file / "v.npy"),
+         f"argument --output: output file {a_file / 'v.npy'} cannot be written: {text_file} is a file, not a "
+         f"directory", "encode"),
+        (("index", tmp_path, "--input", text_file, "--output", text_file),
+         f"argument --output: index directory {text_file} is a file; expected a directory to write (choose "
+         f"another path)", "index"),
+        (("export", tmp_path, text_file, "--format", "hf"),
+         f"argument out: export directory {text_file} is a file; expected a directory to write (choose another "
+         f"path)", "export"),
+        (("eval", tmp_path, text_file, "--plot", a_file),
+         f"argument --plot: plot directory {a_file} cannot be written: {text_file} is a file, not a directory",
+         "eval"),
+        (("train", "--config", os.path.join(ROOT, "configs", "tiny.yaml"), "--output-dir", text_file),
+         f"argument --output-dir: output directory {text_file} is a file; expected a directory to write (choose "
+         f"another path)", "train"),
+    ]
     for args, message, command in cases:
         result = simbert(*args)
         assert result.returncode == 2, (args, result.stderr[-2000:])

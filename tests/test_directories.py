@@ -22,6 +22,7 @@ from simbert.checkpoints import assign_training_state, read_training_state, writ
 from simbert.config import BackboneConfig
 from simbert.directories import (
     DirectoryInUse,
+    RunDirectory,
     RunDirectoryTaken,
     build_transformer_model,
     checkpoint_dirs,
@@ -247,3 +248,13 @@ def test_readers_of_a_live_training_never_fail(tmp_path):
     finally:
         trainer.request_stop()
         worker.join(120)
+
+
+def test_an_output_dir_that_is_a_file_is_named(tmp_path):
+    taken = tmp_path / "runs"
+    taken.write_text("", encoding="utf-8")
+    with pytest.raises(NotADirectoryError, match=rf"^output.dir {taken} is a file; expected a directory to write"):
+        RunDirectory(taken).check_free()
+    with pytest.raises(NotADirectoryError, match=rf"^output.dir {taken / 'tiny'} cannot be written: {taken} is a "
+                                                 rf"file, not a directory$"):
+        RunDirectory(taken / "tiny").check_free()
