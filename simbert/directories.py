@@ -41,7 +41,7 @@ from simbert.config import MODEL_TYPES, BackboneConfig
 from simbert.errors import FileFormatError, missing_path, output_problem
 from simbert.file_locks import FileLock
 from simbert.models import Transformer
-from simbert.tokenizer import SPECIAL_TOKENS, Tokenizer, load_vocab, save_vocab
+from simbert.tokenizer import SPECIAL_TOKENS, Tokenizer, check_special_tokens, load_vocab, save_vocab
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -410,6 +410,7 @@ def read_model_files(directory: str, model_type: str | None = None, simplify_voc
         token_dict, keep_tokens = load_vocab(vocab_path, simplified=True, startswith=list(SPECIAL_TOKENS))
     else:
         token_dict = load_vocab(vocab_path)
+    check_special_tokens(token_dict, vocab_path)
     tokenizer = Tokenizer(token_dict, do_lower_case=True, pre_tokenize=pre_tokenize)
     # Every file is read before the (slow) model building, so a live run's rotation has
     # only the reading's moment to remove the directory.

@@ -93,6 +93,14 @@ def is_redundant(token: str) -> bool:
     )
 
 
+def check_special_tokens(token_dict: dict[str, int], source: str) -> dict[str, int]:
+    """`token_dict`, if it holds [UNK], [CLS] and [SEP]; else a ValueError naming `source`."""
+    missing = [t for t in REQUIRED_TOKENS if t not in token_dict]
+    if missing:
+        raise ValueError(f"{source} lacks the special tokens {missing}; expected {list(SPECIAL_TOKENS)}")
+    return token_dict
+
+
 def load_vocab(
     path: str | os.PathLike,
     encoding: str = "utf-8",
@@ -117,14 +125,18 @@ def load_vocab(
         except UnicodeDecodeError as error:
             raise FileFormatError(path, f"line {len(token_dict) + 1} is not {encoding} ({error.reason}); expected "
                                         "one token a line") from None
+    if not any(token_dict):
+        raise FileFormatError(path, f"holds no token (an empty file); expected one token a line, "
+                                    f"{' '.join(SPECIAL_TOKENS)} among them")
     if not simplified:
         return token_dict
 
     new_dict: dict[str, int] = {}
     keep_tokens: list[int] = []
+    check_special_tokens(token_dict, str(path))
     for token in startswith or ():
         if token not in token_dict:
-            raise KeyError(f"startswith token {token!r} is not in vocab {path!s}")
+            raise FileFormatError(path, f"lacks {token}, a token the vocabulary should start with")
         new_dict[token] = len(new_dict)
         keep_tokens.append(token_dict[token])
     for token, old_id in sorted(token_dict.items(), key=lambda item: item[1]):
@@ -172,13 +184,9 @@ class Tokenizer:
         pre_tokenize: Callable[[str], Iterable[str]] | None = None,
         word_maxlen: int = 200,
     ):
-        source = "the token dict"
         if not isinstance(vocab, dict):
-            source = f"vocab {vocab!s}"
-            vocab = load_vocab(vocab)
-        missing = [t for t in REQUIRED_TOKENS if t not in vocab]
-        if missing:
-            raise ValueError(f"{source} lacks the special tokens {missing}; expected {list(SPECIAL_TOKENS)}")
+            vocab = check_special_tokens(load_vocab(vocab), f"vocab {vocab!s}")
+        check_special_tokens(vocab, "the token dict")
         self.token_dict = dict(vocab)
         self.id_dict = {i: t for t, i in self.token_dict.items()}
         self.vocab_size = len(self.token_dict)

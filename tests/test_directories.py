@@ -258,3 +258,21 @@ def test_an_output_dir_that_is_a_file_is_named(tmp_path):
     with pytest.raises(NotADirectoryError, match=rf"^output.dir {taken / 'tiny'} cannot be written: {taken} is a "
                                                  rf"file, not a directory$"):
         RunDirectory(taken / "tiny").check_free()
+
+
+def test_an_empty_or_incomplete_vocab_is_named(tmp_path):
+    from simbert.directories import read_model_files
+
+    directory = write_model_dir(str(tmp_path / "model"), TINY_CONFIG)
+    vocab = os.path.join(directory, "vocab.txt")
+    for content in ("", "\n\n"):
+        with open(vocab, "w", encoding="utf-8") as writer:
+            writer.write(content)
+        with pytest.raises(ValueError, match=rf"^{vocab}: holds no token \(an empty file\); expected one token a "
+                                             rf"line, \[PAD\] \[UNK\] \[CLS\] \[SEP\] among them$"):
+            read_model_files(directory)
+    with open(vocab, "w", encoding="utf-8") as writer:
+        writer.write("[PAD]\n[UNK]\nw1\n")
+    for simplify in (False, True):
+        with pytest.raises(ValueError, match=rf"^{vocab} lacks the special tokens \['\[CLS\]', '\[SEP\]'\]"):
+            read_model_files(directory, simplify_vocab=simplify)
