@@ -82,13 +82,14 @@ def clean_text(text: str) -> str:
     return re.sub(" {2,}", " ", "".join(out)).strip()
 
 
-def read_json_records(path: str, fail: Callable[[str], None],
-                      max_lines_per_record: int = 8) -> Iterator[tuple[int, dict]]:
+def read_json_records(path: str, fail: Callable[[str], None], max_lines_per_record: int = 8,
+                      strict_utf8: bool = False) -> Iterator[tuple[int, dict]]:
     """JSON objects one a line; a string holding a raw newline makes a record span several
     physical lines, which are joined back. Yields `(first_line_number, record)`; a record
-    that cannot be read goes to `fail(message)` (see `problem_handler`)."""
+    that cannot be read goes to `fail(message)` (see `problem_handler`), a line that is not
+    UTF-8 too unless `strict_utf8` (then `NotUTF8Error` is raised)."""
     buffer, start = "", 0
-    for number, line in numbered_lines(path, fail):
+    for number, line in numbered_lines(path, None if strict_utf8 else fail):
         if not buffer and not line.strip():
             continue
         if not buffer:
@@ -133,17 +134,18 @@ def read_groups(path: str, on_error: str = "raise", report: ReadReport | None = 
         yield group
 
 
-def detect_pair_format(path: str) -> str:
+def detect_pair_format(path: str, fail: Callable[[str], None] | None = None) -> str:
     """The layout of a pair file: jsonl (extension or a leading `{`); tsv for a `.tsv`
     file; by the tab-separated fields of the first line, 2 or 3 -> tsv
     (`text1<TAB>text2[<TAB>label]`), 4 -> atec (id first), 5 -> sts
     (`id1<TAB>text1<TAB>id2<TAB>text2<TAB>score`); else csv when a header names two text
-    columns or the file is a `.csv`."""
+    columns or the file is a `.csv`. A line before it that is not UTF-8 raises
+    `NotUTF8Error`, or goes to `fail(message)` and the next line decides."""
     if path.endswith((".jsonl", ".json")):
         return "jsonl"
     if path.endswith(".tsv"):
         return "tsv"
-    first = next((line for _, line in numbered_lines(path, problem_handler("skip", None)) if line.strip()), "")
+    first = next((line for _, line in numbered_lines(path, fail) if line.strip()), "")
     if first.lstrip().startswith("{"):
         return "jsonl"
     fields = first.rstrip("\t").split("\t")  # a trailing tab adds no field
@@ -161,22 +163,26 @@ def _text_columns(names: Sequence[str]) -> tuple[str, str] | None:
     return next(((a, b) for a, b in TEXT_COLUMNS if a in names and b in names), None)
 
 
-def read_pair_rows(path: str, fail: Callable[[str], None],
-                   format: str | None = None) -> Iterator[tuple[int, str, str, float | None]]:
+def read_pair_rows(path: str, fail: Callable[[str], None], format: str | None = None,
+                   strict_utf8: bool = False) -> Iterator[tuple[int, str, str, float | None]]:
     """`(line, text1, text2, label)` of each row of a pair file (UTF-8, BOM and CRLF
     tolerated; layout from `detect_pair_format` unless given); `label` is None where the
-    row has none. A row that cannot be read goes to `fail(message)`."""
+    row has none. A row that cannot be read goes to `fail(message)`; a line that is not
+    UTF-8 too, unless `strict_utf8` (then `NotUTF8Error` names it: evaluation's choice, as
+    a file read in part would give other metrics without saying so)."""
     if not os.path.isfile(path):
         raise missing_path("pair file", path)
-    format = format or detect_pair_format(path)
+    undecodable = None if strict_utf8 else fail
+    format = format or detect_pair_format(path, undecodable)
     if format not in PAIR_FORMATS:
         raise ValueError(f"format should be one of {PAIR_FORMATS}, got {format!r}")
     if format == "jsonl":
-        rows = ((line, _record_fields(record)) for line, record in read_json_records(path, fail))
+        rows = ((line, _record_fields(record)) for line, record in read_json_records(path, fail,
+                                                                                      strict_utf8=strict_utf8))
     elif format == "csv":
-        rows = _csv_rows(path, fail)
+        rows = _csv_rows(path, fail, undecodable)
     else:
-        rows = ((number, text.split("\t")) for number, text in numbered_lines(path, fail) if text.strip())
+        rows = ((number, text.split("\t")) for number, text in numbered_lines(path, undecodable) if text.strip())
     first_field, second_field, label_field = TAB_FIELDS.get(format, (0, 1, 2))
     label_required = format in ("atec", "sts")
     for line, fields in rows:
@@ -204,12 +210,14 @@ def _record_fields(record: dict) -> list:
     return fields + [record["label"]] if "label" in record else fields
 
 
-def _csv_rows(path: str, fail: Callable[[str], None]) -> Iterator[tuple[int, list]]:
+def _csv_rows(path: str, fail: Callable[[str], None],
+              undecodable: Callable[[str], None] | None) -> Iterator[tuple[int, list]]:
     """Rows of a CSV pair file: with a header naming two text columns (and `label`), by
-    name; without one, `text1,text2[,label]`. A line that is not UTF-8 goes to `fail`."""
+    name; without one, `text1,text2[,label]`. A line that is not UTF-8 goes to
+    `undecodable` (None: raises)."""
     def decoded_lines():
         expected = 1
-        for number, line in numbered_lines(path, fail):
+        for number, line in numbered_lines(path, undecodable):
             yield from ["\n"] * (number - expected)  # a left-out line stays counted
             expected = number + 1
             yield line + "\n"

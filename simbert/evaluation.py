@@ -41,10 +41,12 @@ class PairSet:
 
 def read_pair_file(path: str, format: str | None = None) -> PairSet:
     """The labelled pairs of a pair file (any layout of `simbert.data.read_pair_rows`);
-    rows without a label or with an empty text are skipped and listed with why."""
+    rows without a label or with an empty text are skipped and listed with why; a line
+    that is not UTF-8 raises `NotUTF8Error` naming it (metrics of part of a file would
+    mislead)."""
     format = format or detect_pair_format(path)
     pairs = PairSet(path, format)
-    for line, a, b, label in read_pair_rows(path, pairs.skipped.append, format):
+    for line, a, b, label in read_pair_rows(path, pairs.skipped.append, format, strict_utf8=True):
         pairs.add(line, a, b, label)
     return pairs
 

@@ -143,3 +143,25 @@ def test_eval_of_a_one_class_file_writes_valid_json(tmp_path):
     assert metrics["note"] == "every pair has label 1: correlations are undefined"
     report = {k: v for k, v in metrics.items() if k not in ("scores", "labels")}
     assert json.loads(json.dumps(report, allow_nan=False))["spearman"] is None
+
+
+@pytest.mark.parametrize("name", ["pairs.txt", "pairs.tsv", "pairs.csv", "pairs.jsonl"])
+@pytest.mark.parametrize("bad_line", [1, 3])
+def test_a_line_that_is_not_utf8_is_named_not_skipped(tmp_path, name, bad_line):
+    """A GBK line anywhere in a pair file stops `eval` naming it (was: line 1 skipped
+    quietly and the layout told from line 2)."""
+    from simbert.text_files import NotUTF8Error
+
+    rows = [("花呗怎么还款", "花呗如何还钱", 1), ("今天天气", "借呗提额", 0), ("信用卡还款", "还信用卡", 1)]
+    if name.endswith(".jsonl"):
+        lines = [json.dumps({"text_a": a, "text_b": b, "label": label}, ensure_ascii=False) for a, b, label in rows]
+    elif name.endswith(".csv"):
+        lines = [f"{a},{b},{label}" for a, b, label in rows]
+    else:
+        lines = [f"{a}\t{b}\t{label}" for a, b, label in rows]
+    encoded = [line.encode("gbk" if number == bad_line else "utf-8") for number, line in enumerate(lines, 1)]
+    path = tmp_path / name
+    path.write_bytes(b"\n".join(encoded) + b"\n")
+    with pytest.raises(NotUTF8Error, match=rf"^{path}, line {bad_line}: not UTF-8 \(.*a GBK file\? convert it "
+                                           rf"with iconv -f gbk -t utf-8\)$"):
+        read_pair_file(str(path))

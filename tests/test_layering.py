@@ -18,7 +18,7 @@ LAYERS = [
     {"compiled", "config"},
     {"models"},
     {"checkpoints", "source_pass"},
-    {"directories", "data", "losses", "optimizers", "cached_step", "generation", "retrieval"},
+    {"directories", "data", "losses", "optimizers", "cached_step", "generation", "gibbs", "retrieval"},
     {"evaluation", "export", "index_parts", "training_model"},
     {"api"},
     {"callbacks", "server"},
