@@ -473,7 +473,8 @@ class SimBERT:
             progress: show a progress bar.
             part: the corpus lines `texts` are (`CorpusPart`), recorded for
                 `simbert.index_parts.merge_indexes`; a part is written whole, not appended to.
-            **index_options: `SimilarityIndex` options (`dtype`, `backend`, `faiss_index`).
+            **index_options: `SimilarityIndex` options (`dtype`, `backend`, `faiss_index`); with
+                `append`, each must equal the index's (an append keeps its settings).
 
         Returns:
             The index, loaded memory-mapped.
@@ -499,6 +500,11 @@ class SimBERT:
                 base = SimilarityIndex.load(directory, expected_dimension=self.dimension)
                 base.check_model(self.fingerprint, self.name, strict=True)
                 meta = base.meta
+                for key, value in index_options.items():  # an append keeps the index's settings
+                    if meta.get(key) != value:
+                        raise ValueError(f"{key} {value!r} differs from the index in {directory} ({key} "
+                                         f"{meta.get(key)!r}); an append keeps the index's settings: leave "
+                                         f"{key} out, or rebuild the index without appending")
             else:
                 base = None
                 meta = SimilarityIndex(self.dimension, model_name=self.name, model_fingerprint=self.fingerprint,

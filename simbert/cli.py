@@ -188,7 +188,10 @@ def _index(args) -> int:
 
     count = sum(1 for _ in texts())  # a first pass: the writer preallocates the vectors
     model = _load_model(args)
-    options = {} if args.append else {"dtype": args.dtype, "backend": args.backend, "faiss_index": args.faiss_index}
+    # Settings given with --append must be the index's own; without, unset ones take their default.
+    given = {"dtype": args.dtype, "backend": args.backend, "faiss_index": args.faiss_index}
+    options = {key: value for key, value in given.items() if value is not None} if args.append else {
+        key: value if value is not None else INDEX_DEFAULTS[key] for key, value in given.items()}
     index = model.write_index(texts(), count, args.output, batch_size=args.batch_size, append=args.append,
                               progress=True, part=part, **options)
     done = "appended" if args.append else "indexed"
@@ -197,12 +200,18 @@ def _index(args) -> int:
     return 0
 
 
+# `simbert index` settings of a new index when not given (an append keeps the index's).
+INDEX_DEFAULTS = {"dtype": "float32", "backend": "exact", "faiss_index": "hnsw"}
+
+
 def check_index_arguments(args) -> None:
     """`simbert index` builds (MODEL_DIR and --input, maybe --append or --shard) or merges
     (--merge, nothing of a build): a usage error (exit 2) otherwise."""
     if args.merge:
         given = [name for name, value in (("MODEL_DIR", args.model_dir), ("--input", args.input),
-                                          ("--shard", args.shard), ("--append", args.append)) if value]
+                                          ("--shard", args.shard), ("--append", args.append),
+                                          ("--dtype", args.dtype), ("--backend", args.backend),
+                                          ("--faiss-index", args.faiss_index)) if value]
         if given:
             args.parser.error(f"--merge joins index parts and takes no {', '.join(given)}")
     elif args.model_dir is None or args.input is None:
@@ -388,9 +397,9 @@ def build_parser() -> argparse.ArgumentParser:
     index.set_defaults(parser=index)
     add_distribution(index)
     add_count(index, "--batch-size", default=64)
-    index.add_argument("--dtype", choices=["float32", "float16"], default="float32")
-    index.add_argument("--backend", choices=["exact", "faiss"], default="exact")
-    index.add_argument("--faiss-index", choices=["hnsw", "ivf", "ivfpq"], default="hnsw",
+    index.add_argument("--dtype", choices=["float32", "float16"], help="default float32")
+    index.add_argument("--backend", choices=["exact", "faiss"], help="default exact")
+    index.add_argument("--faiss-index", choices=["hnsw", "ivf", "ivfpq"],
                        help="with --backend faiss: hnsw (default), ivf, or ivfpq (compressed, tens of millions)")
 
     search = model_command("search", "the indexed texts most similar to a query", _search)

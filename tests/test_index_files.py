@@ -127,7 +127,7 @@ def test_a_missing_faiss_fails_before_any_text_is_encoded(model, tmp_path, monke
                                        "'simbert[faiss]' (from a checkout: pip install -e '.[faiss]')")
 
 
-def test_cli_index_and_append(trained_tiny, tmp_path):
+def test_cli_index_and_append(trained_tiny, tmp_path, capsys):
     first, second = tmp_path / "first.txt", tmp_path / "second.txt"
     first.write_text("花呗怎么还款\n信用卡怎么提高额度\n", encoding="utf-8")
     second.write_text("明天北京会下雨吗\n", encoding="utf-8")
@@ -136,6 +136,16 @@ def test_cli_index_and_append(trained_tiny, tmp_path):
     assert main(["index", trained_tiny, "--input", str(second), "--output", str(tmp_path / "index"), "--append",
                  "--no-compile-cache"]) == 0
     assert SimilarityIndex.load(tmp_path / "index").texts == ["花呗怎么还款", "信用卡怎么提高额度", "明天北京会下雨吗"]
+    # An append keeps the index's settings: one given that differs is refused (was ignored).
+    assert main(["index", trained_tiny, "--input", str(second), "--output", str(tmp_path / "index"), "--append",
+                 "--dtype", "float16", "--no-compile-cache"]) == 1
+    assert (f"simbert: error: dtype 'float16' differs from the index in {tmp_path / 'index'} (dtype 'float32'); an "
+            f"append keeps the index's settings: leave dtype out, or rebuild the index without appending"
+            in capsys.readouterr().err)
+    assert main(["index", trained_tiny, "--input", str(second), "--output", str(tmp_path / "index"), "--append",
+                 "--dtype", "float32", "--backend", "exact", "--no-compile-cache"]) == 0
+    index = SimilarityIndex.load(tmp_path / "index")
+    assert len(index) == 4 and index.dtype == "float32"
 
 
 def test_cli_index_refused_while_another_process_writes_it(trained_tiny, tmp_path, capsys):

@@ -112,6 +112,8 @@ def test_the_command_builds_parts_and_merges_them(two_models, corpus, tmp_path, 
     for arguments, message in [
             (["--output", "x", "--merge", str(tmp_path / "part-0"), "--input", corpus],
              "--merge joins index parts and takes no --input"),
+            (["--output", "x", "--merge", str(tmp_path / "part-0"), "--dtype", "float16"],
+             "--merge joins index parts and takes no --dtype"),  # the parts' own settings are kept
             (["--output", "x", "--input", corpus], "simbert index needs MODEL_DIR and --input (or --merge "
                                                    "PART_DIR... to join parts)"),
             ([model_dir, "--input", corpus, "--output", "x", "--shard", "2/2"],
