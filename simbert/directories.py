@@ -362,18 +362,36 @@ def build_transformer_model(config: str | os.PathLike | dict, checkpoint_path: s
 
 
 def with_latest_checkpoint(path: str | os.PathLike, read: Callable[[str], T]) -> T:
-    """`read(directory)` for the model directory `path` resolves to. When that is the
-    newest checkpoint of a run still training, rotation may remove it mid-read (as one
-    rename, see `remove_checkpoint`); then the read starts again on the new newest."""
-    for _ in range(READ_ATTEMPTS - 1):
-        directory = resolve_model_directory(path)
-        try:
-            return read(directory)
-        except (OSError, ValueError):
-            if directory == str(path) or os.path.isdir(directory):  # not a rotation: the error stands
-                raise
-            logger.info("%s was rotated away while being read; reading the newest checkpoint again", directory)
-    return read(resolve_model_directory(path))
+    """`read(directory)` for the model directory `path` resolves to. For a training
+    output, that is its newest checkpoint that reads: one that does not (a torn copy) is
+    skipped with a warning naming it and why, as `--resume` skips it, and the next older
+    one read. When the newest checkpoint of a run still training is removed by rotation
+    mid-read (as one rename, see `remove_checkpoint`), the checkpoints are listed again."""
+    path = str(path)
+    if resolve_model_directory(path) == path:
+        return read(path)
+    torn: dict[str, str] = {}
+    for _ in range(READ_ATTEMPTS):
+        rotated = False
+        for _, directory in reversed(checkpoint_dirs(path)):
+            if directory in torn:
+                continue
+            try:
+                return read(directory)
+            except (OSError, ValueError) as error:
+                if not os.path.isdir(directory):
+                    logger.info("%s was rotated away while being read; reading the newest checkpoint again",
+                                directory)
+                    rotated = True
+                    break
+                torn[directory] = " ".join(str(error).split())
+                logger.warning("cannot read %s, using the next older checkpoint: %s", directory, torn[directory])
+        if not rotated:
+            break
+    if not torn:
+        raise FileNotFoundError(f"{path} holds no checkpoint that could be read (removed while reading)")
+    raise FileFormatError(path, "no checkpoint can be read: " + "; ".join(
+        f"{os.path.basename(directory)}: {why}" for directory, why in torn.items()))
 
 
 @dataclasses.dataclass

@@ -276,3 +276,31 @@ def test_an_empty_or_incomplete_vocab_is_named(tmp_path):
     for simplify in (False, True):
         with pytest.raises(ValueError, match=rf"^{vocab} lacks the special tokens \['\[CLS\]', '\[SEP\]'\]"):
             read_model_files(directory, simplify_vocab=simplify)
+
+
+def test_a_torn_newest_checkpoint_is_skipped_by_readers_as_by_resume(tmp_path, caplog, capsys):
+    """`generate` on a training output whose newest checkpoint is torn (a partial copy)
+    reads the next older one and says so, as `--resume` does (it failed)."""
+    from simbert.cli import main
+
+    Trainer(short_config(tmp_path, 4, save_every=2)).fit()
+    newest = tmp_path / "checkpoint-0000004"
+    for name in os.listdir(newest):
+        if name.startswith("bert_model."):
+            with open(newest / name, "r+b") as torn:
+                torn.truncate(os.path.getsize(newest / name) // 2)
+    with caplog.at_level("WARNING", logger="simbert.directories"):
+        model = SimBERT.from_pretrained(tmp_path, compilation_cache=None)
+    assert [record.getMessage().split(":")[0] for record in caplog.records] == [
+        f"cannot read {newest}, using the next older checkpoint"]
+    older = SimBERT.from_pretrained(tmp_path / "checkpoint-0000002", compilation_cache=None)
+    assert model.fingerprint == older.fingerprint
+    np.testing.assert_array_equal(model.encode(["花呗"]), older.encode(["花呗"]))
+    assert main(["generate", str(tmp_path), "花呗怎么还款", "-n", "4", "-k", "2", "--no-compile-cache"]) == 0
+    capsys.readouterr()
+    for name in os.listdir(tmp_path / "checkpoint-0000002"):
+        if name.startswith("bert_model."):
+            os.remove(tmp_path / "checkpoint-0000002" / name)
+    with pytest.raises(ValueError, match=rf"^{tmp_path}: no checkpoint can be read: checkpoint-0000004: .*; "
+                                         rf"checkpoint-0000002: "):
+        SimBERT.from_pretrained(tmp_path, compilation_cache=None)
