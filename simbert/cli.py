@@ -132,6 +132,10 @@ def _train(args) -> int:
 
 def _generate(args) -> int:
     model = _load_model(args)
+    vocab_size = model.backbone.config.vocab_size
+    if args.topk > vocab_size:  # known once the model is read; still a usage error (exit 2)
+        args.parser.error(f"argument --topk: --topk should be an integer of at least 1 and at most {vocab_size} "
+                          f"(the model's vocabulary), got {args.topk}")
     for text, score in model.gen_synonyms(args.text, n=args.n, k=args.k, with_scores=True, topk=args.topk,
                                           topp=args.topp, temperature=args.temperature, seed=args.seed,
                                           progress=True):
@@ -351,7 +355,7 @@ def build_parser() -> argparse.ArgumentParser:
         command.add_argument("--precision", choices=PRECISIONS,
                              help="compute dtype policy; mixed_bfloat16 computes in bfloat16 on a GPU "
                                   "(default: float32)")
-        command.set_defaults(run=run)
+        command.set_defaults(run=run, parser=command)
         add_cache_arguments(command, default="default")
         return command
 

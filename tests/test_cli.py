@@ -114,7 +114,10 @@ def test_cli_sampling_arguments_are_usage_errors(trained_tiny):
                                (("--topk", "-1"), "--topk should be"),
                                (("--maxlen", "0"), "--maxlen should be an integer of at least 3, got 0"),
                                (("--temperature", "0"), "--temperature should be a finite number above 0"),
-                               (("--topp", "2"), r"--topp should be a number in (0, 1]")]:
+                               (("--topp", "2"), r"--topp should be a number in (0, 1]"),
+                               # Checked once the model is read, still a usage error (was exit 1).
+                               (("--topk", "100000"), "argument --topk: --topk should be an integer of at least 1 "
+                                                      "and at most ")]:
         result = simbert("generate", trained_tiny, "花呗怎么还款", *arguments)
         assert result.returncode == 2 and len(error_lines(result.stderr)) == 1, result.stderr[-2000:]
         assert message in result.stderr
