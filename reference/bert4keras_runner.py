@@ -7,6 +7,9 @@ Job kinds:
   time_sample: seconds per random_sample call of that decoder (benchmarks/)
   time_gen_synonyms: the original script's gen_synonyms end to end (sample, decode,
               dedupe, encode the candidates, rank): load, first and steady seconds
+  time_gibbs: the loop of bert4keras' examples/basic_gibbs_sampling_via_mlm.py (one
+              `predict` per step), n chains as the rows of one batch: load, first and
+              steady seconds of `steps` steps (benchmarks/)
   time_train: seconds per training step of the original recipe (benchmarks/), under the
               job's tf_keras dtype policy ("precision", float32 by default)
   tokenize: Tokenizer.encode on sentences -> JSON of tokens, ids, segment ids
@@ -118,6 +121,43 @@ def run_time_gen_synonyms(job):
         json.dump({"load_s": loaded - start, "first_s": first - loaded, "steady_s": float(np.median(steady))}, writer)
 
 
+def run_time_gibbs(job):
+    """bert4keras' examples/basic_gibbs_sampling_via_mlm.py: an MLM model (softmax
+    probabilities); each step picks a position per chain uniformly among all but [CLS] and
+    [SEP], writes [MASK] there, runs one `predict` and draws the new token with
+    `np.random.choice(vocab_size, p=probas)`. The example runs one chain; here `n` chains
+    are the rows of the one batch each `predict` sees (the example's decode of every
+    sample is left out, as on our side). Seconds to build the model, of the first `steps`
+    steps and the median of `repeats` later runs of `steps` steps."""
+    start = time.perf_counter()
+    model = build_transformer_model(job["config"], job["checkpoint"], model=job["model"], with_mlm=True)
+    loaded = time.perf_counter()
+    np.random.seed(job["seed"])
+    n = job["n"]
+    token_ids = np.array([job["start"]] * n)
+    segment_ids = np.zeros_like(token_ids)
+    length, vocab_size, rows = token_ids.shape[1] - 2, int(model.output.shape[-1]), np.arange(n)
+
+    def run():
+        for _ in range(job["steps"]):
+            i = np.random.choice(length, n) + 1
+            token_ids[rows, i] = job["mask_id"]
+            probas = model.predict([token_ids, segment_ids], verbose=0)[rows, i]
+            for row in range(n):
+                token_ids[row, i[row]] = np.random.choice(vocab_size, p=probas[row])
+
+    run()
+    first = time.perf_counter()
+    steady = []
+    for _ in range(job["repeats"]):
+        began = time.perf_counter()
+        run()
+        steady.append(time.perf_counter() - began)
+    with open(job["output"], "w", encoding="utf-8") as writer:
+        json.dump({"load_s": loaded - start, "first_s": first - loaded, "steady_s": float(np.median(steady)),
+                   "last": token_ids.tolist()}, writer)
+
+
 def run_time_train(job):
     """Seconds per training step of the original recipe: a bert4keras UniLM model, the
     seq2seq loss on the full MLM output and the in-batch similarity loss written with TF
@@ -213,5 +253,5 @@ if __name__ == "__main__":
         jobs = json.load(reader)
     for job in jobs:
         {"model": run_model, "generate": run_generate, "time_sample": run_time_sample, "time_train": run_time_train,
-         "time_gen_synonyms": run_time_gen_synonyms,
+         "time_gen_synonyms": run_time_gen_synonyms, "time_gibbs": run_time_gibbs,
          "tokenize": run_tokenize, "decode": run_decode, "vocab": run_vocab}[job["kind"]](job)
