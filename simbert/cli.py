@@ -26,11 +26,14 @@ failure (`--debug` shows the traceback); an interrupted `train` saves and exits 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
+import re
 import signal
 import sys
+import tempfile
 import threading
 
 from simbert import __version__
@@ -44,8 +47,44 @@ from simbert.arguments import (
     output_path,
 )
 
-# TensorFlow's C++ start-up log level, unless the user set one: warnings and errors only.
-TF_LOG_LEVEL = "1"
+# TensorFlow's C++ log level, unless the user set one: fatal errors only. Its errors on
+# these paths (no CUDA driver on a CPU machine, oneDNN fallbacks, XLA cache and AOT notes)
+# are harmless, and a real failure reaches the user as a Python exception.
+TF_LOG_LEVEL = "3"
+# What TensorFlow's libraries print as they load, before they read that level: left out.
+BACKEND_START_NOISE = re.compile(
+    r"WARNING: All log messages before absl::InitializeLog\(\) is called are written to STDERR$"
+    r"|[IWE]\d{4} [\d:. ]+\d+ (port|cudart_stub|cpu_feature_guard)\.cc:\d+\] "
+    r"|To enable the following instructions: .* rebuild TensorFlow with the appropriate compiler flags\.$")
+
+
+@contextlib.contextmanager
+def stderr_without(noise: re.Pattern):
+    """Run the block with file descriptor 2 (C libraries' stderr too) captured, then
+    write what it printed back to stderr less the lines `noise` matches."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as captured:
+        os.dup2(captured.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            captured.seek(0)
+            kept = [line for line in captured.read().decode("utf-8", "replace").splitlines(keepends=True)
+                    if not noise.match(line)]
+            sys.stderr.write("".join(kept))
+            sys.stderr.flush()
+
+
+def start_backend() -> None:
+    """Import Keras, which loads its backend, without TensorFlow's start-up lines. Every
+    command that needs Keras calls it first."""
+    if "keras" not in sys.modules:
+        with stderr_without(BACKEND_START_NOISE):
+            import keras  # noqa: F401
 
 
 def _cache(args) -> str | None:
@@ -55,6 +94,7 @@ def _cache(args) -> str | None:
 def _load_model(args):
     """The `SimBERT` of a model command's arguments (on one device unless the command
     has `--distribution`)."""
+    start_backend()
     from simbert.api import SimBERT
 
     return SimBERT.from_pretrained(args.model_dir, max_tokens=args.max_tokens, compilation_cache=_cache(args),
@@ -62,6 +102,7 @@ def _load_model(args):
 
 
 def _convert(args) -> int:
+    start_backend()
     from simbert.checkpoints import keep_tensorflow_off_the_gpus
     from simbert.directories import convert_checkpoint, resolve_model_directory
 
@@ -89,7 +130,7 @@ def _train(args) -> int:
         from simbert.config import TrainConfig
 
         config = TrainConfig.from_yaml(args.config)  # checked before Keras (and its backend) loads
-
+        start_backend()
         from simbert.distribution import ProcessGroup
 
         group = ProcessGroup.from_arguments(args.coordinator, args.num_processes, args.process_id)
@@ -252,6 +293,7 @@ def _eval(args) -> int:
 
     import numpy as np
 
+    start_backend()
     from simbert.atomic_files import write_atomically
     from simbert.evaluation import evaluate_files, format_table, jaccard_similarity, plot_histograms
     from simbert.text_files import read_texts
@@ -296,6 +338,7 @@ class Parser(argparse.ArgumentParser):
 
 
 def _export(args) -> int:
+    start_backend()
     from simbert.checkpoints import keep_tensorflow_off_the_gpus
     from simbert.export import export_model
 
@@ -306,6 +349,7 @@ def _export(args) -> int:
 
 
 def _serve(args) -> int:
+    start_backend()
     from simbert.server import ServerLimits, create_app, serve
 
     limits = ServerLimits(max_texts=args.max_texts, max_chars=args.max_chars, max_n=args.max_n, max_k=args.max_k,
@@ -494,7 +538,9 @@ def main(argv: list[str] | None = None) -> int:
     if getattr(args, "resume_anyway", False) and not args.resume:
         parser.error("--resume-anyway goes with --resume")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", TF_LOG_LEVEL)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    # simbert's own INFO lines (what a command does); other libraries' from WARNING up.
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("simbert").setLevel(logging.INFO)
     try:
         return args.run(args)
     except KeyboardInterrupt:

@@ -7,6 +7,7 @@ is the one, explicit, process-wide switch that keeps compiled programs on disk.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import threading
@@ -115,8 +116,11 @@ class TensorFlowFunction(CompiledFunction):
             signature = [tf.TensorSpec((None,) * rank, dtype) for rank, dtype in dynamic_inputs]
         # No AutoGraph: the functions loop with keras.ops control flow already, and its
         # source conversion is a large part of a first call's cost (docs/benchmarks.md).
-        self._graph = tf.function(self._counted, jit_compile=jit_compile, input_signature=signature,
-                                  autograph=False)
+        # A partial, not the bound method: TensorFlow counts traces per code object, so
+        # every instance's method would count as one function retraced ("triggered
+        # tf.function retracing" warnings while a server compiles its samplers).
+        self._graph = tf.function(functools.partial(CompiledFunction._counted, self), jit_compile=jit_compile,
+                                  input_signature=signature, autograph=False)
         self._first_call = threading.Lock()
         self._called = threading.Event()
 

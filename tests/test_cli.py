@@ -90,6 +90,23 @@ def test_another_keras_backend_is_named_with_how_to_choose_one(trained_tiny, tmp
     assert str(error.value) == BACKEND_ERROR
 
 
+def test_generate_prints_only_its_results_cold_and_warm(trained_tiny, tmp_path):
+    """A first `generate` printed 8-11 lines of TensorFlow's (start-up, cuInit, oneDNN, an
+    XLA cache parse error, AOT loader notes); now stdout has the results and stderr nothing,
+    with a fresh compilation cache and with the one it filled."""
+    # As from a shell: this process has set TF_CPP_MIN_LOG_LEVEL (importing JAX does) and
+    # TF_XLA_FLAGS (a compilation cache), which a child would keep as a user's own settings.
+    environment = {name: value for name, value in os.environ.items()
+                   if name not in ("TF_CPP_MIN_LOG_LEVEL", "TF_XLA_FLAGS")}
+    for run in ("cold", "warm"):
+        result = subprocess.run([sys.executable, "-m", "simbert.cli", "generate", trained_tiny, "花呗怎么还款",
+                                 "-n", "8", "-k", "2", "--seed", "1", "--compile-cache", str(tmp_path / "cache")],
+                                capture_output=True, text=True, cwd=ROOT, env=environment, timeout=300)
+        assert result.returncode == 0 and result.stderr == "", (run, result.stderr[-3000:])
+        assert 0 < len(result.stdout.splitlines()) <= 2
+    assert os.listdir(tmp_path / "cache")  # the warm run read programs the cold one wrote
+
+
 def test_encode_keeps_row_i_for_line_i(trained_tiny, tmp_path):
     texts = tmp_path / "texts.txt"
     texts.write_text("花呗怎么还款\n\n信用卡怎么提高额度\n\n", encoding="utf-8")  # a blank line inside, one at the end

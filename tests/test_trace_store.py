@@ -162,3 +162,26 @@ def test_a_program_that_cannot_be_exported_runs_without_storing(tmp_path, monkey
     compiled = compile_function(function, [offset], program_key="twice plus one")
     np.testing.assert_array_equal(keras.ops.convert_to_numpy(compiled(np.arange(3, dtype="float32"))), [1, 3, 5])
     assert compiled.programs == 1 and not os.path.exists(store.directory)
+
+
+def test_many_compiled_functions_each_traced_once_raise_no_retracing_warning():
+    """A server compiles a sampler for each of its sizes: each function is traced once,
+    which TensorFlow took for one function retraced (warnings at every `serve`)."""
+    import logging
+
+    from simbert.compiled import compile_function
+
+    records = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    tensorflow_logger = logging.getLogger("tensorflow")
+    tensorflow_logger.addHandler(handler)
+    try:
+        functions = [compile_function(lambda x, scale=i: x * scale, []) for i in range(8)]
+        for i, function in enumerate(functions):
+            np.testing.assert_array_equal(np.asarray(function(np.ones((2, i + 1), "float32"))),
+                                          np.full((2, i + 1), i, "float32"))
+    finally:
+        tensorflow_logger.removeHandler(handler)
+    assert [record.getMessage() for record in records if "retracing" in record.getMessage()] == []
+    assert [function.programs for function in functions] == [1] * 8
