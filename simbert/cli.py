@@ -31,6 +31,7 @@ import json
 import logging
 import os
 import re
+import shlex
 import signal
 import sys
 import tempfile
@@ -166,6 +167,12 @@ def _train(args) -> int:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     print(json.dumps(dataclasses.asdict(result), ensure_ascii=False))
+    if result.stopped == "requested" and result.checkpoint is not None:
+        again = ["simbert", "train", "--config", args.config]
+        if args.output_dir is not None:
+            again += ["--output-dir", args.output_dir]
+        print(f"simbert: stopped at step {result.step} of {config.training.steps}; saved {result.checkpoint}; "
+              f"continue with: {shlex.join([*again, '--resume'])}", file=sys.stderr, flush=True)
     if received:
         return 128 + received[0]  # 130 for SIGINT, 143 for SIGTERM, as a shell reports them
     return 1 if result.nan_step else 0

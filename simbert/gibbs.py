@@ -182,21 +182,21 @@ class GibbsSampler:
 
     # --------------------------------------------------------------- public
     def editable_positions(self, length: int, positions: Sequence[int] | None = None) -> np.ndarray:
-        """The positions a chain of `length` tokens may resample, sorted: `positions`
-        (indices into the sequence, `[CLS]` at 0), checked to lie within 1 .. length - 2;
-        default all of them."""
+        """The indices into a chain of `length` ids (`[CLS]` at 0) that may be resampled,
+        sorted: those of the tokens `positions` (counted from 0 after `[CLS]`, each in 0 ..
+        length - 3), default every token between `[CLS]` and `[SEP]`."""
         if positions is None:
             return np.arange(1, length - 1, dtype="int32")
         if isinstance(positions, (str, bytes)) or not hasattr(positions, "__iter__"):
             raise ValueError(f"positions should be a sequence of integers, got {positions!r}")
         positions = [int(p) if isinstance(p, np.integer) else p for p in positions]
         for position in positions:
-            check_integer("positions", position, 1, length - 2)
+            check_integer("positions", position, 0, length - 3)
         if not positions:
-            raise ValueError("positions is empty: no position would change")
+            raise ValueError("positions is empty: no token would change")
         if len(set(positions)) != len(positions):
             raise ValueError(f"positions holds a position twice: {positions}")
-        return np.array(sorted(positions), "int32")
+        return np.array(sorted(positions), "int32") + 1
 
     def noise(self, editable: np.ndarray, n: int, steps: int, seed: int | None) -> tuple[np.ndarray, np.ndarray]:
         """`(positions (steps, n) int32, uniform (steps, n) float32)`: the position each
@@ -219,8 +219,9 @@ class GibbsSampler:
             burn_in: steps whose samples are dropped, 0 .. steps - 1.
             topk: sample from the `topk` most likely allowed tokens (None: all of them).
             temperature: divide the logits by it (above 0).
-            positions: the positions that may change (indices into `token_ids`, 1 ..
-                len - 2); default all but the first and last.
+            positions: the tokens that may change, counted from 0 after `[CLS]` (so
+                `token_ids[p + 1]`, p in 0 .. len - 3); default all between the first and
+                the last.
             seed: seed of the noise (`noise`); the same seed gives the same samples.
 
         Returns:

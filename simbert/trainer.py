@@ -94,9 +94,10 @@ class FitResult:
     "already complete") if it did, the first and last metrics lines written, and the
     throughput after the first (compiling) step, how many training-step programs were
     compiled (traces; at most `batch_shapes`, the shapes the batch buckets allow when the
-    step is compiled per shape; None for TensorFlow's graph, traced for any shape), and
+    step is compiled per shape; None for TensorFlow's graph, traced for any shape),
     `input_wait_s`, the time the training loop waited for batches (the pipeline is the
-    bottleneck when this is a large part of the run: raise `data.workers`)."""
+    bottleneck when this is a large part of the run: raise `data.workers`), and
+    `checkpoint`, the checkpoint directory written at the end (None if none was)."""
 
     start_step: int
     step: int
@@ -108,6 +109,7 @@ class FitResult:
     compiled_programs: int = 0
     batch_shapes: int | None = None
     input_wait_s: float = 0.0
+    checkpoint: str | None = None
 
 
 # Recipe fields a resumed run must share with the checkpoint's: the model, and what
@@ -536,8 +538,9 @@ class Trainer:
             logger.info("traced the training step %d time(s) (one graph for any batch shape)", programs)
         else:
             logger.info("compiled %d training step program(s) (batch buckets allow %d shapes)", programs, shapes)
+        checkpoint = None
         if progress.nan_step is None:
-            self.save_checkpoint(progress.step)
+            checkpoint = self.save_checkpoint(progress.step)
         else:
             saved = self.run.checkpoints()
             kept = (f"the newest checkpoint is {saved[-1][1]} (step {saved[-1][0]})" if saved
@@ -549,4 +552,4 @@ class Trainer:
                            self.report.skipped_records, self.report.skipped_groups)
         return FitResult(start_step, progress.step, progress.nan_step,
                          "requested" if self.stop_event.is_set() else None, progress.first, progress.last,
-                         progress.samples_per_second(), programs, shapes, round(batches.waited_s, 3))
+                         progress.samples_per_second(), programs, shapes, round(batches.waited_s, 3), checkpoint)

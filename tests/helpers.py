@@ -151,6 +151,13 @@ def simbert(*args, timeout=300):
                           cwd=ROOT, timeout=timeout)
 
 
+def shell_environment() -> dict[str, str]:
+    """This process's environment as a user's shell would have it: without
+    TF_CPP_MIN_LOG_LEVEL (importing JAX sets it) and TF_XLA_FLAGS (a compilation cache set
+    by a test), which a command started from here would keep as the user's own settings."""
+    return {name: value for name, value in os.environ.items() if name not in ("TF_CPP_MIN_LOG_LEVEL", "TF_XLA_FLAGS")}
+
+
 def error_lines(stderr: str) -> list[str]:
     """stderr without the backends' start-up log lines."""
     return [line for line in stderr.splitlines() if line.startswith("simbert")]

@@ -12,7 +12,7 @@ import time
 import numpy as np
 import pytest
 
-from helpers import ROOT, backend_loaded, error_lines, simbert
+from helpers import ROOT, backend_loaded, error_lines, shell_environment, simbert
 
 CORPUS = ["明天北京会下雨吗", "花呗怎么还款", "信用卡怎么提高额度", "手机充不进电怎么办"]
 
@@ -94,14 +94,10 @@ def test_generate_prints_only_its_results_cold_and_warm(trained_tiny, tmp_path):
     """A first `generate` printed 8-11 lines of TensorFlow's (start-up, cuInit, oneDNN, an
     XLA cache parse error, AOT loader notes); now stdout has the results and stderr nothing,
     with a fresh compilation cache and with the one it filled."""
-    # As from a shell: this process has set TF_CPP_MIN_LOG_LEVEL (importing JAX does) and
-    # TF_XLA_FLAGS (a compilation cache), which a child would keep as a user's own settings.
-    environment = {name: value for name, value in os.environ.items()
-                   if name not in ("TF_CPP_MIN_LOG_LEVEL", "TF_XLA_FLAGS")}
     for run in ("cold", "warm"):
         result = subprocess.run([sys.executable, "-m", "simbert.cli", "generate", trained_tiny, "花呗怎么还款",
                                  "-n", "8", "-k", "2", "--seed", "1", "--compile-cache", str(tmp_path / "cache")],
-                                capture_output=True, text=True, cwd=ROOT, env=environment, timeout=300)
+                                capture_output=True, text=True, cwd=ROOT, env=shell_environment(), timeout=300)
         assert result.returncode == 0 and result.stderr == "", (run, result.stderr[-3000:])
         assert 0 < len(result.stdout.splitlines()) <= 2
     assert os.listdir(tmp_path / "cache")  # the warm run read programs the cold one wrote

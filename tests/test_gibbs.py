@@ -41,7 +41,7 @@ def reference_samples(encoder, start, n, steps, burn_in, seed, topk=None, temper
     whole sequences through `encoder` (bidirectional attention, MLM logits at every
     position), then masking, softmax, top-k and inverse CDF in float64, with the noise
     drawn as the module docstring says."""
-    editable = np.arange(1, len(start) - 1) if positions is None else np.array(sorted(positions))
+    editable = np.arange(1, len(start) - 1) if positions is None else np.array(sorted(positions)) + 1
     position_rng, uniform_rng = np.random.default_rng(seed).spawn(2)
     chosen = editable[position_rng.integers(0, len(editable), (steps, n))]
     uniform = uniform_rng.random((steps, n), dtype="float32")
@@ -68,7 +68,7 @@ def reference_samples(encoder, start, n, steps, burn_in, seed, topk=None, temper
 
 @pytest.mark.parametrize("model, case", [
     ("bert", dict(n=3, steps=24, burn_in=4, seed=0)),
-    ("roformer", dict(n=2, steps=16, burn_in=0, seed=5, topk=6, temperature=0.7, positions=[2, 4, 5])),
+    ("roformer", dict(n=2, steps=16, burn_in=0, seed=5, topk=6, temperature=0.7, positions=[1, 3, 4])),
 ])
 def test_chains_equal_a_step_by_step_numpy_loop(model_dirs, samplers, model, case):
     encoder = build_transformer_model(TINY_CONFIG, model_dirs[model], model=model, application="encoder",
@@ -109,8 +109,8 @@ def test_a_masked_start_fills_every_position_and_keeps_the_frame(samplers):
 
 
 def test_positions_restrict_what_changes(samplers):
-    samples = samplers["bert"].sample(START, n=3, steps=30, burn_in=0, positions=[1, 5], seed=1)
-    fixed = [0, 2, 3, 4, 6]
+    samples = samplers["bert"].sample(START, n=3, steps=30, burn_in=0, positions=[0, 4], seed=1)
+    fixed = [0, 2, 3, 4, 6]  # positions count the text's tokens: 0 and 4 are ids 1 and 5
     assert (samples[..., fixed] == np.array(START)[fixed]).all()
     assert (samples[..., [1, 5]] != np.array(START)[[1, 5]]).any()
 
@@ -144,7 +144,7 @@ def test_compiled_programs_are_one_per_bucket(model_dirs):
         for n in (1, 3, 4):
             start = [2] + [MASK_ID] * (length - 2) + [3]
             sampler.sample(start, n=n, steps=3 + n, burn_in=0, seed=n, temperature=0.5 + n,
-                           positions=[1] if n == 3 else None)
+                           positions=[0] if n == 3 else None)
     assert sampler.compiled_programs == 2
     sampler.sample([2] + [MASK_ID] * 18 + [3], n=1, steps=2, burn_in=0)
     assert sampler.compiled_programs == 3
@@ -170,8 +170,8 @@ def test_pick_masked_tokens_never_picks_an_excluded_token():
     (dict(topk=93), "topk should be an integer of at least 1 and at most 92"),
     (dict(temperature=0.0), "temperature should be a finite number above 0"),
     (dict(seed=-1), "seed should be an integer of at least 0"),
-    (dict(positions=[0, 2]), "positions should be an integer of at least 1 and at most 5, got 0"),
-    (dict(positions=[6]), "positions should be an integer of at least 1 and at most 5, got 6"),
+    (dict(positions=[-1, 2]), "positions should be an integer of at least 0 and at most 4, got -1"),
+    (dict(positions=[5]), "positions should be an integer of at least 0 and at most 4, got 5"),
     (dict(positions=[]), "positions is empty"),
     (dict(positions=[2, 2]), "positions holds a position twice"),
     (dict(positions=3), "positions should be a sequence of integers"),
