@@ -197,3 +197,32 @@ def test_large_n_is_sampled_in_chunks_of_one_program(two_models):
     samples = decoder.sample([2, 10, 11, 3], n=300, topk=5, seed=0, max_rows=64, max_new_tokens=4)
     assert len(samples) == 300 and decoder.compiled_programs - before <= 2  # the prefill and one 64-row loop
     assert samples[:64] == decoder.sample([2, 10, 11, 3], n=300, topk=5, seed=0, max_new_tokens=4)[:64]
+
+
+def test_sampling_stops_before_the_next_chunk_once_cancelled(two_models):
+    """A server's timeout sets `cancel`: the chunks not yet drawn are not drawn."""
+    import threading
+
+    from simbert.generation import SamplingCancelled
+
+    decoder = two_models[0].decoder
+    cancel, chunks = threading.Event(), []
+    decoder.sample([2, 10, 11, 3], n=64, topk=5, seed=0, max_rows=64, max_new_tokens=4)  # its 64-row sampler
+    key = next(key for key in decoder._samplers if key[0] == 64)
+    sampler = decoder._samplers[key]
+
+    def cancelling_after_two(*arguments):
+        chunks.append(1)
+        if len(chunks) == 2:
+            cancel.set()
+        return sampler(*arguments)
+
+    decoder._samplers[key] = cancelling_after_two
+    try:
+        with pytest.raises(SamplingCancelled, match="sampling cancelled after 128 of 300 samples"):
+            decoder.sample([2, 10, 11, 3], n=300, topk=5, seed=0, max_rows=64, max_new_tokens=4, cancel=cancel)
+    finally:
+        decoder._samplers[key] = sampler
+    assert len(chunks) == 2
+    assert len(decoder.sample([2, 10, 11, 3], n=300, topk=5, seed=0, max_rows=64, max_new_tokens=4,
+                              cancel=threading.Event())) == 300
