@@ -30,6 +30,7 @@ def run_model(job):
     model = build_transformer_model(
         job["config"], job["checkpoint"], model=job["model"], application=job["application"],
         with_pool=job["with_pool"], with_mlm=job["with_mlm"], keep_tokens=job.get("keep_tokens"),
+        **({"hierarchical_position": job["hierarchical_position"]} if job.get("hierarchical_position") else {}),
     )
     inputs = np.load(job["inputs"])
     outputs = model.predict([inputs["token_ids"], inputs["segment_ids"]], verbose=0)

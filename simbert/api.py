@@ -88,7 +88,7 @@ class SimBERT:
         # padding would only add work (100 gen_synonyms candidates of 34 tokens: 128 x 48).
         per_shape = Platform.current().compiles_per_shape
         self.shapes = ShapeBuckets(length_step=16 if per_shape else 1, pad_rows=per_shape,
-                                   max_length=min(max_tokens, backbone.config.max_position_embeddings))
+                                   max_length=min(max_tokens, backbone.config.max_length or max_tokens))
         # One forward pass for encode and the sampler's prefill (one graph on TensorFlow).
         self.source_pass = SourcePass(backbone, place=self.layout.shard)
         self._decoder: CachedDecoder | None = None
@@ -100,7 +100,8 @@ class SimBERT:
     def from_pretrained(cls, path: str | os.PathLike, model_type: str | None = None, max_tokens: int = 64,
                         pre_tokenize: Callable[[str], Iterable[str]] | None = None,
                         compilation_cache: str | None = None, precision: str | None = None,
-                        distribution: str = "auto") -> "SimBERT":
+                        distribution: str = "auto",
+                        hierarchical_position: bool | float | None = None) -> "SimBERT":
         """Load a released TF-checkpoint directory, a trainer output (its latest checkpoint)
         or an HF directory. A whitening.npz beside the weights is applied.
 
@@ -125,6 +126,9 @@ class SimBERT:
                 (docs/benchmarks.md).
             distribution: "auto", "none" or "data_parallel": where `encode` runs (see
                 `SimBERT`); on JAX "auto" splits each batch over every local device.
+            hierarchical_position: a BERT's n learned positions stretched to n^2 (True:
+                alpha 0.4, or an alpha; False: off; None: as the directory says), so
+                `max_tokens` may go past n. RoFormer takes any length without it.
 
         Returns:
             The `SimBERT`.
@@ -142,7 +146,8 @@ class SimBERT:
         use_compilation_cache(compilation_cache)
 
         def read(directory: str) -> "SimBERT":
-            tokenizer, backbone = load_pretrained(directory, model_type, pre_tokenize=pre_tokenize, dtype=precision)
+            tokenizer, backbone = load_pretrained(directory, model_type, pre_tokenize=pre_tokenize, dtype=precision,
+                                                  hierarchical_position=hierarchical_position)
             simbert = cls(backbone, tokenizer, max_tokens, name=os.path.basename(os.path.normpath(str(path))),
                           distribution=layout)
             if os.path.isfile(os.path.join(directory, WHITENING_FILE)):

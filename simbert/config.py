@@ -21,6 +21,7 @@ from simbert.arguments import PRECISIONS
 from simbert.errors import missing_path
 
 MODEL_TYPES = ("bert", "roformer")
+HIERARCHICAL_ALPHA = 0.4  # `hierarchical_position: true`, as bert4keras
 
 
 @dataclass(frozen=True)
@@ -30,7 +31,9 @@ class BackboneConfig:
 
     `embedding_size` None means `hidden_size` (otherwise a Dense maps embeddings to the
     hidden width); `model_type` "bert" has learned absolute positions, "roformer" rotary
-    q/k and no position table (`max_position_embeddings` then only bounds the inputs).
+    q/k and no position table, so it takes inputs of any length. `hierarchical_position`
+    (BERT; bert4keras' argument: True is 0.4) is the alpha of hierarchical position
+    decomposition, which stretches the n learned positions to n^2 (`max_length`).
     """
 
     vocab_size: int
@@ -46,6 +49,7 @@ class BackboneConfig:
     attention_probs_dropout_prob: float = 0.1
     initializer_range: float = 0.02
     model_type: str = "bert"
+    hierarchical_position: bool | float | None = None
 
     def __post_init__(self):
         from simbert.layers import ACTIVATIONS  # here, not at the top: a recipe is checked before Keras loads
@@ -66,6 +70,26 @@ class BackboneConfig:
                              f"expected one of {MODEL_TYPES}")
         if self.embedding_size == self.hidden_size:  # the same model as None: one spelling
             object.__setattr__(self, "embedding_size", None)
+        alpha = self.hierarchical_position
+        if alpha is True:
+            object.__setattr__(self, "hierarchical_position", HIERARCHICAL_ALPHA)
+        elif alpha is False:
+            object.__setattr__(self, "hierarchical_position", None)
+        elif alpha is not None and not (isinstance(alpha, (int, float)) and 0 < alpha < 1):
+            raise ValueError(f"{source}: hierarchical_position should be true or an alpha above 0 and below 1, "
+                             f"got {alpha!r}")
+        if self.hierarchical_position is not None and self.model_type != "bert":
+            raise ValueError(f"{source}: hierarchical_position is for BERT's learned position table; "
+                             f"{self.model_type} has none and takes inputs of any length already")
+
+    @property
+    def max_length(self) -> int | None:
+        """The longest input in tokens: the position table's n, n^2 with
+        `hierarchical_position`, None (any) for RoFormer."""
+        if self.model_type != "bert":
+            return None
+        n = self.max_position_embeddings
+        return n * n if self.hierarchical_position is not None else n
 
     @property
     def head_size(self) -> int:
@@ -105,6 +129,8 @@ class BackboneConfig:
         values = dataclasses.asdict(self)
         if values["embedding_size"] in (None, self.hidden_size):
             del values["embedding_size"]
+        if values["hierarchical_position"] is None:
+            del values["hierarchical_position"]
         return values
 
     def to_hf_config(self) -> dict[str, Any]:
@@ -127,6 +153,8 @@ class ModelConfig:
     config: dict | None = None  # bert_config fields for a randomly initialised model
     vocab: str | None = None  # vocab for a random model; None builds a char vocab from the data
     dropout_rate: float | None = None  # overrides hidden_dropout_prob
+    # BERT: stretch the n learned positions to n^2 (true: alpha 0.4, or an alpha); null: the model's.
+    hierarchical_position: bool | float | None = None
 
 
 @dataclass

@@ -313,6 +313,7 @@ def build_backbone(
     keep_tokens: Sequence[int] | None = None,
     dropout_rate: float | None = None,
     dtype=None,
+    hierarchical_position: bool | float | None = None,
 ) -> Transformer:
     """A BERT/RoFormer from a bert_config.json / config.json (path or dict), with weights
     from `checkpoint_path` when given.
@@ -321,9 +322,13 @@ def build_backbone(
     "bert" as in bert4keras). `checkpoint_path` may be a TF checkpoint prefix
     (`.../bert_model.ckpt`), a directory holding one, or an HF directory; `keep_tokens`
     keeps those vocabulary rows (see `load_vocab(simplified=True)`); `dropout_rate`
-    overrides the config's hidden dropout; `dtype` is the layers' dtype policy.
+    overrides the config's hidden dropout; `dtype` is the layers' dtype policy;
+    `hierarchical_position` (True: alpha 0.4, or an alpha; False: off; None: the
+    config's) stretches BERT's n positions to n^2 (`BackboneConfig`).
     """
     overrides = {}
+    if hierarchical_position is not None:
+        overrides["hierarchical_position"] = hierarchical_position
     if model_type is not None:
         overrides["model_type"] = model_type
     if keep_tokens is not None:
@@ -348,7 +353,8 @@ def build_transformer_model(config: str | os.PathLike | dict, checkpoint_path: s
             one, or an HF directory (None: random initialisation).
         model: "bert" or "roformer" (default: the config's, else "bert").
         **options: `build_backbone`'s `application` ("encoder" or "unilm"), `with_pool`,
-            `with_mlm` (True, "linear"), `keep_tokens`, `dropout_rate` and `dtype`.
+            `with_mlm` (True, "linear"), `keep_tokens`, `dropout_rate`, `dtype` and
+            `hierarchical_position` (True or an alpha: n learned positions reach n^2).
 
     Returns:
         The `Transformer` (a `keras.Model`).
@@ -408,10 +414,11 @@ class ModelFiles:
     keep_tokens: list[int] | None = None
 
     def build(self, application: str = "unilm", with_pool: bool | str = "linear", with_mlm: bool | str = "linear",
-              dropout_rate: float | None = None, dtype=None) -> Transformer:
+              dropout_rate: float | None = None, dtype=None,
+              hierarchical_position: bool | float | None = None) -> Transformer:
         """The backbone with these weights (building draws Keras' default seeds)."""
         backbone = build_backbone(self.config, None, self.model_type, application, with_pool, with_mlm,
-                                  self.keep_tokens, dropout_rate, dtype)
+                                  self.keep_tokens, dropout_rate, dtype, hierarchical_position)
         assign_weights(backbone, self.values, self.directory, self.keep_tokens)
         return backbone
 
@@ -447,6 +454,7 @@ def load_pretrained(
     pre_tokenize: Callable[[str], Iterable[str]] | None = None,
     dropout_rate: float | None = None,
     dtype=None,
+    hierarchical_position: bool | float | None = None,
 ) -> tuple[Tokenizer, Transformer]:
     """The tokenizer and backbone of a model directory (released layout, HF, or a
     training output: its latest checkpoint). Defaults build SimBERT's heads (UniLM,
@@ -455,10 +463,12 @@ def load_pretrained(
     `model_type` defaults to what the directory shows (`infer_model_type`), else "bert".
     `simplify_vocab` drops the tokens a char-level tokenizer can never produce and keeps
     the matching embedding rows, as the original fine-tuning script (`keep_tokens`).
+    `hierarchical_position` overrides the directory's (see `build_backbone`).
     """
     def read(directory: str) -> tuple[Tokenizer, Transformer]:
         files = read_model_files(directory, model_type, simplify_vocab, pre_tokenize)
-        return files.tokenizer, files.build(application, with_pool, with_mlm, dropout_rate, dtype)
+        return files.tokenizer, files.build(application, with_pool, with_mlm, dropout_rate, dtype,
+                                            hierarchical_position)
 
     return with_latest_checkpoint(path, read)
 

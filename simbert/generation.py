@@ -95,9 +95,11 @@ class CachedDecoder:
                  source_pass: SourcePass | None = None):
         if backbone.mlm_dense is None:
             raise ValueError("generation needs a model built with with_mlm")
-        if max_source_len + max_target_len > backbone.config.max_position_embeddings:
-            raise ValueError(f"max_source_len {max_source_len} + max_target_len {max_target_len} exceeds "
-                             f"max_position_embeddings {backbone.config.max_position_embeddings}")
+        limit = backbone.config.max_length
+        if limit is not None and max_source_len + max_target_len > limit:
+            raise ValueError(f"max_source_len {max_source_len} + max_target_len {max_target_len} exceeds the "
+                             f"model's {limit} positions (max_position_embeddings "
+                             f"{backbone.config.max_position_embeddings}; hierarchical_position squares it)")
         self.backbone = backbone
         self.end_id = end_id
         self.max_source_len = max_source_len

@@ -234,12 +234,20 @@ class OneHotEmbedding(keras.layers.Embedding):
 
 @keras.saving.register_keras_serializable(package="simbert")
 class PositionEmbedding(keras.layers.Layer):
-    """Adds learned absolute position vectors: `x + P[start : start + len]`."""
+    """Adds learned absolute position vectors: `x + P[start : start + len]`.
 
-    def __init__(self, max_positions: int, initializer_range: float = 0.02, **kwargs):
+    With `hierarchical` = alpha (bert4keras' `hierarchical_position`), the n learned
+    vectors `p` reach n^2 positions: with `u = (p - alpha p_0) / (1 - alpha)`, position
+    `i n + j` is `alpha u_i + (1 - alpha) u_j`, which is `p_j` for the first n (taken
+    from `p` itself there, so those equal the plain table's exactly).
+    """
+
+    def __init__(self, max_positions: int, initializer_range: float = 0.02, hierarchical: float | None = None,
+                 **kwargs):
         super().__init__(**kwargs)
         self.max_positions = max_positions
         self.initializer_range = initializer_range
+        self.hierarchical = hierarchical
 
     def build(self, input_shape):
         self.embeddings = self.add_weight(
@@ -250,14 +258,27 @@ class PositionEmbedding(keras.layers.Layer):
 
     def call(self, x, start_index=0):
         positions = start_index + ops.arange(ops.shape(x)[1])
-        return x + ops.cast(ops.take(self.embeddings, positions, axis=0), x.dtype)[None]
+        return x + ops.cast(self.vectors(positions), x.dtype)[None]
+
+    def vectors(self, positions):
+        """The position vectors at `positions` (int tensor), `(len(positions), width)`."""
+        if self.hierarchical is None:
+            return ops.take(self.embeddings, positions, axis=0)
+        alpha = self.hierarchical
+        table = ops.cast(self.embeddings, "float32")
+        units = (table - alpha * table[:1]) / (1 - alpha)
+        stretched = (alpha * ops.take(units, positions // self.max_positions, axis=0)
+                     + (1 - alpha) * ops.take(units, positions % self.max_positions, axis=0))
+        # The first n are p itself (so written exactly: equal to the plain model's there).
+        learned = ops.take(table, ops.minimum(positions, self.max_positions - 1), axis=0)
+        return ops.where((positions < self.max_positions)[:, None], learned, stretched)
 
     def compute_output_shape(self, input_shape):
         return input_shape
 
     def get_config(self):
         return {**super().get_config(), "max_positions": self.max_positions,
-                "initializer_range": self.initializer_range}
+                "initializer_range": self.initializer_range, "hierarchical": self.hierarchical}
 
 
 @keras.saving.register_keras_serializable(package="simbert")

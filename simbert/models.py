@@ -73,7 +73,8 @@ class Transformer(keras.Model):
         self.position_embedding = None
         if config.model_type == "bert":
             self.position_embedding = PositionEmbedding(config.max_position_embeddings, config.initializer_range,
-                                                        dtype=dtype, name="position_embedding")
+                                                        hierarchical=config.hierarchical_position, dtype=dtype,
+                                                        name="position_embedding")
         self.embedding_norm = LayerNorm(epsilon=LAYER_NORM_EPSILON, dtype=dtype, name="embedding_norm",
                                         written_gradient=kernels.written_layer_norm)
         self.embedding_dropout = Dropout(config.hidden_dropout_prob, dtype=dtype, name="embedding_dropout")
@@ -181,9 +182,11 @@ class Transformer(keras.Model):
         for name, values, limit in limits:
             if values.size and (values.min() < 0 or values.max() >= limit):
                 raise ValueError(f"{name} hold {values.max()} / {values.min()}; expected 0 <= id < {limit}")
-        if token_ids.shape[1] > self.config.max_position_embeddings:
-            raise ValueError(f"sequence length {token_ids.shape[1]} exceeds max_position_embeddings "
-                             f"{self.config.max_position_embeddings}")
+        limit = self.config.max_length
+        if limit is not None and token_ids.shape[1] > limit:
+            stretched = " (hierarchical_position: its square)" if self.config.hierarchical_position else ""
+            raise ValueError(f"sequence length {token_ids.shape[1]} exceeds the model's {limit} positions "
+                             f"(max_position_embeddings {self.config.max_position_embeddings}{stretched})")
 
     @property
     def computation(self) -> str | None:

@@ -333,18 +333,24 @@ class Trainer:
         if model.pretrained:
             recipe_path("model.pretrained", model.pretrained)
             try:
-                positions = read_config(config_path(resolve_model_directory(model.pretrained)))
+                positions = read_config(config_path(resolve_model_directory(model.pretrained)),
+                                        **self._position_overrides())
             except (OSError, ValueError):
                 return
-            self._check_positions(positions.max_position_embeddings, f"model.pretrained {model.pretrained}")
+            self._check_positions(positions.max_length, f"model.pretrained {model.pretrained}")
             return
         if model.config is None:
             raise ValueError("model: give either `pretrained` (a model directory) or `config` "
                              "(bert_config fields for a random model)")
         if model.vocab:
             recipe_path("model.vocab", model.vocab)
-        self._check_positions(model.config.get("max_position_embeddings", 512),
-                              "model.config.max_position_embeddings")
+        positions = model.config.get("max_position_embeddings", 512)
+        alpha = (model.hierarchical_position if model.hierarchical_position is not None
+                 else model.config.get("hierarchical_position"))
+        if (model.model_type or "bert") == "bert":
+            self._check_positions(positions * positions if alpha else positions,
+                                  "model.config.max_position_embeddings" + (" (squared: hierarchical_position)"
+                                                                            if alpha else ""))
 
     def _build_tokenizer_and_backbone(self) -> tuple[Tokenizer, Transformer]:
         model, precision = self.config.model, self.config.training.precision
@@ -352,18 +358,26 @@ class Trainer:
             tokenizer, backbone = load_pretrained(recipe_path("model.pretrained", model.pretrained),
                                                   model.model_type,
                                                   simplify_vocab=model.simplify_vocab,
-                                                  dropout_rate=model.dropout_rate, dtype=precision)
-            self._check_positions(backbone.config.max_position_embeddings, f"model.pretrained {model.pretrained}")
+                                                  dropout_rate=model.dropout_rate, dtype=precision,
+                                                  hierarchical_position=model.hierarchical_position)
+            self._check_positions(backbone.config.max_length, f"model.pretrained {model.pretrained}")
             return tokenizer, backbone
         token_dict = load_vocab(recipe_path("model.vocab", model.vocab)) if model.vocab else self.data_characters
         backbone = build_backbone({**model.config, "vocab_size": len(token_dict)},
                                   model_type=model.model_type or "bert", application="unilm", with_pool="linear",
-                                  with_mlm="linear", dropout_rate=model.dropout_rate, dtype=precision)
+                                  with_mlm="linear", dropout_rate=model.dropout_rate, dtype=precision,
+                                  hierarchical_position=model.hierarchical_position)
         return Tokenizer(token_dict, do_lower_case=True), backbone
 
-    def _check_positions(self, positions: int, source: str) -> None:
-        """A training row holds up to `data.max_tokens` tokens, each needing a position."""
-        if self.config.data.max_tokens > positions:
+    def _position_overrides(self) -> dict:
+        """The recipe's `model.hierarchical_position`, as a `read_config` override."""
+        alpha = self.config.model.hierarchical_position
+        return {} if alpha is None else {"hierarchical_position": alpha}
+
+    def _check_positions(self, positions: int | None, source: str) -> None:
+        """A training row holds up to `data.max_tokens` tokens, each needing a position
+        (`positions` None: any length, RoFormer)."""
+        if positions is not None and self.config.data.max_tokens > positions:
             raise ValueError(f"data.max_chars {self.config.data.max_chars} makes rows of up to "
                              f"{self.config.data.max_tokens} tokens, but {source} gives {positions} positions; "
                              f"use max_chars <= {positions // 2}")

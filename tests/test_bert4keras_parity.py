@@ -55,8 +55,34 @@ def reference(session_dir):
                      "with_pool": "linear", "with_mlm": "linear", "keep_tokens": None,
                      "inputs": str(workdir / f"saved_{model}.inputs.npz"),
                      "output": str(workdir / f"saved_{model}.npz")})
+    # Hierarchical position decomposition: rows past the 40 learned positions (up to 100).
+    token_ids, segment_ids = padded_batch(TINY_CONFIG["vocab_size"], seed=5, length=100)
+    np.savez(workdir / "hierarchical.inputs.npz", token_ids=token_ids, segment_ids=segment_ids)
+    for alpha in (True, 0.25):
+        jobs.append({"kind": "model", "config": f"{workdir}/bert/bert_config.json",
+                     "checkpoint": f"{workdir}/bert/bert_model.ckpt", "model": "bert", "application": "unilm",
+                     "with_pool": "linear", "with_mlm": "linear", "keep_tokens": None, "hierarchical_position": alpha,
+                     "inputs": str(workdir / "hierarchical.inputs.npz"),
+                     "output": str(workdir / f"hierarchical_{alpha}.npz")})
     run_bert4keras(jobs, str(workdir))
     return workdir, ours_written
+
+
+@pytest.mark.parametrize("alpha", [True, 0.25])
+def test_hierarchical_positions_past_the_table_match_bert4keras(reference, alpha):
+    """bert4keras' `hierarchical_position` on a BERT of 40 positions, rows of up to 100
+    tokens: the same pooled vectors and MLM logits at every non-padding position."""
+    workdir, _ = reference
+    ours = build_transformer_model(str(workdir / "bert" / "bert_config.json"),
+                                   str(workdir / "bert" / "bert_model.ckpt"), model="bert", application="unilm",
+                                   with_pool="linear", with_mlm="linear", hierarchical_position=alpha)
+    inputs = np.load(workdir / "hierarchical.inputs.npz")
+    pooled, logits = ours.predict([inputs["token_ids"], inputs["segment_ids"]], verbose=0)
+    expected = np.load(workdir / f"hierarchical_{alpha}.npz")
+    real = inputs["token_ids"] != 0
+    assert real.sum(axis=1).max() == 100 and real[:, 40:].sum() > 60  # positions past the table are used
+    np.testing.assert_allclose(pooled, expected["arr_0"], atol=1e-4, rtol=0)
+    np.testing.assert_allclose(logits[real], expected["arr_1"][real], atol=1e-4, rtol=0)
 
 
 @pytest.mark.parametrize("case", CASES, ids=case_id)

@@ -226,3 +226,26 @@ def test_sampling_stops_before_the_next_chunk_once_cancelled(two_models):
     assert len(chunks) == 2
     assert len(decoder.sample([2, 10, 11, 3], n=300, topk=5, seed=0, max_rows=64, max_new_tokens=4,
                               cancel=threading.Event())) == 300
+
+
+def test_cached_steps_past_the_position_table_equal_full_recompute(model_dirs):
+    """A BERT of 40 positions with hierarchical_position: a source of 30 tokens and a
+    target reaching position 59; every cached step's logits equal a full recompute."""
+    backbone = build_transformer_model(TINY_CONFIG, model_dirs["bert"], model="bert", application="unilm",
+                                       with_mlm="linear", hierarchical_position=True)
+    assert backbone.config.max_length == 1600
+    decoder = CachedDecoder(backbone, END_ID, max_source_len=32, max_target_len=32)
+    source = [2] + [int(token) for token in np.random.default_rng(8).integers(4, 97, 28)] + [3]
+    logits, source_caches, source_len = decoder.prefill(source)
+    caches = decoder.empty_caches(1)
+    target = [int(token) for token in np.random.default_rng(9).integers(4, 97, 29)]
+    worst = 0.0
+    for t, token in enumerate([None] + target):
+        if token is not None:
+            logits, caches = decoder.step([token], source_caches, caches, source_len, t - 1)
+        worst = max(worst, float(np.abs(np.asarray(logits)[0] - full_logits(backbone, source, target[:t])).max()))
+    assert len(source) + len(target) == 59 and worst < 1e-4
+    plain = build_transformer_model(TINY_CONFIG, model_dirs["bert"], model="bert", application="unilm",
+                                    with_mlm="linear")
+    with pytest.raises(ValueError, match="exceeds the model's 40 positions"):
+        CachedDecoder(plain, END_ID, max_source_len=32, max_target_len=32)

@@ -371,3 +371,44 @@ def test_every_kernel_choice_computes_the_same_block_and_gradients():
     theirs, (theirs_gradient,) = value_and_gradients(lambda z: cross_entropy(z, labels, False), logits)
     np.testing.assert_allclose(np.asarray(ours), np.asarray(theirs), atol=1e-5)
     np.testing.assert_allclose(np.asarray(ours_gradient), np.asarray(theirs_gradient), atol=1e-6)
+
+
+def test_hierarchical_positions_keep_the_first_n_and_reload_with_the_model(tmp_path):
+    """The first 40 positions are the learned ones (the outputs of rows within them are
+    the plain model's); past them the model runs up to 40^2 tokens; a saved directory
+    reloads with the setting. RoFormer has no table and takes 2n tokens as it is."""
+    from simbert.api import SimBERT
+
+    directory = write_model_dir(str(tmp_path / "bert"), TINY_CONFIG, "bert", seed=2)
+    plain = build_transformer_model(f"{directory}/bert_config.json", directory, application="unilm",
+                                    with_pool="linear", with_mlm="linear")
+    stretched = build_transformer_model(f"{directory}/bert_config.json", directory, application="unilm",
+                                        with_pool="linear", with_mlm="linear", hierarchical_position=True)
+    token_ids, segment_ids = padded_batch(TINY_CONFIG["vocab_size"], seed=6, length=40)
+    for ours, theirs in zip(stretched.predict([token_ids, segment_ids], verbose=0),
+                            plain.predict([token_ids, segment_ids], verbose=0)):
+        np.testing.assert_allclose(ours, theirs, atol=1e-6, rtol=0)
+    long_ids, long_segments = padded_batch(TINY_CONFIG["vocab_size"], seed=7, length=90)
+    stretched.check_inputs(long_ids, long_segments)
+    with pytest.raises(ValueError, match=r"sequence length 90 exceeds the model's 40 positions"):
+        plain.check_inputs(long_ids, long_segments)
+    with pytest.raises(ValueError, match=r"sequence length 1601 exceeds the model's 1600 positions "
+                                         r"\(max_position_embeddings 40 \(hierarchical_position: its square\)\)"):
+        stretched.check_inputs(np.ones((1, 1601), "int32"), np.zeros((1, 1601), "int32"))
+    expected = stretched.predict([long_ids, long_segments], verbose=0)
+    save_pretrained(stretched, tmp_path / "saved", {f"t{i}": i for i in range(TINY_CONFIG["vocab_size"])})
+    assert json.loads((tmp_path / "saved" / "bert_config.json").read_text())["hierarchical_position"] == 0.4
+    reloaded = build_transformer_model(str(tmp_path / "saved" / "bert_config.json"), str(tmp_path / "saved"),
+                                       application="unilm", with_pool="linear", with_mlm="linear")
+    for ours, theirs in zip(reloaded.predict([long_ids, long_segments], verbose=0), expected):
+        np.testing.assert_allclose(ours, theirs, atol=1e-6, rtol=0)
+    # Through SimBERT: max_tokens past the table.
+    model = SimBERT.from_pretrained(directory, max_tokens=100, hierarchical_position=True)
+    text = " ".join(f"w{i % 90 + 5}" for i in range(95))
+    assert model.shapes.max_length == 100 and model.encode([text]).shape == (1, TINY_CONFIG["hidden_size"])
+    roformer_dir = write_model_dir(str(tmp_path / "roformer"), TINY_CONFIG, "roformer", seed=2)
+    roformer = SimBERT.from_pretrained(roformer_dir, max_tokens=80)
+    vectors = roformer.encode([text, "w5 w6"])
+    assert roformer.shapes.max_length == 80 and np.all(np.isfinite(vectors))
+    with pytest.raises(ValueError, match="roformer has none and takes inputs of any length already"):
+        SimBERT.from_pretrained(roformer_dir, hierarchical_position=True)

@@ -393,3 +393,19 @@ def test_a_with_block_holds_the_run_until_it_ends(tmp_path):
         assert trainer.lock.held
     assert not trainer.lock.held
     assert Trainer(short_config(tmp_path, 4), resume=True).fit().step == 4
+
+
+def test_hierarchical_position_lets_training_rows_pass_the_position_table(tmp_path):
+    """tiny.yaml's BERT with 24 learned positions and rows of up to 64 tokens: refused
+    without `model.hierarchical_position`, trained with it; the checkpoint keeps it."""
+    config = short_config(tmp_path / "plain", 2)
+    config.model.config = {**config.model.config, "max_position_embeddings": 24}
+    with pytest.raises(ValueError, match=r"data.max_chars 32 makes rows of up to 64 tokens, but "
+                                         r"model.config.max_position_embeddings gives 24 positions"):
+        Trainer(config)
+    config.output.dir = str(tmp_path / "stretched")
+    config.model.hierarchical_position = True
+    result = Trainer(config).fit()
+    assert result.step == 2 and np.isfinite(result.last["loss"])
+    saved = json.loads((tmp_path / "stretched" / "checkpoint-0000002" / "bert_config.json").read_text())
+    assert saved["hierarchical_position"] == 0.4 and saved["max_position_embeddings"] == 24
