@@ -351,7 +351,7 @@ def _export(args) -> int:
 
     if args.format == "bert4keras":
         keep_tensorflow_off_the_gpus()
-    print(f"wrote {export_model(args.model_dir, args.out, args.format)}")
+    print(f"wrote {export_model(args.model_dir, args.out, args.format, args.max_positions)}")
     return 0
 
 
@@ -502,6 +502,9 @@ def build_parser() -> argparse.ArgumentParser:
     exported.add_argument("--format", required=True, choices=["saved_model", "onnx", "hf", "bert4keras"],
                           help="saved_model / onnx: the encoder (token_ids, segment_ids -> pooled vector); "
                                "hf: transformers' BERT / RoFormer; bert4keras: the released layout")
+    add_count(exported, "--max-positions",
+              help="hf, a model with hierarchical positions: rows its position table is written out to "
+                   "(transformers has none; default: its limit, at most 8192)")
     exported.set_defaults(run=_export)
 
     convert = commands.add_parser("convert", help="add the other weight format to a model directory",

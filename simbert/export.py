@@ -6,7 +6,9 @@
 - `onnx`: the same encoder as `model.onnx` (onnxruntime), with vocab.txt.
 - `hf`: config.json + model.safetensors under transformers' BERT / RoFormer names
   (backbone, pooler, MLM head) + vocab.txt: `BertModel` / `BertForMaskedLM` (or the
-  RoFormer classes) load it, and so does `SimBERT.from_pretrained`.
+  RoFormer classes) load it, and so does `SimBERT.from_pretrained`. transformers has no
+  hierarchical positions: such a model's position vectors are written out as a plain
+  table of `max_positions` rows (default: its n^2 limit, at most `HF_MAX_POSITIONS`).
 - `bert4keras`: the released layout (bert_config.json, vocab.txt, bert_model.ckpt.*).
 
 The first two trace the Keras encoder through TensorFlow (`keras.Model.export`; ONNX then
@@ -18,10 +20,13 @@ with the command to run instead.
 from __future__ import annotations
 
 import json
+import logging
 import os
 
+import keras
 import numpy as np
 
+from simbert.arguments import check_integer
 from simbert.atomic_files import replace_atomically
 from simbert.checkpoints import google_to_hf, model_values
 from simbert.directories import HF_CONFIG_FILE, VOCAB_FILE, load_pretrained, save_pretrained
@@ -29,10 +34,14 @@ from simbert.kernels import Platform
 from simbert.models import Transformer
 from simbert.tokenizer import save_vocab
 
+logger = logging.getLogger(__name__)
+
 FORMATS = ("saved_model", "onnx", "hf", "bert4keras")
+POSITION_TABLE = "bert/embeddings/position_embeddings"
 ENCODER_FORMATS = ("saved_model", "onnx")  # written on the TensorFlow backend
 ONNX_FILE = "model.onnx"
 HF_WEIGHTS_FILE = "model.safetensors"
+HF_MAX_POSITIONS = 8192  # rows a hierarchical position table is written out to by default
 
 
 def hf_tensors(model: Transformer) -> dict[str, np.ndarray]:
@@ -45,17 +54,28 @@ def hf_tensors(model: Transformer) -> dict[str, np.ndarray]:
     return tensors
 
 
-def export_hf(model: Transformer, token_dict: dict[str, int], out: str) -> None:
+def export_hf(model: Transformer, token_dict: dict[str, int], out: str, max_positions: int | None = None) -> None:
     from safetensors.numpy import save_file
 
     os.makedirs(out, exist_ok=True)
     kind = model.config.model_type
     config = {**model.config.to_hf_config(), "model_type": kind,
               "architectures": ["BertForMaskedLM" if kind == "bert" else "RoFormerForMaskedLM"]}
+    tensors = hf_tensors(model)
+    if model.config.hierarchical_position is not None:
+        rows = max_positions or min(model.config.max_length, HF_MAX_POSITIONS)
+        check_integer("max_positions", rows, 1, model.config.max_length)
+        table = model.position_embedding.vectors(keras.ops.arange(rows))
+        tensors[google_to_hf(POSITION_TABLE, kind)[0]] = np.asarray(keras.ops.convert_to_numpy(table), "float32")
+        config.pop("hierarchical_position")
+        config["max_position_embeddings"] = rows
+        logger.warning("hf export: transformers has no hierarchical positions; the %d positions of %s are "
+                       "written out as a table of %d rows (max_positions), its token limit there",
+                       model.config.max_length, out, rows)
     with open(os.path.join(out, HF_CONFIG_FILE), "w", encoding="utf-8") as writer:
         json.dump(config, writer, indent=2)
     replace_atomically(os.path.join(out, HF_WEIGHTS_FILE),
-                       lambda temporary: save_file(hf_tensors(model), temporary, metadata={"format": "pt"}))
+                       lambda temporary: save_file(tensors, temporary, metadata={"format": "pt"}))
     save_vocab(os.path.join(out, VOCAB_FILE), token_dict)
 
 
@@ -77,7 +97,8 @@ def export_encoder(model: Transformer, token_dict: dict[str, int], out: str, for
     return target
 
 
-def export_model(model_dir: str | os.PathLike, out: str | os.PathLike, format: str) -> str:
+def export_model(model_dir: str | os.PathLike, out: str | os.PathLike, format: str,
+                 max_positions: int | None = None) -> str:
     """Export the model directory (or a training run's newest checkpoint) to `out` in
     `format` (one of `FORMATS`).
 
@@ -87,6 +108,8 @@ def export_model(model_dir: str | os.PathLike, out: str | os.PathLike, format: s
         format: "saved_model" or "onnx" (the encoder, token and segment ids to the pooled
             vector; TensorFlow backend only), "hf" (transformers' BERT / RoFormer
             directory) or "bert4keras" (the released layout).
+        max_positions: "hf" of a model with hierarchical positions: the rows its position
+            table is written out to (default: its limit, at most `HF_MAX_POSITIONS`).
 
     Returns:
         The path written: `out`, or for "onnx" the `model.onnx` file in it.
@@ -108,7 +131,7 @@ def export_model(model_dir: str | os.PathLike, out: str | os.PathLike, format: s
         raise FileExistsError(f"export: {out} exists and is not empty; choose a new directory")
     tokenizer, backbone = load_pretrained(model_dir)
     if format == "hf":
-        export_hf(backbone, tokenizer.token_dict, out)
+        export_hf(backbone, tokenizer.token_dict, out, max_positions)
         return out
     if format == "bert4keras":
         save_pretrained(backbone, out, tokenizer.token_dict)

@@ -2,6 +2,7 @@
 transformers loads the HF export and computes the same hidden states, pooler output and
 MLM logits; every format reads back through `from_pretrained` exactly."""
 
+import json
 import os
 
 import keras
@@ -15,7 +16,9 @@ from simbert import build_transformer_model
 from simbert.api import SimBERT
 from simbert.checkpoints import HF_LAYER_NAMES, HF_NAMES, google_to_hf, hf_to_google, model_values, read_weights
 from simbert.cli import main
+from simbert.directories import save_pretrained
 from simbert.export import export_hf, export_model
+from simbert.tokenizer import load_vocab
 
 TEXTS = ["w10 w11 w12", "w20", "w30 w31 w32 w33 w34 w35", "w40 w41"]
 
@@ -160,3 +163,29 @@ def test_export_refuses_a_used_directory_and_an_unknown_format(model_dir, tmp_pa
     assert "exists and is not empty" in capsys.readouterr().err
     with pytest.raises(ValueError, match="--format should be one of"):
         export_model(model_dir, tmp_path / "new", "torchscript")
+
+
+def test_a_hierarchical_model_exports_to_transformers_as_a_written_out_table(tmp_path, caplog):
+    """transformers has no hierarchical positions: the HF export writes the table out to
+    `max_positions` rows and says so; BertModel then computes our hidden states at 100
+    tokens on a 40-position model."""
+    directory = write_model_dir(str(tmp_path / "bert"), TINY_CONFIG, "bert", seed=3)
+    stretched = build_transformer_model(os.path.join(directory, "bert_config.json"), directory,
+                                        hierarchical_position=0.3)
+    save_pretrained(stretched, tmp_path / "stretched", load_vocab(os.path.join(directory, "vocab.txt")))
+    with caplog.at_level("WARNING", logger="simbert.export"):
+        out = export_model(tmp_path / "stretched", tmp_path / "hf", "hf", max_positions=128)
+    assert "written out as a table of 128 rows" in caplog.text
+    config = json.loads((tmp_path / "hf" / "config.json").read_text())
+    assert config["max_position_embeddings"] == 128 and "hierarchical_position" not in config
+    token_ids, segment_ids = padded_batch(TINY_CONFIG["vocab_size"], seed=4, length=100)
+    base = transformers.BertModel.from_pretrained(out).eval()
+    with torch.no_grad():
+        hidden = base(input_ids=torch.tensor(token_ids, dtype=torch.long),
+                      token_type_ids=torch.tensor(segment_ids, dtype=torch.long),
+                      attention_mask=torch.tensor(token_ids != 0, dtype=torch.long)).last_hidden_state.numpy()
+    real = token_ids != 0
+    np.testing.assert_allclose(hidden[real], stretched.predict([token_ids, segment_ids], verbose=0)[real],
+                               atol=1e-4, rtol=0)
+    with pytest.raises(ValueError, match="max_positions should be an integer of at least 1 and at most 1600"):
+        export_model(tmp_path / "stretched", tmp_path / "hf2", "hf", max_positions=2000)
