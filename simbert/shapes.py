@@ -2,9 +2,11 @@
 
 A compiled function builds one program per distinct input shape (XLA on JAX; a trace on
 TensorFlow without an input signature), so the paths that compile round their shapes up
-to a few buckets, decided here: lengths to multiples of `length_step` (at most
-`max_length`), batch rows to powers of two (at most the batch size) unless `pad_rows` is
-off. Padded positions are token id 0 (masked as padding); padded rows are cut off by
+to a few buckets, decided here: lengths to multiples of `length_step` up to
+`LINEAR_LENGTH` tokens, past it to multiples of a step that doubles with each doubling of
+the length (so long texts add 16 buckets an octave, not one every `length_step`, and pad
+by at most 1/16), at most `max_length`; batch rows to powers of two (at most the batch
+size) unless `pad_rows` is off. Padded positions are token id 0 (masked as padding); padded rows are cut off by
 the caller. A path that compiles once for any shape (a TensorFlow graph with unknown
 dimensions) uses `length_step=1, pad_rows=False`: no padding beyond the longest row.
 """
@@ -16,6 +18,9 @@ from typing import Sequence
 
 import keras
 import numpy as np
+
+# Lengths up to this are rounded to multiples of `length_step`; longer ones more coarsely.
+LINEAR_LENGTH = 512
 
 
 @dataclass(frozen=True)
@@ -30,10 +35,16 @@ class ShapeBuckets:
                              f"{self.max_length}")
 
     def length(self, length: int) -> int:
-        """`length` rounded up to a multiple of `length_step`, capped at `max_length`."""
+        """`length` rounded up to its bucket, capped at `max_length`: a multiple of
+        `length_step` up to `LINEAR_LENGTH`; past it, of `length_step` times 2^k for a
+        length in `(LINEAR_LENGTH 2^(k-1), LINEAR_LENGTH 2^k]`."""
         if length > self.max_length:
             raise ValueError(f"length {length} exceeds the longest bucket {self.max_length}")
-        return min(-(-max(length, 1) // self.length_step) * self.length_step, self.max_length)
+        length = max(length, 1)
+        step = self.length_step
+        if self.length_step > 1 and length > LINEAR_LENGTH:
+            step *= 1 << ((length - 1) // LINEAR_LENGTH).bit_length()
+        return min(-(-length // step) * step, self.max_length)
 
     def rows(self, rows: int, batch_size: int) -> int:
         """`rows` rounded up to a power of two, at most `batch_size` (a full batch as it

@@ -28,6 +28,17 @@ def test_buckets_round_lengths_and_rows():
     assert padded.dtype == np.int32
 
 
+def test_long_lengths_take_coarser_buckets_of_bounded_padding():
+    """Past 512 tokens the step doubles with each doubling of the length: 80 buckets up to
+    4096 (256 at a step of 16), none padding a length by more than 1/16."""
+    shapes = ShapeBuckets(length_step=16, max_length=4096)
+    lengths = sorted({shapes.length(n) for n in range(1, 4097)})
+    assert len(lengths) == 32 + 16 * 3 and shapes.count(1) == 80
+    assert [shapes.length(n) for n in (512, 513, 1024, 1025, 2049, 4000)] == [512, 544, 1024, 1088, 2176, 4096]
+    assert all(shapes.length(n) >= n and shapes.length(n) - n <= max(15, n / 16) for n in range(1, 4097))
+    assert ShapeBuckets(length_step=1, max_length=4096).length(1025) == 1025  # no padding stays none
+
+
 @pytest.fixture(scope="module")
 def model(tmp_path_factory):
     directory = write_model_dir(str(tmp_path_factory.mktemp("model")), TINY_CONFIG, seed=3)
