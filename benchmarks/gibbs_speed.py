@@ -6,9 +6,10 @@
 Ours: `simbert.gibbs.GibbsSampler.sample` (n chains in one compiled while_loop, noise
 drawn on the host). Anchor: the loop of bert4keras' examples/basic_gibbs_sampling_via_mlm.py
 (one `predict` per step and `np.random.choice` over the MLM probabilities), its n chains as
-the rows of one batch. Each side runs in a fresh process for each n: building the model,
-the first call (compiling included) and the median of later calls, each call `steps`
-steps of every chain; steps per second = steps / the steady call.
+the rows of one batch. Each side runs in a fresh process for each n: after the imports,
+building the model and reading the checkpoint ("load"), the first call (compiling
+included) and the median of later calls, each call `steps` steps of every chain; steps
+per second = steps / the steady call.
 
 Model: 6 layers, hidden 384, 12 heads, FFN 1536, vocabulary 13685 (random weights,
 written as a TF checkpoint that both sides load). Start: `[CLS]` + 14 `[MASK]` + `[SEP]`
@@ -31,13 +32,14 @@ STEPS = {1: (100, 20), 100: (10, 2)}
 
 
 def child_ours(directory: str, n: int, steps: int, repeats: int) -> dict:
-    """In a fresh process: load, the first `sample` call, the median of later ones."""
+    """In a fresh process, after the imports (as the anchor's figures): load, the first
+    `sample` call, the median of later ones."""
     import numpy as np
 
-    start = time.perf_counter()
     from simbert.directories import load_pretrained
     from simbert.gibbs import GibbsSampler
 
+    start = time.perf_counter()
     tokenizer, backbone = load_pretrained(directory)
     sampler = GibbsSampler.from_tokenizer(backbone, tokenizer)
     loaded = time.perf_counter()
