@@ -489,7 +489,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="gather concurrent /encode and /similar requests this long (0: off; default 5)")
     add_count(served, "--max-batch", default=64, help="texts per encode call (default 64)")
     add_count(served, "--max-texts", default=64, help="texts a request may hold (default 64)")
-    add_count(served, "--max-chars", default=512, help="characters a text may hold (default 512)")
+    add_count(served, "--max-chars", help="characters a text may hold (default 512, or --maxlen if more)")
     add_count(served, "--max-n", default=1000, help="largest /synonyms n (default 1000)")
     add_count(served, "--max-k", default=100, help="largest /synonyms k and /similar topn (default 100)")
     served.add_argument("--timeout", type=argument_type(check_positive, "--timeout", float), default=30.0,

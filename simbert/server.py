@@ -53,12 +53,15 @@ logger = logging.getLogger(__name__)
 SAMPLE_ROWS = (8, 16, 32, 64, 128)
 
 
+DEFAULT_MAX_CHARS = 512
+
+
 @dataclass(frozen=True)
 class ServerLimits:
     """What one request may ask."""
 
     max_texts: int = 64  # texts per /encode or /similar request
-    max_chars: int = 512  # characters per text
+    max_chars: int | None = None  # characters per text; None: 512, or the model's max_tokens if more
     max_n: int = 1000  # /synonyms samples
     max_k: int = 100  # /synonyms results and /similar topn
     request_timeout_s: float = 30.0
@@ -216,6 +219,8 @@ def create_app(model: str | os.PathLike | SimBERT, index_dir: str | os.PathLike 
     if index_dir is not None:
         model.load_index(index_dir)
         model.index.check_model(model.fingerprint, model.name, strict=True)
+    # A long-text model (max_tokens past 512) takes texts as long as it reads.
+    max_chars = limits.max_chars if limits.max_chars is not None else max(DEFAULT_MAX_CHARS, model.max_tokens)
     model_thread = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="simbert-model")
     counters = {"requests": {}, "errors": {}, "synonym_calls": 0}
     state = {}
@@ -296,9 +301,9 @@ def create_app(model: str | os.PathLike | SimBERT, index_dir: str | os.PathLike 
         return texts
 
     def checked_text(text: str, field: str) -> str:
-        if len(text) > limits.max_chars:
-            raise RequestError(413, field, f"{field} has {len(text)} characters; the limit is {limits.max_chars}",
-                               limits.max_chars)
+        if len(text) > max_chars:
+            raise RequestError(413, field, f"{field} has {len(text)} characters; the limit is {max_chars}",
+                               max_chars)
         if surrogate := LONE_SURROGATE.search(text):
             raise RequestError(422, field, f"{field} holds a lone surrogate (U+{ord(surrogate.group()):04X}) at "
                                            f"character {surrogate.start()}, which is not a Unicode character; "

@@ -268,3 +268,20 @@ def test_a_timed_out_request_stops_its_work(model):
             model.decoder._samplers.update(samplers)
         assert len(calls) <= 3 and calls[-1] - started < 4, calls
         assert client.get("/metrics").json()["errors"] == {"504": 1}
+
+
+def test_text_limits_follow_a_long_text_model(tmp_path):
+    """A model reading 1,000 tokens (hierarchical positions on a 40-position BERT) takes
+    texts of up to 1,000 characters by default; the usual model keeps 512."""
+    directory = write_model_dir(str(tmp_path / "model"), TINY_CONFIG)
+    long_model = SimBERT.from_pretrained(directory, max_tokens=1000, hierarchical_position=True)
+    text = " ".join(f"w{i % 90 + 5}" for i in range(300))  # 300 tokens, 1,189 characters
+    with TestClient(create_app(long_model, warm_up=False, batch_wait_ms=0)) as client:
+        response = client.post("/encode", json={"texts": [text[:1000]]})
+        assert response.status_code == 200
+        np.testing.assert_allclose(response.json()["vectors"], long_model.encode([text[:1000]]), atol=1e-5)
+        refused = client.post("/encode", json={"texts": [text]})
+        assert refused.status_code == 413 and refused.json()["limit"] == 1000
+    short_model = SimBERT.from_pretrained(directory, max_tokens=16)
+    with TestClient(create_app(short_model, warm_up=False)) as client:
+        assert client.post("/encode", json={"texts": ["w" * 513]}).json()["limit"] == 512

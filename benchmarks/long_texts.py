@@ -1,0 +1,113 @@
+"""Encoding one long text: time and memory at 1k, 2k and 4k tokens, through the written-out
+softmax attention and through `keras.ops.dot_product_attention` (the backend's fused path).
+
+    python -m benchmarks.long_texts [--small] [--lengths 1024,2048,4096]
+    KERAS_BACKEND=jax python -m benchmarks.long_texts [--small]
+
+Model: a random BERT-base (L12/H768/A12, 512 learned positions stretched by
+`hierarchical_position`; --small: L2/H256/A4, for a dry run), one text of each length,
+`SimBERT.encode` (the pooled [CLS], float32). Every measurement is a fresh process
+(`--child`): the first call (tracing and compiling included), the median of 3 more, and
+the memory of the call: on a GPU (JAX) `peak_bytes_in_use`, on a CPU the growth of the
+process's peak resident set from just before the first call. Attention holds
+`heads x L^2` scores a layer: 0.8 GB at L=4096 and 12 heads in float32; a fused kernel
+that keeps it linear (flash attention) is a GPU kernel, so on a CPU both paths are
+quadratic. Also checked: both paths give the same vectors (max abs difference).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import time
+
+import numpy as np
+
+from benchmarks.common import cjk_characters, machine_line, median_seconds, run_child
+
+CONFIGS = {
+    "base": {"vocab_size": 8000, "hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12,
+             "intermediate_size": 3072, "max_position_embeddings": 512},
+    "small": {"vocab_size": 4000, "hidden_size": 256, "num_hidden_layers": 2, "num_attention_heads": 4,
+              "intermediate_size": 512, "max_position_embeddings": 512},
+}
+
+
+def peak_bytes() -> int | None:
+    """The accelerator's peak memory in use (JAX on a GPU), else None."""
+    import keras
+
+    if keras.backend.backend() != "jax":
+        return None
+    import jax
+
+    stats = jax.devices()[0].memory_stats()
+    return stats.get("peak_bytes_in_use") if stats else None
+
+
+def child(size: str, length: int, fused: bool, directory: str) -> dict:
+    """One process: load the model with the attention path asked for, encode one text of
+    `length` tokens (first call, then steady), read the memory it took."""
+    import dataclasses
+
+    import keras
+
+    from simbert.api import SimBERT
+    from simbert.kernels import Platform
+
+    model = SimBERT.from_pretrained(directory, max_tokens=length, hierarchical_position=True)
+    kernels = dataclasses.replace(Platform.current().kernels, fused_attention=fused)
+    for block in model.backbone.blocks:
+        block.attention.fused = kernels.fused_attention
+    characters = cjk_characters(CONFIGS[size]["vocab_size"])
+    text = "".join(characters[i % len(characters)] for i in range(length - 2))  # with [CLS], [SEP]: length tokens
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    started = time.perf_counter()
+    vectors = model.encode([text])
+    first = time.perf_counter() - started
+    steady = median_seconds(lambda: model.encode([text]), 3, warmup=0)
+    device = peak_bytes()
+    grown = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) * 1024
+    np.save(f"{directory}/vectors_{length}_{int(fused)}.npy", vectors)
+    return {"length": length, "fused": fused, "first_s": first, "steady_s": steady,
+            "memory_mb": (device if device is not None else grown) / 2 ** 20,
+            "memory": "device peak" if device is not None else "RSS growth",
+            "backend": keras.backend.backend(), "keras": keras.__version__}
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--small", action="store_true")
+    parser.add_argument("--lengths", default="1024,2048,4096")
+    parser.add_argument("--work", default="/tmp/simbert_long_texts")
+    parser.add_argument("--child", nargs=4, metavar=("SIZE", "LENGTH", "FUSED", "DIRECTORY"))
+    args = parser.parse_args()
+    if args.child:
+        size, length, fused, directory = args.child
+        print(json.dumps(child(size, int(length), fused == "1", directory)))
+        return
+    import os
+
+    from benchmarks.common import write_random_model
+
+    size = "small" if args.small else "base"
+    directory = os.path.join(args.work, size)
+    os.makedirs(args.work, exist_ok=True)
+    if not os.path.isdir(directory):
+        write_random_model(directory, CONFIGS[size])
+    print(machine_line(f", model {size}"))
+    print("| backend | length | attention | first call s | steady s | memory MB | vectors equal (max abs) |")
+    print("|---|---|---|---|---|---|---|")
+    for length in (int(value) for value in args.lengths.split(",")):
+        reports = [run_child("benchmarks.long_texts", size, length, fused, directory) for fused in (0, 1)]
+        difference = float(np.abs(np.load(f"{directory}/vectors_{length}_0.npy")
+                                  - np.load(f"{directory}/vectors_{length}_1.npy")).max())
+        for report in reports:
+            path = "dot_product_attention" if report["fused"] else "written softmax"
+            print(f"| {report['backend']} | {length} | {path} | {report['first_s']:.2f} | {report['steady_s']:.2f} | "
+                  f"{report['memory_mb']:.0f} ({report['memory']}) | {difference:.1e} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
