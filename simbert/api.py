@@ -26,6 +26,7 @@ from simbert.compiled import use_compilation_cache
 from simbert.directories import WHITENING_FILE, load_pretrained, save_pretrained, with_latest_checkpoint
 from simbert.distribution import InferenceLayout, inference_layout
 from simbert.generation import CachedDecoder
+from simbert.gibbs import GibbsSampler
 from simbert.index_parts import PART_KEY, CorpusPart
 from simbert.kernels import Platform, check_backend
 from simbert.models import Transformer
@@ -92,6 +93,7 @@ class SimBERT:
         # One forward pass for encode and the sampler's prefill (one graph on TensorFlow).
         self.source_pass = SourcePass(backbone, place=self.layout.shard)
         self._decoder: CachedDecoder | None = None
+        self._gibbs: GibbsSampler | None = None
         self._decoder_lock = threading.Lock()
         self.index: SimilarityIndex | None = None
         self.whitening: Whitening | None = None
@@ -200,7 +202,8 @@ class SimBERT:
     def compiled_programs(self) -> int:
         """Programs compiled so far by `encode` and the sampler (each distinct input shape
         of a compiled function is one; see `simbert.shapes` for how few there are)."""
-        return self._decoder.compiled_programs if self._decoder is not None else self.source_pass.programs
+        programs = self._decoder.compiled_programs if self._decoder is not None else self.source_pass.programs
+        return programs + (self._gibbs.compiled_programs if self._gibbs is not None else 0)
 
     @property
     def fingerprint(self) -> str:
@@ -380,6 +383,59 @@ class SimBERT:
     def _decoded_samples(self, source_ids: list[int], n: int, **sampling) -> list[str]:
         """`CachedDecoder.sample` of `source_ids`, each sample decoded to text."""
         return [self.tokenizer.decode(ids) for ids in self.decoder.sample(source_ids, n, **sampling)]
+
+    @property
+    def gibbs_sampler(self) -> GibbsSampler:
+        """The Gibbs sampler of the MLM head (`simbert.gibbs`), made on first use."""
+        with self._decoder_lock:  # made once, by the first of concurrent callers
+            if self._gibbs is None:
+                self._gibbs = GibbsSampler.from_tokenizer(self.backbone, self.tokenizer)
+        return self._gibbs
+
+    def gibbs_sample(self, text: str | None = None, length: int | None = None, n: int = 1, steps: int = 200,
+                     burn_in: int = 50, topk: int | None = None, temperature: float = 1.0,
+                     positions: Sequence[int] | None = None, seed: int | None = None) -> list[list[str]]:
+        """Sentences drawn by Gibbs sampling with the MLM head (`simbert.gibbs`): n chains
+        start from `[CLS] text [SEP]` (editing the text) or from `length` `[MASK]`s; at each
+        step every chain masks one of its editable tokens, drawn uniformly, and writes back a
+        token sampled from the MLM's distribution there (never a special token). `[CLS]`,
+        `[SEP]` and the length never change. The chains run side by side in one compiled
+        loop; the same seed gives the same samples, on TensorFlow and on JAX.
+
+        Args:
+            text: the text to edit (cut to `max_tokens` tokens); None to start from `length`.
+            length: tokens of a sentence sampled from `[MASK]`s, 1 .. `max_tokens` - 2 (no `text`).
+            n: chains (at least 1).
+            steps: steps per chain, one token resampled at each (at least 1).
+            burn_in: first steps whose samples are dropped, 0 .. steps - 1.
+            topk: sample from the `topk` most likely tokens (None: every token but the
+                special ones).
+            temperature: divide the logits by it (above 0).
+            positions: the tokens that may change, counted from 0 after `[CLS]` (default all).
+            seed: seed of the noise (positions and draws).
+
+        Returns:
+            n lists, one a chain, of `steps - burn_in` decoded texts: chain c's text after
+            `burn_in + k + 1` steps at `[c][k]`.
+
+        Example:
+            >>> chains = model.gibbs_sample("科学技术是第一生产力", n=4, steps=200, burn_in=50, seed=0)
+            >>> chains[0][-1]                                    # chain 0's last sample
+            >>> model.gibbs_sample(length=12, n=2, topk=20, positions=[0, 1, 2], seed=1)
+        """
+        if (text is None) == (length is None):
+            raise ValueError("gibbs_sample takes a text to edit or a length to sample from [MASK]s, one of the two; "
+                             f"got text={text!r}, length={length!r}")
+        sampler = self.gibbs_sampler  # a vocabulary without [MASK] is refused here
+        if text is not None:
+            start = self._source_ids(text)
+        else:
+            check_integer("length", length, 1, self.shapes.max_length - 2)
+            tokenizer = self.tokenizer
+            start = [tokenizer.cls_id] + [tokenizer.mask_id] * length + [tokenizer.sep_id]
+        samples = sampler.sample(start, n=n, steps=steps, burn_in=burn_in, topk=topk, temperature=temperature,
+                                 positions=positions, seed=seed)
+        return [[self.tokenizer.decode(ids) for ids in chain] for chain in samples]
 
     def beam_search(self, text: str, beam_size: int = 4, max_new_tokens: int | None = None) -> str:
         """The most likely continuation of `[CLS] text [SEP]` by beam search.

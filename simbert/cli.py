@@ -4,6 +4,8 @@ imported inside the commands, so `--help` and argument errors answer at once.
     simbert train --config FILE [--steps N] [--output-dir DIR] [--resume [--resume-anyway] | --overwrite] [--seed S]
                   [--coordinator HOST:PORT --num-processes N --process-id I]
     simbert generate MODEL_DIR "text" [-n 100] [-k 20] [--topk 5] [--topp P] [--temperature T]
+    simbert gibbs MODEL_DIR ["text" | --length L] [-n 1] [--steps 200] [--burn-in 50] [--topk K] [--temperature T]
+                  [--positions 0,2,5] [--seed S]
     simbert encode MODEL_DIR --input texts.txt --output vecs.npy [--skip-blank] [--distribution auto]
     simbert index MODEL_DIR --input corpus.txt --output INDEX_DIR [--append | --shard I/N] [--distribution auto]
     simbert index --output INDEX_DIR --merge PART_DIR...
@@ -189,6 +191,37 @@ def _generate(args) -> int:
                                           progress=True):
         print(f"{score:.4f}\t{text}")
     return 0
+
+
+def _gibbs(args) -> int:
+    if (args.text is None) == (args.length is None):
+        args.parser.error("simbert gibbs takes a text to edit or --length L to sample from [MASK]s, one of the two")
+    if args.burn_in >= args.steps:
+        args.parser.error(f"argument --burn-in: --burn-in should be below --steps ({args.steps}), got {args.burn_in}")
+    model = _load_model(args)
+    allowed = model.gibbs_sampler.allowed
+    if args.topk is not None and args.topk > allowed:  # known once the model is read; still a usage error
+        args.parser.error(f"argument --topk: --topk should be an integer of at least 1 and at most {allowed} (the "
+                          f"model's tokens but the special ones), got {args.topk}")
+    chains = model.gibbs_sample(args.text, length=args.length, n=args.n, steps=args.steps, burn_in=args.burn_in,
+                                topk=args.topk, temperature=args.temperature, positions=args.positions,
+                                seed=args.seed)
+    for chain, texts in enumerate(chains):
+        for step, text in enumerate(texts, args.burn_in + 1):
+            print(f"{chain}\t{step}\t{text}")
+    return 0
+
+
+def positions_argument(text: str) -> list[int]:
+    """`--positions 0,2,5`: the tokens that may change, counted from 0 after [CLS]."""
+    try:
+        positions = [int(part) for part in text.split(",")]
+    except ValueError:
+        positions = []
+    if not positions or min(positions) < 0:
+        raise argparse.ArgumentTypeError(f"--positions should be token positions from 0, separated by commas "
+                                         f"(e.g. 0,2,5), got {text!r}")
+    return positions
 
 
 def _encode(args) -> int:
@@ -422,6 +455,22 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--temperature", type=argument_type(check_positive, "--temperature", float), default=1.0,
                           help="divide the logits by T > 0 (default 1)")
     generate.add_argument("--seed", type=int, help="random seed")
+
+    gibbs = model_command("gibbs", "sentences drawn by Gibbs sampling with the MLM head, from a text or [MASK]s",
+                          _gibbs)
+    add_model_directory(gibbs)
+    gibbs.add_argument("text", nargs="?", help="the text to edit (or --length)")
+    add_count(gibbs, "--length", help="sample a sentence of L tokens from [MASK]s instead of editing a text")
+    add_count(gibbs, "-n", default=1, help="chains, run side by side (default 1)")
+    add_count(gibbs, "--steps", default=200, help="steps per chain, one token resampled at each (default 200)")
+    add_count(gibbs, "--burn-in", default=50, minimum=0,
+              help="first steps whose samples are not printed (default 50)")
+    add_count(gibbs, "--topk", help="sample from the top-k tokens (default: all but the special ones)")
+    gibbs.add_argument("--temperature", type=argument_type(check_positive, "--temperature", float), default=1.0,
+                       help="divide the logits by T > 0 (default 1)")
+    gibbs.add_argument("--positions", type=positions_argument,
+                       help="the tokens that may change, counted from 0, separated by commas (default all)")
+    add_count(gibbs, "--seed", minimum=0, help="random seed")
 
     encode = model_command("encode", "sentence vectors of a text file (one text a line) to .npy", _encode)
     add_model_directory(encode)

@@ -229,3 +229,25 @@ def test_the_compilation_cache_is_one_explicit_call(tmp_path, monkeypatch):
                                               f"--tf_xla_persistent_cache_directory={directory}")
     assert os.path.isdir(directory)
     assert simbert.use_compilation_cache(None) is None
+
+
+def test_gibbs_sample_edits_a_text_or_fills_masks(model):
+    """`SimBERT.gibbs_sample` over `simbert.gibbs`: chains of `steps - burn_in` texts,
+    seeded, `positions` keeping the rest of the text, one of text / length."""
+    chains = model.gibbs_sample("花呗怎么还款", n=2, steps=10, burn_in=6, seed=0)
+    assert [len(chain) for chain in chains] == [4, 4]
+    assert chains == model.gibbs_sample("花呗怎么还款", n=2, steps=10, burn_in=6, seed=0)
+    assert all(len(model.tokenizer.tokenize(text)) == len(model.tokenizer.tokenize("花呗怎么还款"))
+               for chain in chains for text in chain)
+    kept = model.gibbs_sample("花呗怎么还款", steps=5, burn_in=0, positions=[5], seed=1)[0]
+    assert all(text.replace(" ", "").startswith("花呗怎么还") for text in kept)
+    filled = model.gibbs_sample(length=6, n=3, steps=8, burn_in=7, seed=2)
+    assert [len(chain) for chain in filled] == [1, 1, 1] and all("[MASK]" not in chain[0] for chain in filled)
+    assert filled == model.gibbs_sample(length=6, n=3, steps=8, burn_in=7, seed=2)
+    before = model.compiled_programs
+    model.gibbs_sample(length=6, n=3, steps=8, burn_in=7, seed=3)
+    assert model.compiled_programs == before  # the same bucket: nothing new compiled
+    with pytest.raises(ValueError, match="one of the two"):
+        model.gibbs_sample()
+    with pytest.raises(ValueError, match="length should be an integer of at least 1 and at most 30"):
+        model.gibbs_sample(length=31)

@@ -215,3 +215,18 @@ def test_ctrl_c_while_starting_stops_before_training(tmp_path):
     assert process.returncode == 130, stderr[-3000:]
     result = json.loads(stdout.strip().splitlines()[-1])
     assert result["stopped"] == "requested" and result["step"] == 0
+
+
+def test_gibbs_command_prints_chain_step_and_text(trained_tiny, capsys):
+    from simbert.cli import main
+
+    assert main(["gibbs", trained_tiny, "花呗怎么还款", "-n", "2", "--steps", "6", "--burn-in", "3", "--seed", "0",
+                 "--no-compile-cache"]) == 0
+    lines = [line.split("\t") for line in capsys.readouterr().out.splitlines()]
+    assert [(chain, step) for chain, step, _ in lines] == [(c, str(s)) for c in "01" for s in (4, 5, 6)]
+    for arguments, message in [(["花呗", "--length", "4"], "takes a text to edit or --length L"),
+                               (["花呗", "--steps", "3", "--burn-in", "3"], "--burn-in should be below --steps (3)"),
+                               (["花呗", "--positions", "a,1"], "--positions should be token positions from 0")]:
+        with pytest.raises(SystemExit) as usage:
+            main(["gibbs", trained_tiny, *arguments, "--no-compile-cache"])
+        assert usage.value.code == 2 and message in capsys.readouterr().err
