@@ -9,8 +9,10 @@ layer's at a time, as in the 12 of BERT-base, and time is a third; 512 learned p
 stretched by `hierarchical_position`; --small: L2/H256/A4, for a dry run), one text of
 each length, `SimBERT.encode` (the pooled [CLS], float32). Every measurement is a fresh
 process (`--child`): the first call (tracing and compiling included), the median of 2 more, and
-the memory of the call: on a GPU (JAX) `peak_bytes_in_use`, on a CPU the growth of the
-process's peak resident set from just before the first call. Attention holds
+the memory: on a GPU (JAX) `peak_bytes_in_use`, on a CPU the peak of the process's
+resident set during the first call (read every 2 ms) less the set just before it (later
+calls reuse what the allocator keeps, so only the first shows it; compiling adds a
+little, tens of MB at these sizes). Attention holds
 `heads x L^2` scores a layer: 0.8 GB at L=4096 and 12 heads in float32; a fused kernel
 that keeps it linear (flash attention) is a GPU kernel, so on a CPU both paths are
 quadratic. Also checked: both paths give the same vectors (max abs difference). On
@@ -22,7 +24,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
+import os
+import threading
 import time
 
 import numpy as np
@@ -49,6 +52,36 @@ def peak_bytes() -> int | None:
     return stats.get("peak_bytes_in_use") if stats else None
 
 
+class ResidentPeak:
+    """The peak resident set of this process inside a `with` block, less the set at its
+    start, read from /proc/self/statm every 2 ms by a thread."""
+
+    def __enter__(self) -> "ResidentPeak":
+        self.start = self.peak = resident_bytes()
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+        self._thread.start()
+        return self
+
+    def _watch(self) -> None:
+        while not self._done.wait(0.002):
+            self.peak = max(self.peak, resident_bytes())
+
+    def __exit__(self, *exc) -> None:
+        self._done.set()
+        self._thread.join()
+        self.peak = max(self.peak, resident_bytes())
+
+    @property
+    def grown_bytes(self) -> int:
+        return self.peak - self.start
+
+
+def resident_bytes() -> int:
+    with open("/proc/self/statm", encoding="ascii") as reader:
+        return int(reader.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
 def child(size: str, length: int, fused: bool, directory: str) -> dict:
     """One process: load the model with the attention path asked for, encode one text of
     `length` tokens (first call, then steady), read the memory it took."""
@@ -65,17 +98,17 @@ def child(size: str, length: int, fused: bool, directory: str) -> dict:
         block.attention.fused = kernels.fused_attention
     characters = cjk_characters(CONFIGS[size]["vocab_size"])
     text = "".join(characters[i % len(characters)] for i in range(length - 2))  # with [CLS], [SEP]: length tokens
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     started = time.perf_counter()
-    vectors = model.encode([text])
+    with ResidentPeak() as peak:
+        vectors = model.encode([text])
     first = time.perf_counter() - started
     steady = median_seconds(lambda: model.encode([text]), 2, warmup=0)
     device = peak_bytes()
-    grown = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) * 1024
+    grown = peak.grown_bytes
     np.save(f"{directory}/vectors_{length}_{int(fused)}.npy", vectors)
     return {"length": length, "fused": fused, "first_s": first, "steady_s": steady,
             "memory_mb": (device if device is not None else grown) / 2 ** 20,
-            "memory": "device peak" if device is not None else "RSS growth",
+            "memory": "device peak" if device is not None else "RSS, first call",
             "backend": keras.backend.backend(), "keras": keras.__version__}
 
 
@@ -90,8 +123,6 @@ def main():
         size, length, fused, directory = args.child
         print(json.dumps(child(size, int(length), fused == "1", directory)))
         return
-    import os
-
     from benchmarks.common import write_random_model
 
     size = "small" if args.small else "base"
@@ -103,8 +134,10 @@ def main():
 
     paths = (0, 1) if keras.backend.backend() == "jax" else (0,)
     print(machine_line(f", model {size}"))
-    print("| backend | length | attention | first call s | steady s | memory MB | vectors equal (max abs) |")
-    print("|---|---|---|---|---|---|---|")
+    heads = CONFIGS[size]["num_attention_heads"]
+    print("| backend | length | attention | first call s | steady s | memory MB | a layer's scores MB | "
+          "vectors equal (max abs) |")
+    print("|---|---|---|---|---|---|---|---|")
     for length in (int(value) for value in args.lengths.split(",")):
         reports = [run_child("benchmarks.long_texts", size, length, fused, directory) for fused in paths]
         difference = (float(np.abs(np.load(f"{directory}/vectors_{length}_0.npy")
@@ -112,8 +145,9 @@ def main():
                       else float("nan"))
         for report in reports:
             path = "dot_product_attention" if report["fused"] else "written softmax"
+            scores = heads * length * length * 4 / 2 ** 20  # float32 heads x L x L
             print(f"| {report['backend']} | {length} | {path} | {report['first_s']:.2f} | {report['steady_s']:.2f} | "
-                  f"{report['memory_mb']:.0f} ({report['memory']}) | {difference:.1e} |", flush=True)
+                  f"{report['memory_mb']:.0f} ({report['memory']}) | {scores:.0f} | {difference:.1e} |", flush=True)
 
 
 if __name__ == "__main__":
