@@ -30,7 +30,15 @@ from simbert.gibbs import GibbsSampler
 from simbert.index_parts import PART_KEY, CorpusPart
 from simbert.kernels import Platform, check_backend
 from simbert.models import Transformer
-from simbert.retrieval import IndexLock, IndexWriter, SimilarityIndex, Whitening, fit_whitening, l2_normalize
+from simbert.retrieval import (
+    INDEX_SETTINGS,
+    IndexLock,
+    IndexWriter,
+    SimilarityIndex,
+    Whitening,
+    fit_whitening,
+    l2_normalize,
+)
 from simbert.shapes import ShapeBuckets
 from simbert.source_pass import SourcePass
 from simbert.tokenizer import Tokenizer
@@ -389,7 +397,9 @@ class SimBERT:
         """The Gibbs sampler of the MLM head (`simbert.gibbs`), made on first use."""
         with self._decoder_lock:  # made once, by the first of concurrent callers
             if self._gibbs is None:
-                self._gibbs = GibbsSampler.from_tokenizer(self.backbone, self.tokenizer)
+                # Lengths up to this model's limit, in buckets of 16 on every backend.
+                self._gibbs = GibbsSampler.from_tokenizer(self.backbone, self.tokenizer,
+                                                          shapes=ShapeBuckets(max_length=self.shapes.max_length))
         return self._gibbs
 
     def gibbs_sample(self, text: str | None = None, length: int | None = None, n: int = 1, steps: int = 200,
@@ -404,7 +414,8 @@ class SimBERT:
 
         Args:
             text: the text to edit (cut to `max_tokens` tokens); None to start from `length`.
-            length: tokens of a sentence sampled from `[MASK]`s, 1 .. `max_tokens` - 2 (no `text`).
+            length: tokens of a sentence sampled from `[MASK]`s, 1 .. the model's length
+                limit (`max_tokens`, within its positions) - 2 (no `text`).
             n: chains (at least 1).
             steps: steps per chain, one token resampled at each (at least 1).
             burn_in: first steps whose samples are dropped, 0 .. steps - 1.
@@ -562,6 +573,9 @@ class SimBERT:
                 base.check_model(self.fingerprint, self.name, strict=True)
                 meta = base.meta
                 for key, value in index_options.items():  # an append keeps the index's settings
+                    if key not in INDEX_SETTINGS:
+                        raise TypeError(f"write_index got an unexpected option {key!r} (an index's settings: "
+                                        f"{', '.join(INDEX_SETTINGS)})")
                     if meta.get(key) != value:
                         raise ValueError(f"{key} {value!r} differs from the index in {directory} ({key} "
                                          f"{meta.get(key)!r}); an append keeps the index's settings: leave "

@@ -171,8 +171,12 @@ def _train(args) -> int:
     print(json.dumps(dataclasses.asdict(result), ensure_ascii=False))
     if result.stopped == "requested" and result.checkpoint is not None:
         again = ["simbert", "train", "--config", args.config]
-        if args.output_dir is not None:
-            again += ["--output-dir", args.output_dir]
+        for flag, value in (("--output-dir", args.output_dir), ("--steps", args.steps), ("--seed", args.seed),
+                            ("--compile-cache", args.compile_cache)):
+            if value is not None:
+                again += [flag, str(value)]
+        if args.no_compile_cache:
+            again.append("--no-compile-cache")
         print(f"simbert: stopped at step {result.step} of {config.training.steps}; saved {result.checkpoint}; "
               f"continue with: {shlex.join([*again, '--resume'])}", file=sys.stderr, flush=True)
     if received:
@@ -259,6 +263,7 @@ def line_numbers_path(vectors_path: str) -> str:
 
 def _index(args) -> int:
     from simbert.index_parts import CorpusPart, merge_indexes
+    from simbert.retrieval import IndexLock
     from simbert.text_files import read_texts
 
     check_index_arguments(args)
@@ -271,6 +276,7 @@ def _index(args) -> int:
     def texts():
         return part.texts(args.input) if part is not None else read_texts(args.input)
 
+    IndexLock(args.output).check_free()  # another writer: refused now, not after a pass and a model load
     count = sum(1 for _ in texts())  # a first pass: the writer preallocates the vectors
     model = _load_model(args)
     # Settings given with --append must be the index's own; without, unset ones take their default.

@@ -273,6 +273,13 @@ class TrainConfig:
             value = getattr(getattr(config, section), name)
             if value is not None and not 0 <= value < 1:
                 raise ValueError(f"{source}: {key} should be at least 0 and below 1 (a probability), got {value!r}")
+        alpha = config.model.hierarchical_position
+        if alpha not in (None, True, False) and not (isinstance(alpha, (int, float)) and 0 < alpha < 1):
+            raise ValueError(f"{source}: model.hierarchical_position should be true, false or an alpha above 0 "
+                             f"and below 1, got {alpha!r}")
+        if alpha and config.model.model_type == "roformer":
+            raise ValueError(f"{source}: model.hierarchical_position is for BERT's learned position table; "
+                             f"roformer has none and takes inputs of any length already")
         if config.training.batch_size % 2 or config.training.batch_size < 2:
             raise ValueError(f"{source}: training.batch_size should be a positive even number "
                              f"(rows come in a->b, b->a pairs), got {config.training.batch_size}")

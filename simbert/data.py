@@ -173,7 +173,8 @@ def read_pair_rows(path: str, fail: Callable[[str], None], format: str | None = 
     if not os.path.isfile(path):
         raise missing_path("pair file", path)
     undecodable = None if strict_utf8 else fail
-    format = format or detect_pair_format(path, undecodable)
+    # Detection skips what the rows reader will report (so a bad line is counted once).
+    format = format or detect_pair_format(path, None if strict_utf8 else (lambda message: None))
     if format not in PAIR_FORMATS:
         raise ValueError(f"format should be one of {PAIR_FORMATS}, got {format!r}")
     if format == "jsonl":

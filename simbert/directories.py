@@ -369,9 +369,10 @@ def build_transformer_model(config: str | os.PathLike | dict, checkpoint_path: s
 
 def with_latest_checkpoint(path: str | os.PathLike, read: Callable[[str], T]) -> T:
     """`read(directory)` for the model directory `path` resolves to. For a training
-    output, that is its newest checkpoint that reads: one that does not (a torn copy) is
-    skipped with a warning naming it and why, as `--resume` skips it, and the next older
-    one read. When the newest checkpoint of a run still training is removed by rotation
+    output, that is its newest checkpoint that reads: one whose files do not (a torn copy:
+    `FileFormatError` or an OS error) is skipped with a warning naming it and why, as
+    `--resume` skips it, and the next older one read; any other error (a bad argument)
+    is raised at once. When the newest checkpoint of a run still training is removed by rotation
     mid-read (as one rename, see `remove_checkpoint`), the checkpoints are listed again."""
     path = str(path)
     if resolve_model_directory(path) == path:
@@ -384,7 +385,7 @@ def with_latest_checkpoint(path: str | os.PathLike, read: Callable[[str], T]) ->
                 continue
             try:
                 return read(directory)
-            except (OSError, ValueError) as error:
+            except (OSError, FileFormatError) as error:  # a file that does not read, not a bad argument
                 if not os.path.isdir(directory):
                     logger.info("%s was rotated away while being read; reading the newest checkpoint again",
                                 directory)

@@ -38,6 +38,10 @@ def output_problem(what: str, path: str | os.PathLike, directory: bool = False) 
         expected, found = ("a directory", "a file") if directory else ("a file", "a directory")
         return (IsADirectoryError if found == "a directory" else NotADirectoryError)(
             f"{what} {path} is {found}; expected {expected} to write (choose another path)")
+    if directory and os.path.isdir(path):  # written into, not replaced beside
+        if not os.access(path, os.W_OK | os.X_OK):
+            return PermissionError(f"{what} {path} cannot be written: no permission to write in it")
+        return None
     ancestor = os.path.dirname(os.path.abspath(path))
     while not os.path.exists(ancestor):
         ancestor = os.path.dirname(ancestor)

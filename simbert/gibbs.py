@@ -109,7 +109,8 @@ class GibbsSampler:
         self.allowed = vocab_size - len(excluded)
         self.bias = np.zeros((vocab_size,), "float32")
         self.bias[excluded] = NEGATIVE_INFINITY
-        self.shapes = shapes or ShapeBuckets(max_length=backbone.config.max_position_embeddings)
+        self.shapes = shapes or ShapeBuckets(max_length=backbone.config.max_length
+                                             or backbone.config.max_position_embeddings)
         self.max_rows = check_integer("max_rows", max_rows)
         self.variables = backbone.variables
         model = backbone.computation

@@ -26,6 +26,7 @@ TEXTS_FILE = "texts.jsonl"
 OFFSETS_FILE = "text_offsets.npy"  # byte offset of each line of texts.jsonl
 FAISS_FILE = "faiss.index"
 META_FILE = "index.json"
+INDEX_SETTINGS = ("dtype", "backend", "faiss_index")  # what `SimilarityIndex` is built with, kept in index.json
 
 
 def l2_normalize(vectors: np.ndarray) -> np.ndarray:
@@ -113,6 +114,9 @@ class TextStore(Sequence[str]):
         i = range(len(self))[i]  # negative indices, IndexError past the end
         start = int(self.offsets[i])
         end = int(self.offsets[i + 1]) if i + 1 < len(self.offsets) else self._size
+        if not 0 <= start < end:
+            raise FileFormatError(self.path, f"line {i + 1}: its byte offsets {start}..{end} in the offsets file do "
+                                             f"not increase (a torn or foreign index)")
         # One positioned read, no shared file position: safe from several threads.
         line = self._read_at(start, end - start)
         try:

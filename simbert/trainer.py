@@ -115,7 +115,7 @@ class FitResult:
 # Recipe fields a resumed run must share with the checkpoint's: the model, and what
 # decides the batch stream.
 RESUME_FIELDS = ("model.model_type", "model.pretrained", "model.config", "model.vocab", "model.simplify_vocab",
-                 "training.batch_size", "training.seed", "data.max_chars")
+                 "model.hierarchical_position", "training.batch_size", "training.seed", "data.max_chars")
 
 
 class ResumeMismatch(ValueError):

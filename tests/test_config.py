@@ -81,6 +81,9 @@ def test_a_missing_recipe_or_data_file_names_where_a_relative_path_was_looked_up
     ({"model": {"dropout_rate": 2.0}}, r"model.dropout_rate should be at least 0 and below 1 \(a probability\), "
                                        r"got 2.0"),
     ({"training": {"weight_decay": -0.1}}, "training.weight_decay should be a finite number of at least 0"),
+    ({"model": {"hierarchical_position": 7}}, "model.hierarchical_position should be true, false or an alpha"),
+    ({"model": {"hierarchical_position": True, "model_type": "roformer"}},
+     "model.hierarchical_position is for BERT's learned position table"),
     ({"training": {"seq2seq_weight": float("nan")}}, "training.seq2seq_weight should be a finite number of at "
                                                      "least 0"),
 ])

@@ -256,3 +256,15 @@ def test_a_trailing_tab_is_still_a_tsv(tmp_path):
     rows = list(read_pair_rows(str(path), problem_handler("raise", None)))
     assert [(first, second, label) for _, first, second, label in rows] == [
         ("花呗怎么还款", "花呗如何还", 1.0), ("借呗额度", "信用卡", 0.0)]
+
+
+def test_a_pair_file_line_that_is_not_utf8_is_counted_once(tmp_path):
+    """Training's `on_error: skip` on a pair file: the layout is told past a GBK first
+    line, and that line is counted once (detection and the rows reader both met it)."""
+    from simbert.data import ReadReport, read_pairs
+
+    path = tmp_path / "pairs.txt"
+    path.write_bytes("花呗\t借呗\t1\n".encode("gbk") + "花呗怎么还\t花呗如何还款\t1\n今天\t明天\t0\n".encode("utf-8"))
+    report = ReadReport()
+    groups = list(read_pairs(str(path), on_error="skip", report=report))
+    assert groups == [["花呗怎么还", "花呗如何还款"]] and report.skipped_records == 1

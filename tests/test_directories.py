@@ -250,6 +250,18 @@ def test_readers_of_a_live_training_never_fail(tmp_path):
         worker.join(120)
 
 
+def test_an_output_dir_written_into_needs_only_its_own_permission(tmp_path, monkeypatch):
+    """A run directory that exists is written into: a read-only parent does not matter."""
+    import simbert.errors
+
+    run = tmp_path / "shared" / "run"
+    run.mkdir(parents=True)
+    monkeypatch.setattr(simbert.errors.os, "access", lambda path, mode: str(path) != str(tmp_path / "shared"))
+    RunDirectory(run).check_free()
+    with pytest.raises(PermissionError, match="no permission to write in"):
+        RunDirectory(tmp_path / "shared" / "new").check_free()
+
+
 def test_an_output_dir_that_is_a_file_is_named(tmp_path):
     taken = tmp_path / "runs"
     taken.write_text("", encoding="utf-8")
@@ -284,6 +296,10 @@ def test_a_torn_newest_checkpoint_is_skipped_by_readers_as_by_resume(tmp_path, c
     from simbert.cli import main
 
     Trainer(short_config(tmp_path, 4, save_every=2)).fit()
+    with caplog.at_level("WARNING", logger="simbert.directories"):
+        with pytest.raises(ValueError, match="max_tokens"):  # a bad argument is no torn checkpoint: raised at once
+            SimBERT.from_pretrained(tmp_path, max_tokens=2, compilation_cache=None)
+    assert not [record for record in caplog.records if record.name == "simbert.directories"]
     newest = tmp_path / "checkpoint-0000004"
     for name in os.listdir(newest):
         if name.startswith("bert_model."):

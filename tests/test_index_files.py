@@ -230,5 +230,8 @@ def test_concurrent_searches_read_their_own_texts(tmp_path):
     for thread in range(8):
         assert parallel[thread] == serial[thread::8]
     assert index.texts[-1] == texts[-1] and index.texts[5:8] == texts[5:8]
+    torn = TextStore(index.texts.path, np.array([0, 40, 20], "int64"))  # offsets that do not increase
+    with pytest.raises(ValueError, match=r"line 2: its byte offsets 40\.\.20 in the offsets file do not increase"):
+        torn[1]
     with pytest.raises(IndexError):
         index.texts[count]

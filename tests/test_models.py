@@ -406,6 +406,7 @@ def test_hierarchical_positions_keep_the_first_n_and_reload_with_the_model(tmp_p
     model = SimBERT.from_pretrained(directory, max_tokens=100, hierarchical_position=True)
     text = " ".join(f"w{i % 90 + 5}" for i in range(95))
     assert model.shapes.max_length == 100 and model.encode([text]).shape == (1, TINY_CONFIG["hidden_size"])
+    assert len(model.gibbs_sample(length=60, steps=2, burn_in=1, seed=0)[0]) == 1  # Gibbs past the table too
     roformer_dir = write_model_dir(str(tmp_path / "roformer"), TINY_CONFIG, "roformer", seed=2)
     roformer = SimBERT.from_pretrained(roformer_dir, max_tokens=80)
     vectors = roformer.encode([text, "w5 w6"])

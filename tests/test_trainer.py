@@ -194,7 +194,7 @@ def test_ctrl_c_on_the_train_command_saves_and_stops(tmp_path):
     # One line says what was saved and how to go on; TensorFlow's finalisation warnings are gone.
     assert [line for line in stderr.splitlines() if line.startswith("simbert:")] == [
         f"simbert: stopped at step {result['step']} of 5000; saved {checkpoint_dir(tmp_path, result['step'])}; "
-        f"continue with: simbert train --config {command[5]} --output-dir {tmp_path} --resume"]
+        f"continue with: simbert train --config {command[5]} --output-dir {tmp_path} --steps 5000 --resume"]
     assert "GeneratorDataset" not in stderr and "W0000" not in stderr
 
 
