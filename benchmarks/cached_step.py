@@ -29,7 +29,7 @@ import time
 
 import numpy as np
 
-from benchmarks.common import machine_line, median_seconds, pair_rows, run_child
+from benchmarks.common import device_peak_bytes, machine_line, median_seconds, pair_rows, run_child
 
 CONFIGS = {
     "full": {"vocab_size": 8000, "hidden_size": 128, "num_hidden_layers": 2, "num_attention_heads": 2,
@@ -43,18 +43,6 @@ SOURCE, TARGET = 32, 32
 BATCH_AND_CHUNK = {"full": (64, 16), "small": (32, 8), "base": (128, 32)}  # rows a step, rows a chunk
 MAX_FACTOR = 16  # the target: a batch 16x the plain largest
 BUDGET_SLACK = 1.1  # the plain step's own peak varies a little from process to process
-
-
-def peak_bytes() -> int | None:
-    """The accelerator's peak bytes in use (JAX on a GPU), else None."""
-    import keras
-
-    if keras.backend.backend() != "jax":
-        return None
-    import jax
-
-    stats = jax.devices()[0].memory_stats() or {}
-    return stats.get("peak_bytes_in_use")
 
 
 def child(size: str, batch: int, chunk: int, steps: int) -> dict:
@@ -79,7 +67,7 @@ def child(size: str, batch: int, chunk: int, steps: int) -> dict:
     model.train_on_batch(x, y)  # returns the losses as numbers: the step has finished
     first = time.perf_counter() - started
     step = median_seconds(lambda: model.train_on_batch(x, y), steps, warmup=0) if steps else None
-    device_peak = peak_bytes()
+    device_peak = device_peak_bytes()
     grown = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) * 1024  # KiB on Linux
     return {"model": type(model).__name__, "first_s": first, "step_s": step,
             "peak_mb": (device_peak if device_peak is not None else grown) / 2 ** 20,

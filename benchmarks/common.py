@@ -166,6 +166,18 @@ def run_child(module: str, *arguments) -> dict:
     return report
 
 
+def device_peak_bytes() -> int | None:
+    """The accelerator's peak bytes in use (JAX on a GPU), else None."""
+    import keras
+
+    if keras.backend.backend() != "jax":
+        return None
+    import jax
+
+    stats = jax.devices()[0].memory_stats() or {}
+    return stats.get("peak_bytes_in_use")
+
+
 # ---------------------------------------------------------------------- machine
 def machine_line(details: str = "") -> str:
     """The first line a benchmark prints: processor and cores, then `details`."""

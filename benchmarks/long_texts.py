@@ -30,7 +30,7 @@ import time
 
 import numpy as np
 
-from benchmarks.common import cjk_characters, machine_line, median_seconds, run_child
+from benchmarks.common import cjk_characters, device_peak_bytes, machine_line, median_seconds, run_child
 
 CONFIGS = {
     "base": {"vocab_size": 8000, "hidden_size": 768, "num_hidden_layers": 4, "num_attention_heads": 12,
@@ -38,18 +38,6 @@ CONFIGS = {
     "small": {"vocab_size": 4000, "hidden_size": 256, "num_hidden_layers": 2, "num_attention_heads": 4,
               "intermediate_size": 512, "max_position_embeddings": 512},
 }
-
-
-def peak_bytes() -> int | None:
-    """The accelerator's peak memory in use (JAX on a GPU), else None."""
-    import keras
-
-    if keras.backend.backend() != "jax":
-        return None
-    import jax
-
-    stats = jax.devices()[0].memory_stats()
-    return stats.get("peak_bytes_in_use") if stats else None
 
 
 class ResidentPeak:
@@ -103,7 +91,7 @@ def child(size: str, length: int, fused: bool, directory: str) -> dict:
         vectors = model.encode([text])
     first = time.perf_counter() - started
     steady = median_seconds(lambda: model.encode([text]), 2, warmup=0)
-    device = peak_bytes()
+    device = device_peak_bytes()
     grown = peak.grown_bytes
     np.save(f"{directory}/vectors_{length}_{int(fused)}.npy", vectors)
     return {"length": length, "fused": fused, "first_s": first, "steady_s": steady,

@@ -2,8 +2,10 @@
 gradients on whichever backend the tests run, short training recipes, and the `simbert`
 command run in a subprocess."""
 
+import contextlib
 import json
 import os
+import signal
 import subprocess
 import sys
 
@@ -149,6 +151,23 @@ def simbert(*args, timeout=300):
     """`python -m simbert.cli *args` run from the repository root; the finished process."""
     return subprocess.run([sys.executable, "-m", "simbert.cli", *map(str, args)], capture_output=True, text=True,
                           cwd=ROOT, timeout=timeout)
+
+
+@contextlib.contextmanager
+def lock_held_elsewhere(lock_class: str, path):
+    """Another process holding `lock_class(path)` (e.g. "simbert.retrieval.IndexLock")
+    for the block, which gets its `Popen`; killed (SIGKILL) at the end, its lock left
+    stale."""
+    module, name = lock_class.rsplit(".", 1)
+    holder = subprocess.Popen([sys.executable, "-c", (
+        f"import sys, time; from {module} import {name}; lock = {name}(sys.argv[1]); lock.acquire(); "
+        "print('locked', flush=True); time.sleep(600)"), str(path)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        yield holder
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
 
 
 def shell_environment() -> dict[str, str]:

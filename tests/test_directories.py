@@ -4,9 +4,6 @@ backbone config and its converters, and training state keyed by variable path.""
 import json
 import os
 import shutil
-import signal
-import subprocess
-import sys
 import threading
 import time
 
@@ -16,7 +13,7 @@ import numpy as np
 import pytest
 import transformers
 
-from helpers import TINY_CONFIG, padded_batch, short_config, steps_of, write_model_dir
+from helpers import TINY_CONFIG, lock_held_elsewhere, padded_batch, short_config, steps_of, write_model_dir
 from simbert.api import SimBERT
 from simbert.checkpoints import assign_training_state, read_training_state, write_training_state
 from simbert.config import BackboneConfig
@@ -203,16 +200,9 @@ def test_rotation_never_removes_the_checkpoint_just_written(tmp_path):
 
 
 def test_a_second_training_is_kept_out_and_a_dead_ones_lock_is_taken_over(tmp_path):
-    holder = subprocess.Popen([sys.executable, "-c", (
-        "import sys, time; from simbert.directories import RunLock; lock = RunLock(sys.argv[1]); lock.acquire(); "
-        "print('locked', flush=True); time.sleep(600)"), str(tmp_path)], stdout=subprocess.PIPE, text=True)
-    try:
-        assert holder.stdout.readline().strip() == "locked"
+    with lock_held_elsewhere("simbert.directories.RunLock", tmp_path) as holder:
         with pytest.raises(DirectoryInUse, match=rf"in use by another training run \(PID {holder.pid}"):
             Trainer(short_config(tmp_path, 2))
-    finally:
-        holder.send_signal(signal.SIGKILL)
-        holder.wait()
     assert (tmp_path / "training.lock").read_text().strip() == str(holder.pid)  # stale, left behind
     assert Trainer(short_config(tmp_path, 2)).fit().step == 2
 

@@ -3,12 +3,10 @@ dead holder's lock, and (with `remove`) deletes its file without letting two pro
 hold one name."""
 
 import os
-import signal
-import subprocess
-import sys
 
 import pytest
 
+from helpers import lock_held_elsewhere
 from simbert.file_locks import FileLock
 
 
@@ -57,15 +55,8 @@ def test_a_removed_lock_file_is_not_held_twice(tmp_path):
 
 def test_a_dead_holders_lock_is_taken_over(tmp_path):
     path = tmp_path / "x.lock"
-    holder = subprocess.Popen([sys.executable, "-c", (
-        "import sys, time; from simbert.file_locks import FileLock; lock = FileLock(sys.argv[1]); lock.acquire(); "
-        "print('locked', flush=True); time.sleep(600)"), str(path)], stdout=subprocess.PIPE, text=True)
-    try:
-        assert holder.stdout.readline().strip() == "locked"
+    with lock_held_elsewhere("simbert.file_locks.FileLock", path) as holder:
         with pytest.raises(Taken, match=f"held by PID {holder.pid}$"):
             NamedLock(path).acquire()
-    finally:
-        holder.send_signal(signal.SIGKILL)
-        holder.wait()
     with NamedLock(path) as lock:
         assert lock.held and path.read_text().strip() == str(os.getpid())

@@ -7,7 +7,7 @@ import sys
 import numpy as np
 import pytest
 
-from helpers import TINY_CONFIG, write_model_dir
+from helpers import TINY_CONFIG, lock_held_elsewhere, write_model_dir
 from simbert.api import SimBERT
 from simbert.cli import main, one_line
 from simbert.retrieval import IndexWriter, SimilarityIndex, TextStore
@@ -149,26 +149,16 @@ def test_cli_index_and_append(trained_tiny, tmp_path, capsys):
 
 
 def test_cli_index_refused_while_another_process_writes_it(trained_tiny, tmp_path, capsys):
-    import signal
-    import subprocess
-
     texts = tmp_path / "texts.txt"
     texts.write_text("花呗怎么还款\n", encoding="utf-8")
     output = tmp_path / "index"
     assert main(["index", trained_tiny, "--input", str(texts), "--output", str(output), "--no-compile-cache"]) == 0
-    holder = subprocess.Popen([sys.executable, "-c", (
-        "import sys, time; from simbert.retrieval import IndexLock; lock = IndexLock(sys.argv[1]); lock.acquire(); "
-        "print('locked', flush=True); time.sleep(600)"), str(output)], stdout=subprocess.PIPE, text=True)
-    try:
-        assert holder.stdout.readline().strip() == "locked"
+    with lock_held_elsewhere("simbert.retrieval.IndexLock", output) as holder:
         capsys.readouterr()
         assert main(["index", trained_tiny, "--input", str(texts), "--output", str(output), "--append",
                      "--no-compile-cache"]) == 1
         assert (f"simbert: error: the index {output} is being written by another process (PID {holder.pid}"
                 in capsys.readouterr().err)
-    finally:
-        holder.send_signal(signal.SIGKILL)
-        holder.wait()
     assert main(["index", trained_tiny, "--input", str(texts), "--output", str(output), "--append",
                  "--no-compile-cache"]) == 0  # a killed writer's lock is taken over
     assert SimilarityIndex.load(output).texts == ["花呗怎么还款", "花呗怎么还款"]
