@@ -279,20 +279,15 @@ def _index(args) -> int:
     IndexLock(args.output).check_free()  # another writer: refused now, not after a pass and a model load
     count = sum(1 for _ in texts())  # a first pass: the writer preallocates the vectors
     model = _load_model(args)
-    # Settings given with --append must be the index's own; without, unset ones take their default.
+    # Only the settings given: a new index takes SimilarityIndex's defaults, an append the index's own.
     given = {"dtype": args.dtype, "backend": args.backend, "faiss_index": args.faiss_index}
-    options = {key: value for key, value in given.items() if value is not None} if args.append else {
-        key: value if value is not None else INDEX_DEFAULTS[key] for key, value in given.items()}
+    options = {key: value for key, value in given.items() if value is not None}
     index = model.write_index(texts(), count, args.output, batch_size=args.batch_size, append=args.append,
                               progress=True, part=part, **options)
     done = "appended" if args.append else "indexed"
     what = f" of {part.describe()} (part {part.part}/{part.parts})" if part is not None else ""
     print(f"{done} {count} texts{what}; {args.output} holds {len(index)}")
     return 0
-
-
-# `simbert index` settings of a new index when not given (an append keeps the index's).
-INDEX_DEFAULTS = {"dtype": "float32", "backend": "exact", "faiss_index": "hnsw"}
 
 
 def check_index_arguments(args) -> None:
