@@ -14,7 +14,7 @@ imported inside the commands, so `--help` and argument errors answer at once.
                  [--whiten CORPUS --dim 256] [--baseline jaccard]
     simbert convert MODEL_DIR --to bert4keras|safetensors
     simbert serve MODEL_DIR [--index INDEX_DIR] [--host 127.0.0.1] [--port 8000]
-    simbert export MODEL_DIR OUT --format saved_model|onnx|hf|bert4keras
+    simbert export MODEL_DIR OUT --format saved_model|onnx|hf|bert4keras|sentence_transformers [--maxlen TOKENS]
     simbert --version
 
 Commands that load a model keep compiled programs in `--compile-cache DIR` (default
@@ -385,7 +385,7 @@ def _export(args) -> int:
 
     if args.format == "bert4keras":
         keep_tensorflow_off_the_gpus()
-    print(f"wrote {export_model(args.model_dir, args.out, args.format, args.max_positions)}")
+    print(f"wrote {export_model(args.model_dir, args.out, args.format, args.max_positions, args.max_tokens)}")
     return 0
 
 
@@ -546,15 +546,21 @@ def build_parser() -> argparse.ArgumentParser:
                         help="seconds a request may take (default 30)")
 
     exported = commands.add_parser("export", help="the model in another format: SavedModel, ONNX, Hugging Face, "
-                                                  "bert4keras", parents=[common])
+                                                  "bert4keras, sentence-transformers", parents=[common])
     add_model_directory(exported, help="model directory (or a training output: its latest checkpoint)")
     exported.add_argument("out", type=output_path("export directory", directory=True), help="new directory to write")
-    exported.add_argument("--format", required=True, choices=["saved_model", "onnx", "hf", "bert4keras"],
+    exported.add_argument("--format", required=True,
+                          choices=["saved_model", "onnx", "hf", "bert4keras", "sentence_transformers"],
                           help="saved_model / onnx: the encoder (token_ids, segment_ids -> pooled vector); "
-                               "hf: transformers' BERT / RoFormer; bert4keras: the released layout")
+                               "hf: transformers' BERT / RoFormer; bert4keras: the released layout; "
+                               "sentence_transformers: a SentenceTransformer directory (encode's vectors)")
     add_count(exported, "--max-positions",
-              help="hf, a model with hierarchical positions: rows its position table is written out to "
-                   "(transformers has none; default: its limit, at most 8192)")
+              help="hf / sentence_transformers, a model with hierarchical positions: rows its position table is "
+                   "written out to (transformers has none; default: its limit, at most 8192)")
+    exported.add_argument("--maxlen", dest="max_tokens", metavar="TOKENS",
+                          type=argument_type(check_integer, "--maxlen", minimum=3),
+                          help="sentence_transformers: tokens a text keeps, its max_seq_length (default 64, as "
+                               "encode's --maxlen)")
     exported.set_defaults(run=_export)
 
     convert = commands.add_parser("convert", help="add the other weight format to a model directory",
