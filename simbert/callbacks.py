@@ -151,17 +151,21 @@ class ProgressLogger(TrainingModelCallback):
     `learning_rate` would. `negatives(step)`, when given, is the mean number of negatives
     a row of that step's batch saw in the similarity softmax, logged as `negatives`.
     Without `metrics_path` (a process that does not write the run's files) only the bar
-    shows. `async_safe`: it reads no weights, and its batch ends may run in another thread.
+    shows. `only_loss` `(name, weight)`: the model's one loss, which Keras logs only as
+    `loss` (its weight times the loss); it is logged as `<name>_loss` too. `async_safe`:
+    it reads no weights, and its batch ends may run in another thread.
     """
 
-    KEYS = ("loss", "seq2seq_loss", "similarity_loss", "distillation_loss")
+    KEYS = ("loss", "seq2seq_loss", "similarity_loss", "cosent_loss", "distillation_loss")
     async_safe = True
 
     def __init__(self, metrics_path: str | None, start_step: int, total_steps: int, batch_size: int,
                  log_every: int, stop_event: threading.Event,
                  learning_rate: float | keras.optimizers.schedules.LearningRateSchedule,
-                 negatives: Callable[[int], float | None] | None = None):
+                 negatives: Callable[[int], float | None] | None = None,
+                 only_loss: tuple[str, float] | None = None):
         super().__init__()
+        self.only_loss = only_loss
         self.metrics_path = metrics_path
         self.negatives = negatives
         self.learning_rate = learning_rate
@@ -206,6 +210,9 @@ class ProgressLogger(TrainingModelCallback):
         self.bar.update(1)
         if self.step % self.log_every and self.step != self.total_steps and not self.stop_event.is_set():
             return
+        if self.only_loss is not None and f"{self.only_loss[0]}_loss" not in logs:
+            name, weight = self.only_loss
+            logs = {**logs, f"{name}_loss": logs["loss"] / weight if weight else 0.0}
         sums = {key: logs[key] * count for key in self.KEYS if key in logs}
         window = count - self.previous_count
         means = {key: (sums[key] - self.previous_sums.get(key, 0.0)) / window for key in sums}
@@ -221,7 +228,8 @@ class ProgressLogger(TrainingModelCallback):
             with open(self.metrics_path, "a", encoding="utf-8") as writer:
                 writer.write(json.dumps(record) + "\n")
         rate = self.samples_per_second()
-        self.bar.set_postfix(seq2seq=f"{means['seq2seq_loss']:.3f}", similarity=f"{means['similarity_loss']:.3f}",
+        losses = {key.removesuffix("_loss"): f"{means[key]:.3f}" for key in self.KEYS[1:] if key in means}
+        self.bar.set_postfix(**losses,
                              **({"negatives": f"{negatives:.1f}"} if negatives is not None else {}),
                              samples_per_s=f"{rate:.1f}" if rate else "-")
 
@@ -287,7 +295,7 @@ class LossCurve(keras.callbacks.Callback):
     """At the end of training, draws each loss of the metrics file against step into
     `image_path` (matplotlib's Figure API: no global backend or pyplot state)."""
 
-    LOSSES = ("seq2seq_loss", "similarity_loss", "distillation_loss")
+    LOSSES = ("seq2seq_loss", "similarity_loss", "cosent_loss", "distillation_loss")
 
     def __init__(self, metrics_path: str, image_path: str):
         super().__init__()

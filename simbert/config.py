@@ -21,6 +21,11 @@ from simbert.arguments import PRECISIONS
 from simbert.errors import missing_path
 
 MODEL_TYPES = ("bert", "roformer")
+DATA_FORMATS = ("groups", "pairs", "labelled_pairs")
+OBJECTIVES = ("simbert", "cosent", "cross_encoder")
+# What each objective trains on: the data formats it reads.
+OBJECTIVE_FORMATS = {"simbert": ("groups", "pairs"), "cosent": ("labelled_pairs",),
+                     "cross_encoder": ("labelled_pairs",)}
 HIERARCHICAL_ALPHA = 0.4  # `hierarchical_position: true`, as bert4keras
 
 
@@ -159,8 +164,10 @@ class ModelConfig:
 
 @dataclass
 class DataConfig:
-    train: str = "data_sample.json"
-    format: str = "groups"  # groups ({"text", "synonyms"}) | pairs (JSONL / TSV / CSV)
+    train: str | list = "data_sample.json"  # a file, or a list of files read one after another
+    # groups ({"text", "synonyms"[, "negatives"]}) | pairs (JSONL / TSV / CSV: the similar pairs)
+    # | labelled_pairs (the same files, every row with its label: training.objective cosent / cross_encoder)
+    format: str = "groups"
     max_chars: int = 32  # characters a text keeps (cut at punctuation first)
     on_error: str = "raise"  # raise | skip
     pair_threshold: float = 1.0  # pairs: a label below this is not a similar pair
@@ -205,6 +212,11 @@ class TrainingConfig:
     devices: list | None = None  # device names (keras.distribution.list_devices()) to train on; None: all
     # Rows a forward pass holds activations for at a time (the cached contrastive step); None: the whole batch.
     similarity_chunk: int | None = None
+    # simbert: seq2seq + in-batch similarity on similar texts; cosent: CoSENT on labelled pairs;
+    # cross_encoder: a pair classifier (simbert.PairClassifier) on labelled pairs.
+    objective: str = "simbert"
+    cosent_scale: float = 20.0  # CoSENT's lambda
+    keep_generation: bool = False  # cosent: add the seq2seq loss on the similar pairs (label >= data.pair_threshold)
 
 
 @dataclass
@@ -226,11 +238,12 @@ class TrainConfig:
 
     CHOICES: ClassVar[dict] = {
         "model.model_type": (None, *MODEL_TYPES),
-        "data.format": ("groups", "pairs"),
+        "data.format": DATA_FORMATS,
         "data.on_error": ("raise", "skip"),
         "training.precision": PRECISIONS,
         "training.jit_compile": (True, False, "auto"),
         "training.distribution": ("auto", "none", "data_parallel"),
+        "training.objective": OBJECTIVES,
     }
     # Numbers checked when the recipe is read, before anything is built (None: unset).
     MINIMUMS: ClassVar[dict] = {
@@ -239,7 +252,8 @@ class TrainConfig:
         "output.save_every": 0, "output.keep": 1,
         "output.log_every": 1, "output.sample_every": 0,
     }
-    POSITIVE: ClassVar[tuple] = ("training.learning_rate", "training.scale", "training.clipnorm")
+    POSITIVE: ClassVar[tuple] = ("training.learning_rate", "training.scale", "training.clipnorm",
+                                 "training.cosent_scale")
     # Numbers that must be finite and at least 0; in [0, 1): probabilities.
     NON_NEGATIVE: ClassVar[tuple] = ("training.weight_decay", "training.seq2seq_weight",
                                      "training.similarity_weight", "training.distillation_weight")
@@ -280,6 +294,7 @@ class TrainConfig:
         if alpha and config.model.model_type == "roformer":
             raise ValueError(f"{source}: model.hierarchical_position is for BERT's learned position table; "
                              f"roformer has none and takes inputs of any length already")
+        _check_objective(config, source)
         if config.training.batch_size % 2 or config.training.batch_size < 2:
             raise ValueError(f"{source}: training.batch_size should be a positive even number "
                              f"(rows come in a->b, b->a pairs), got {config.training.batch_size}")
@@ -298,6 +313,28 @@ class TrainConfig:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+
+def _check_objective(config: TrainConfig, source: str) -> None:
+    """`training.objective` against the data it reads and the options only another objective has."""
+    training, data = config.training, config.data
+    files = data.train if isinstance(data.train, list) else [data.train]
+    if not files or not all(isinstance(path, str) and path for path in files):
+        raise ValueError(f"{source}: data.train should be a file or a non-empty list of files, got {data.train!r}")
+    formats = OBJECTIVE_FORMATS[training.objective]
+    if data.format not in formats:
+        hint = ("labelled_pairs (every row with its label)" if training.objective != "simbert"
+                else "groups or pairs (similar texts)")
+        raise ValueError(f"{source}: training.objective {training.objective} reads data.format {hint}, "
+                         f"got data.format {data.format!r}")
+    only = {"training.keep_generation": ("cosent", training.keep_generation),
+            "training.teacher": ("simbert", training.teacher),
+            "training.similarity_chunk": ("simbert", training.similarity_chunk),
+            "data.mask_source": ("simbert", data.mask_source)}
+    for key, (objective, value) in only.items():
+        if value and training.objective != objective:
+            raise ValueError(f"{source}: {key} is for training.objective {objective}, "
+                             f"not {training.objective}; leave it out")
 
 
 def _matches(value: Any, annotation) -> bool:

@@ -257,15 +257,59 @@ def read_pairs(path: str, on_error: str = "raise", report: ReadReport | None = N
         yield group
 
 
+def training_files(data: DataConfig) -> list[str]:
+    """The files of `data.train` (one path or a list), each checked to exist and be a file."""
+    files = data.train if isinstance(data.train, list) else [data.train]
+    for path in files:
+        if os.path.isdir(path):
+            raise IsADirectoryError(f"data.train {path} is a directory; expected a data file")
+        if not os.path.isfile(path):
+            raise missing_path("data.train", path)
+    return files
+
+
 def read_training_groups(data: DataConfig, report: ReadReport) -> Iterator[list[str]]:
-    """The groups of `data.train` in its `data.format`."""
-    if os.path.isdir(data.train):
-        raise IsADirectoryError(f"data.train {data.train} is a directory; expected a data file")
-    if not os.path.isfile(data.train):
-        raise missing_path("data.train", data.train)
+    """The groups of `data.train`'s files in its `data.format` (groups or pairs), one file
+    after another (a missing file raises here, before the first is read)."""
     if data.format == "groups":
-        return read_groups(data.train, data.on_error, report)
-    return read_pairs(data.train, data.on_error, report, data.pair_threshold)
+        read = functools.partial(read_groups, on_error=data.on_error, report=report)
+    else:
+        read = functools.partial(read_pairs, on_error=data.on_error, report=report, threshold=data.pair_threshold)
+    return itertools.chain.from_iterable(map(read, training_files(data)))
+
+
+@dataclass(frozen=True)
+class LabelledPair:
+    """Two texts and their label (binary or graded), from a labelled pair file."""
+
+    first: str
+    second: str
+    label: float
+
+
+def read_labelled_pairs(path: str, on_error: str = "raise",
+                        report: ReadReport | None = None) -> Iterator[LabelledPair]:
+    """Every row of a pair file (any layout of `read_pair_rows`) with its label; a row
+    without a label, or with an empty text, cannot be read (see `problem_handler`)."""
+    report = report if report is not None else ReadReport()
+    fail = problem_handler(on_error, report)
+    for line, first, second, label in read_pair_rows(path, fail):
+        if label is None or not np.isfinite(label):
+            fail(f"{path}, line {line}: no label; data.format labelled_pairs needs text1, text2 and a "
+                 f"label on every row (got {'none' if label is None else label})")
+            continue
+        first, second = clean_text(first), clean_text(second)
+        if not first or not second:
+            report.skipped_groups += 1
+            continue
+        yield LabelledPair(first, second, label)
+
+
+def read_training_pairs(data: DataConfig, report: ReadReport) -> Iterator[LabelledPair]:
+    """The labelled pairs of `data.train`'s files, one file after another (a missing file
+    raises here)."""
+    read = functools.partial(read_labelled_pairs, on_error=data.on_error, report=report)
+    return itertools.chain.from_iterable(map(read, training_files(data)))
 
 
 def cut_text(text: str, max_chars: int, separators: str = SENTENCE_SEPARATORS) -> str:
@@ -287,6 +331,8 @@ class PairSampler:
     buffer and each draw is uniform over all groups.
     """
 
+    record_name = "group of two or more texts"
+
     def __init__(self, read_group_stream: Callable[[], Iterable[list[str]]], max_chars: int,
                  seed: int = 0, buffer_size: int = 100_000):
         self.read_group_stream = read_group_stream
@@ -307,7 +353,7 @@ class PairSampler:
                 yield buffer[index]
                 buffer[index] = group
             if empty and not buffer:
-                raise DataError("the training data holds no usable group of two or more texts")
+                raise DataError(f"the training data holds no usable {self.record_name}")
             for _ in range(len(buffer)):  # a full pass over the buffer, then refill
                 yield buffer[self.rng.randrange(len(buffer))]
 
@@ -316,6 +362,20 @@ class PairSampler:
             group = list(group)
             self.rng.shuffle(group)
             yield cut_text(group[0], self.max_chars), cut_text(group[1], self.max_chars)
+
+
+class LabelledPairSampler(PairSampler):
+    """`PairSampler` over labelled pairs (`read_labelled_pairs`): an endless seeded stream
+    of `LabelledPair`s, their texts cut to `max_chars`, the two texts in a random order."""
+
+    record_name = "labelled pair"
+
+    def __iter__(self) -> Iterator[LabelledPair]:
+        for pair in self._groups():
+            first, second = cut_text(pair.first, self.max_chars), cut_text(pair.second, self.max_chars)
+            if self.rng.random() < 0.5:
+                first, second = second, first
+            yield LabelledPair(first, second, pair.label)
 
 
 class SourceMasker:
@@ -434,6 +494,32 @@ def make_batch(pairs: Sequence[tuple[str, str]], tokenizer: Tokenizer, max_token
     return (token_ids, segment_ids, positions), targets
 
 
+def make_labelled_batch(pairs: Sequence[LabelledPair], tokenizer: Tokenizer, max_tokens: int,
+                        keep_generation: bool = False, threshold: float = 1.0, buckets: ShapeBuckets | None = None):
+    """Model inputs and targets for a CoSENT batch of labelled pairs.
+
+    Rows 2k and 2k+1 hold pair k's texts, so that each row's pooled `[CLS]` is the
+    text's `encode` vector; targets `{"cosent": the pair's label on both rows}` (float32).
+    Without `keep_generation`: rows `[CLS] a [SEP]` and `[CLS] b [SEP]`, inputs
+    `(token_ids, segment_ids)`. With it: `make_batch`'s UniLM rows `a -> b` and `b -> a`
+    (under the UniLM mask `[CLS]` sees only the source, so its vector is still the
+    text's alone), inputs `(token_ids, segment_ids, positions)` and the seq2seq targets
+    weighted only on the pairs labelled at least `threshold` (similar ones).
+    """
+    labels = np.repeat(np.array([pair.label for pair in pairs], "float32"), 2)
+    if keep_generation:
+        inputs, targets = make_batch([(pair.first, pair.second) for pair in pairs], tokenizer, max_tokens,
+                                     buckets=buckets)
+        targets["seq2seq"][labels < threshold, :, 1] = 0
+        return inputs, {"seq2seq": targets["seq2seq"], "cosent": labels}
+    rows = [tokenizer.encode(text, maxlen=max_tokens)[0] for pair in pairs for text in (pair.first, pair.second)]
+    length = max(map(len, rows))
+    if buckets is not None:
+        length = buckets.length(length)
+    token_ids = keras.utils.pad_sequences(rows, maxlen=length, dtype="int32", padding="post")
+    return (token_ids, np.zeros_like(token_ids)), {"cosent": labels}
+
+
 def build_training_batch(numbered_pairs: tuple[int, list[tuple[str, str]]], tokenizer: Tokenizer,
                          max_tokens: int, mask_seed: int | None, buckets: ShapeBuckets | None):
     """`make_batch` of step k's pairs `(k, pairs)`; with `mask_seed`, the sources are
@@ -475,19 +561,34 @@ def training_batches(read_group_stream: Callable[[], Iterable[list[str]]], token
         yield inputs, targets
 
 
-def batch_dataset(make_batches: Callable[[], Iterator], with_distillation: bool):
+def labelled_training_batches(read_pair_stream: Callable[[], Iterable[LabelledPair]], tokenizer: Tokenizer,
+                              data: DataConfig, batch_size: int, seed: int, start_step: int = 0,
+                              keep_generation: bool = False, buckets: ShapeBuckets | None = None, workers: int = 0):
+    """Endless CoSENT batches of `batch_size // 2` labelled pairs (`make_labelled_batch`),
+    sampled by `LabelledPairSampler`; like `training_batches`, the stream after
+    `start_step` steps is that of an uninterrupted run with the same `seed`."""
+    pairs_per_batch = batch_size // 2
+    pairs = iter(LabelledPairSampler(read_pair_stream, data.max_chars, seed, data.shuffle_buffer))
+    for _ in range(start_step * pairs_per_batch):
+        next(pairs)
+    batches = ([next(pairs) for _ in range(pairs_per_batch)] for _ in itertools.count(start_step))
+    build = functools.partial(make_labelled_batch, tokenizer=tokenizer, max_tokens=data.max_tokens,
+                              keep_generation=keep_generation, threshold=data.pair_threshold, buckets=buckets)
+    yield from ordered_map(build, batches, workers)
+
+
+def batch_dataset(make_batches: Callable[[], Iterator], first_batch):
     """The batches of `make_batches()` as a tf.data pipeline for `fit` on TensorFlow, with
-    every length dimension declared variable (Keras would otherwise guess fixed sizes from
-    the first two batches) and tf.data's autotuning off: with it on, the iterator's
-    teardown at the end of `fit` sometimes waited seconds for the autotuning thread, and
-    throughput is the same without it (docs/benchmarks.md, "Figures behind the code")."""
+    the structure and dtypes of `first_batch` and every dimension but the rank declared
+    variable (Keras would otherwise guess fixed sizes from the first two batches), and
+    tf.data's autotuning off: with it on, the iterator's teardown at the end of `fit`
+    sometimes waited seconds for the autotuning thread, and throughput is the same
+    without it (docs/benchmarks.md, "Figures behind the code")."""
     import tensorflow as tf
 
-    ids = tf.TensorSpec((None, None), tf.int32)
-    targets = {"seq2seq": tf.TensorSpec((None, None, 2), tf.int32), "similarity": tf.TensorSpec((None,), tf.int32)}
-    if with_distillation:
-        targets["distillation"] = tf.TensorSpec((None, None), tf.float32)
-    dataset = tf.data.Dataset.from_generator(make_batches, output_signature=((ids, ids, ids), targets))
+    signature = tf.nest.map_structure(lambda array: tf.TensorSpec((None,) * np.ndim(array), np.asarray(array).dtype),
+                                      first_batch)
+    dataset = tf.data.Dataset.from_generator(make_batches, output_signature=signature)
     options = tf.data.Options()
     options.autotune.enabled = False
     return dataset.with_options(options)

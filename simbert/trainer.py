@@ -36,8 +36,10 @@ from simbert.data import (
     ReadReport,
     batch_dataset,
     build_char_vocab,
+    labelled_training_batches,
     negatives_per_row,
     read_training_groups,
+    read_training_pairs,
     training_batches,
 )
 from simbert.directories import (
@@ -115,7 +117,8 @@ class FitResult:
 # Recipe fields a resumed run must share with the checkpoint's: the model, and what
 # decides the batch stream.
 RESUME_FIELDS = ("model.model_type", "model.pretrained", "model.config", "model.vocab", "model.simplify_vocab",
-                 "model.hierarchical_position", "training.batch_size", "training.seed", "data.max_chars")
+                 "model.hierarchical_position", "training.batch_size", "training.seed", "data.max_chars",
+                 "training.objective", "training.keep_generation")
 
 
 class ResumeMismatch(ValueError):
@@ -145,8 +148,11 @@ def recipe_path(field: str, path: str) -> str:
 
 
 def recipe_value(recipe: dict, dotted: str):
+    """The recipe's value of `section.name`; a field the recipe lacks (written before the
+    field existed) has its default."""
     section, name = dotted.split(".")
-    return recipe.get(section, {}).get(name)
+    default = getattr(getattr(TrainConfig(), section), name)
+    return recipe.get(section, {}).get(name, default)
 
 
 class Trainer:
@@ -295,12 +301,25 @@ class Trainer:
     def __exit__(self, kind, error, traceback) -> None:
         self.close()
 
+    @property
+    def reads_labelled_pairs(self) -> bool:
+        """Whether the objective trains on labelled pairs (cosent, cross_encoder), not groups."""
+        return self.config.training.objective != "simbert"
+
     def read_groups(self):
-        """The training groups, read afresh (a new pass over the file). Skipped records
-        are counted in `self.report` during the first full pass only, so each is counted once."""
+        """The training records, read afresh (a new pass over the files): groups of similar
+        texts, or `LabelledPair`s for an objective that reads labelled pairs. Skipped
+        records are counted in `self.report` during the first full pass only, so each is
+        counted once."""
         report = self.report if not self._report_complete else ReadReport()
         self._report_complete = True
+        if self.reads_labelled_pairs:
+            return read_training_pairs(self.config.data, report)
         return read_training_groups(self.config.data, report)
+
+    def _record_texts(self, record) -> list[str]:
+        """The texts of a record of `read_groups`."""
+        return [record.first, record.second] if self.reads_labelled_pairs else list(record)
 
     def check_data(self) -> None:
         """Read the training file before building anything: a missing file, a directory, an
@@ -316,13 +335,14 @@ class Trainer:
         first = next(groups, None)
         if first is None:
             reasons = "; ".join(self.report.reasons[:3]) or "no records"
-            raise DataError(f"data.train {self.config.data.train} holds no group of two or more distinct texts "
+            usable = ("labelled pair" if self.reads_labelled_pairs else "group of two or more distinct texts")
+            raise DataError(f"data.train {self.config.data.train} holds no {usable} "
                             f"({self.report.skipped_records} records skipped, {self.report.skipped_groups} groups "
                             f"with < 2 distinct texts; {reasons})")
         self.data_characters = None
         if whole:
-            self.data_characters = build_char_vocab(text for group in itertools.chain([first], groups)
-                                                    for text in group)
+            self.data_characters = build_char_vocab(text for record in itertools.chain([first], groups)
+                                                    for text in self._record_texts(record))
         self._report_complete = whole
 
     def _check_model_recipe(self) -> None:
@@ -436,6 +456,12 @@ class Trainer:
         """This process's rows of every global batch from `start_step` on (every process
         builds the same global batch, so lengths agree), its negatives recorded by step."""
         data, training = self.config.data, self.config.training
+        if self.reads_labelled_pairs:
+            batches = labelled_training_batches(self.read_groups, self.tokenizer, data, training.batch_size,
+                                                training.seed, start_step, training.keep_generation, self.buckets,
+                                                self.workers)
+            yield from (self.layout.local_part(batch) for batch in batches)
+            return
         batches = training_batches(self.read_groups, self.tokenizer, data, training.batch_size, training.seed,
                                    start_step, self._teacher_similarities if self.teacher is not None else None,
                                    self.buckets, self.workers)
@@ -454,7 +480,15 @@ class Trainer:
         one, else a generator (Keras takes generators, not any iterator)."""
         if not self.platform.feeds_tf_data:
             return (batch for batch in batches)
-        return batch_dataset(lambda: batches, with_distillation=self.teacher is not None)
+        first = next(batches)
+        return batch_dataset(lambda: itertools.chain([first], batches), first)
+
+    def _only_loss(self) -> tuple[str, float] | None:
+        """`(name, weight)` of the training model's loss when it has one (see `ProgressLogger`)."""
+        weights = self.training_model.output_loss_weights
+        if len(weights) != 1:
+            return None
+        return next(iter(weights.items()))
 
     # ------------------------------------------------------------ checkpoints
     def _state_variables(self) -> list:
@@ -521,7 +555,8 @@ class Trainer:
         logger.info("%s", self.layout.describe())
         progress = ProgressLogger(self.run.metrics_path if writes else None, start_step, total,
                                   self.config.training.batch_size, output.log_every, self.stop_event,
-                                  learning_rate_schedule(self.config.training), self.negatives_at)
+                                  learning_rate_schedule(self.config.training), self.negatives_at,
+                                  self._only_loss())
         callbacks = [progress,
                      CheckpointSaver(self.save_checkpoint, start_step, total, output.save_every, self.stop_event),
                      *([LossCurve(self.run.metrics_path, self.run.loss_plot_path)] if writes else []),
@@ -530,7 +565,8 @@ class Trainer:
             logger.warning("output.sample_every: samples are not printed in a multi-process run (every process "
                            "would have to generate them together)")
         elif output.sample_every:
-            texts = output.sample_texts or [group[0] for _, group in zip(range(3), self.read_groups())]
+            texts = output.sample_texts or [self._record_texts(record)[0] for _, record in zip(range(3),
+                                                                                            self.read_groups())]
             sampler = SimBERT(self.backbone, self.tokenizer, max_tokens=self.config.data.max_tokens)
             callbacks.append(SamplePrinter(sampler, texts, output.sample_every, start_step))
         callbacks = DispatchAhead(callbacks, self.training_model, verbose=0, epochs=1, steps=total - start_step)

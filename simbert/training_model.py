@@ -10,7 +10,7 @@ import keras
 from simbert.cached_step import cached_step, uses_cached_step
 from simbert.config import TrainingConfig
 from simbert.kernels import Platform
-from simbert.losses import DistillationLoss, Seq2SeqLoss, SimilarityLoss
+from simbert.losses import CoSENTLoss, DistillationLoss, Seq2SeqLoss, SimilarityLoss
 from simbert.models import Transformer
 from simbert.optimizers import AdamW
 
@@ -74,36 +74,54 @@ class CachedTrainingModel(TrainingModel):
 
 def build_training_model(backbone: Transformer, training: TrainingConfig, platform: Platform,
                          devices: int = 1) -> keras.Model:
-    """The compiled model `fit` trains: inputs `(token_ids, segment_ids, target_positions)`,
-    outputs `seq2seq` (MLM logits at the target positions only, about half of them),
-    `similarity` (pooled [CLS]) and, with a teacher, `distillation` (pooled again);
-    losses weighted as configured; AdamW without decay on LayerNorm and bias.
+    """The compiled model `fit` trains, by `training.objective`.
+
+    simbert: inputs `(token_ids, segment_ids, target_positions)`, outputs `seq2seq` (MLM
+    logits at the target positions only, about half of them), `similarity` (pooled
+    [CLS]) and, with a teacher, `distillation` (pooled again). cosent: output `cosent`
+    (pooled [CLS]) of inputs `(token_ids, segment_ids)`, or with `keep_generation` the
+    simbert inputs and `seq2seq` output beside it. Losses weighted as configured (the
+    CoSENT loss by `similarity_weight`); AdamW without decay on LayerNorm and bias.
 
     With `training.similarity_chunk` below the `batch_size / devices` rows a device holds
     (`devices`: those the batch is sharded over), a `CachedTrainingModel`."""
     token_ids, segment_ids = backbone.inputs
-    positions = keras.Input(shape=(None,), dtype="int32", name="target_positions")
-    # Only [CLS] (pooled) and the target positions (MLM) leave the last layer.
-    cls_and_targets = keras.ops.concatenate([keras.ops.zeros_like(positions[:, :1]), positions], axis=1)
-    sequence = backbone.sequence_output(token_ids, segment_ids, output_positions=cls_and_targets)
-    pooled = backbone.pool(sequence)
-    logits = backbone.mlm_logits(sequence[:, 1:])
-    outputs = {"seq2seq": logits, "similarity": pooled}
     written = backbone.kernels.written_cross_entropy
-    losses = {"seq2seq": Seq2SeqLoss(written),
-              "similarity": SimilarityLoss(training.scale, training.mask_duplicates, written)}
-    weights = {"seq2seq": training.seq2seq_weight, "similarity": training.similarity_weight}
+    inputs, outputs, losses, weights = [token_ids, segment_ids], {}, {}, {}
+    generates = training.objective == "simbert" or training.keep_generation
+    if generates:
+        positions = keras.Input(shape=(None,), dtype="int32", name="target_positions")
+        inputs.append(positions)
+        # Only [CLS] (pooled) and the target positions (MLM) leave the last layer.
+        cls_and_targets = keras.ops.concatenate([keras.ops.zeros_like(positions[:, :1]), positions], axis=1)
+        sequence = backbone.sequence_output(token_ids, segment_ids, output_positions=cls_and_targets)
+        outputs["seq2seq"] = backbone.mlm_logits(sequence[:, 1:])
+        losses["seq2seq"] = Seq2SeqLoss(written)
+        weights["seq2seq"] = training.seq2seq_weight
+    else:  # only [CLS] leaves the last layer
+        sequence = backbone.sequence_output(token_ids, segment_ids,
+                                            output_positions=keras.ops.zeros_like(token_ids[:, :1]))
+    pooled = backbone.pool(sequence)
+    if training.objective == "cosent":
+        outputs["cosent"] = pooled
+        losses["cosent"] = CoSENTLoss(training.cosent_scale)
+        weights["cosent"] = training.similarity_weight
+    else:
+        outputs["similarity"] = pooled
+        losses["similarity"] = SimilarityLoss(training.scale, training.mask_duplicates, written)
+        weights["similarity"] = training.similarity_weight
     if training.teacher:
         outputs["distillation"] = pooled
         losses["distillation"] = DistillationLoss()
         weights["distillation"] = training.distillation_weight
-    inputs = [token_ids, segment_ids, positions]
-    cached = uses_cached_step(training.similarity_chunk, training.batch_size, devices)
+    cached = training.objective == "simbert" and uses_cached_step(training.similarity_chunk, training.batch_size,
+                                                                   devices)
     if cached:
         model = CachedTrainingModel(inputs, outputs, losses, weights, training.similarity_chunk, devices, platform,
                                     name="simbert_training")
     else:
         model = TrainingModel(inputs, outputs, name="simbert_training")
+    model.output_loss_weights = weights  # what each output's loss weighs in `loss`
     learning_rate = learning_rate_schedule(training)
     # A fixed name, so that the optimizer's variable paths (the training-state keys) are
     # the same in every process.
