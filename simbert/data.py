@@ -280,17 +280,20 @@ def read_training_groups(data: DataConfig, report: ReadReport) -> Iterator[list[
 
 @dataclass(frozen=True)
 class LabelledPair:
-    """Two texts and their label (binary or graded), from a labelled pair file."""
+    """Two texts and their label (binary or graded), from a labelled pair file; `source`
+    numbers the file among the recipe's (labels are compared only within one file)."""
 
     first: str
     second: str
     label: float
+    source: int = 0
 
 
-def read_labelled_pairs(path: str, on_error: str = "raise",
-                        report: ReadReport | None = None) -> Iterator[LabelledPair]:
-    """Every row of a pair file (any layout of `read_pair_rows`) with its label; a row
-    without a label, or with an empty text, cannot be read (see `problem_handler`)."""
+def read_labelled_pairs(path: str, on_error: str = "raise", report: ReadReport | None = None,
+                        source: int = 0) -> Iterator[LabelledPair]:
+    """Every row of a pair file (any layout of `read_pair_rows`) with its label, numbered
+    `source`; a row without a label cannot be read (see `problem_handler`), one with an
+    empty text is counted in `report.skipped_groups`."""
     report = report if report is not None else ReadReport()
     fail = problem_handler(on_error, report)
     for line, first, second, label in read_pair_rows(path, fail):
@@ -302,14 +305,14 @@ def read_labelled_pairs(path: str, on_error: str = "raise",
         if not first or not second:
             report.skipped_groups += 1
             continue
-        yield LabelledPair(first, second, label)
+        yield LabelledPair(first, second, label, source)
 
 
 def read_training_pairs(data: DataConfig, report: ReadReport) -> Iterator[LabelledPair]:
     """The labelled pairs of `data.train`'s files, one file after another (a missing file
     raises here)."""
-    read = functools.partial(read_labelled_pairs, on_error=data.on_error, report=report)
-    return itertools.chain.from_iterable(map(read, training_files(data)))
+    return itertools.chain.from_iterable(read_labelled_pairs(path, data.on_error, report, source)
+                                         for source, path in enumerate(training_files(data)))
 
 
 def cut_text(text: str, max_chars: int, separators: str = SENTENCE_SEPARATORS) -> str:
@@ -375,7 +378,7 @@ class LabelledPairSampler(PairSampler):
             first, second = cut_text(pair.first, self.max_chars), cut_text(pair.second, self.max_chars)
             if self.rng.random() < 0.5:
                 first, second = second, first
-            yield LabelledPair(first, second, pair.label)
+            yield LabelledPair(first, second, pair.label, pair.source)
 
 
 class SourceMasker:
@@ -499,18 +502,19 @@ def make_labelled_batch(pairs: Sequence[LabelledPair], tokenizer: Tokenizer, max
     """Model inputs and targets for a CoSENT batch of labelled pairs.
 
     Rows 2k and 2k+1 hold pair k's texts, so that each row's pooled `[CLS]` is the
-    text's `encode` vector; targets `{"cosent": the pair's label on both rows}` (float32).
+    text's `encode` vector; targets `{"cosent": (rows, 2)}` float32, the pair's label and
+    source file number on both of its rows (see `CoSENTLoss`).
     Without `keep_generation`: rows `[CLS] a [SEP]` and `[CLS] b [SEP]`, inputs
     `(token_ids, segment_ids)`. With it: `make_batch`'s UniLM rows `a -> b` and `b -> a`
     (under the UniLM mask `[CLS]` sees only the source, so its vector is still the
     text's alone), inputs `(token_ids, segment_ids, positions)` and the seq2seq targets
     weighted only on the pairs labelled at least `threshold` (similar ones).
     """
-    labels = np.repeat(np.array([pair.label for pair in pairs], "float32"), 2)
+    labels = np.repeat(np.array([(pair.label, pair.source) for pair in pairs], "float32"), 2, axis=0)
     if keep_generation:
         inputs, targets = make_batch([(pair.first, pair.second) for pair in pairs], tokenizer, max_tokens,
                                      buckets=buckets)
-        targets["seq2seq"][labels < threshold, :, 1] = 0
+        targets["seq2seq"][labels[:, 0] < threshold, :, 1] = 0
         return inputs, {"seq2seq": targets["seq2seq"], "cosent": labels}
     rows = [tokenizer.encode(text, maxlen=max_tokens)[0] for pair in pairs for text in (pair.first, pair.second)]
     length = max(map(len, rows))

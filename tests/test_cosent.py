@@ -14,13 +14,15 @@ from simbert.data import DataError, LabelledPair, make_labelled_batch, read_labe
 from simbert.losses import CoSENTLoss
 
 
-def cosent_numpy(vectors, labels, scale):
-    """The CoSENT formula, pair by pair, in float64."""
+def cosent_numpy(vectors, labels, scale, sources=None):
+    """The CoSENT formula, pair by pair, in float64 (pairs of different `sources` not compared)."""
     v = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
     cosines = (v[0::2] * v[1::2]).sum(1)
     pair_labels = labels[0::2]
+    pair_sources = np.zeros(len(cosines)) if sources is None else sources[0::2]
     terms = [scale * (cosines[low] - cosines[high])
-             for high, low in itertools.product(range(len(cosines)), repeat=2) if pair_labels[high] > pair_labels[low]]
+             for high, low in itertools.product(range(len(cosines)), repeat=2)
+             if pair_labels[high] > pair_labels[low] and pair_sources[high] == pair_sources[low]]
     return float(np.log1p(np.exp(np.array(terms)).sum())) if terms else 0.0
 
 
@@ -36,6 +38,24 @@ def test_cosent_loss_matches_numpy(labels, scale):
     expected = cosent_numpy(vectors.astype("float64"), row_labels, scale)
     assert expected > 0
     assert abs(float(CoSENTLoss(scale)(row_labels, vectors)) - expected) < 1e-4 * max(1.0, expected)
+
+
+def test_cosent_loss_compares_pairs_of_one_source_only():
+    rng = np.random.default_rng(5)
+    vectors = rng.normal(size=(12, 7)).astype("float32")
+    labels = np.repeat(np.array([1, 0, 4.5, 2, 0, 5], "float32"), 2)
+    sources = np.repeat(np.array([0, 0, 1, 1, 0, 1], "float32"), 2)
+    expected = cosent_numpy(vectors.astype("float64"), labels, 20.0, sources)
+    loss = float(CoSENTLoss()(np.stack([labels, sources], 1), vectors))
+    assert abs(loss - expected) < 1e-4 * max(1.0, expected)
+    # A source-1 pair labelled 5 with cosine -1 below a source-0 pair labelled 1 with cosine 1:
+    # about 40 if compared, 0 as they are not.
+    base = rng.normal(size=(1, 7))
+    crossed = np.concatenate([base, base, base, -base]).astype("float32")
+    assert float(CoSENTLoss()(np.array([[1, 0], [1, 0], [5, 1], [5, 1]], "float32"), crossed)) == 0.0
+    assert float(CoSENTLoss()(np.array([1, 1, 5, 5], "float32"), crossed)) == pytest.approx(40.0, rel=1e-5)
+    # One label per source: nothing to compare.
+    assert float(CoSENTLoss()(np.stack([sources, sources], 1), vectors)) == 0.0
 
 
 def test_cosent_loss_of_one_label_is_zero_and_orders_cosines():
@@ -96,13 +116,13 @@ def test_a_cosent_batch_holds_each_texts_encode_vector(tmp_path):
         training = cosent_config(tmp_path / "run", "x.tsv", 1, keep_generation=keep_generation).training
         trainer_model = build_training_model(model.backbone, training, Platform.current())
         inputs, targets = make_labelled_batch(pairs, model.tokenizer, 24, keep_generation)
-        assert list(targets["cosent"]) == [0, 0, 1, 1, 2, 2, 0, 0]
+        assert targets["cosent"].tolist() == [[label, 0] for label in (0, 0, 1, 1, 2, 2, 0, 0)]
         pooled = np.asarray(trainer_model.predict_on_batch(inputs)["cosent"])
         vectors = pooled / np.linalg.norm(pooled, axis=1, keepdims=True)
         np.testing.assert_allclose(vectors, expected, atol=1e-5)
         if keep_generation:  # seq2seq targets only on the similar pairs (label >= 1)
             weights = targets["seq2seq"][..., 1].sum(1)
-            similar = targets["cosent"] >= 1
+            similar = targets["cosent"][:, 0] >= 1
             assert not weights[~similar].any() and (weights[similar] > 0).all()
 
 
