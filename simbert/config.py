@@ -170,7 +170,8 @@ class DataConfig:
     format: str = "groups"
     max_chars: int = 32  # characters a text keeps (cut at punctuation first)
     on_error: str = "raise"  # raise | skip
-    pair_threshold: float = 1.0  # pairs: a label below this is not a similar pair
+    # pairs (and keep_generation's targets): a label below this is not a similar pair; a list: one per file
+    pair_threshold: float | list = 1.0
     shuffle_buffer: int = 100_000  # groups held in memory for shuffling a streamed file
     mask_source: bool = False  # RoFormer-Sim whole-word masking of the source (p = 0.5)
     # Batch lengths and target widths rounded up to multiples; None: 16 when the step is
@@ -216,7 +217,8 @@ class TrainingConfig:
     # cross_encoder: a pair classifier (simbert.PairClassifier) on labelled pairs.
     objective: str = "simbert"
     cosent_scale: float = 20.0  # CoSENT's lambda
-    keep_generation: bool = False  # cosent: add the seq2seq loss on the similar pairs (label >= data.pair_threshold)
+    # cosent: add the seq2seq loss on the similar pairs (label >= data.pair_threshold), both directions
+    keep_generation: bool = False
 
 
 @dataclass
@@ -321,6 +323,11 @@ def _check_objective(config: TrainConfig, source: str) -> None:
     files = data.train if isinstance(data.train, list) else [data.train]
     if not files or not all(isinstance(path, str) and path for path in files):
         raise ValueError(f"{source}: data.train should be a file or a non-empty list of files, got {data.train!r}")
+    thresholds = data.pair_threshold
+    if isinstance(thresholds, list) and (len(thresholds) != len(files) or not all(
+            isinstance(value, (int, float)) and not isinstance(value, bool) for value in thresholds)):
+        raise ValueError(f"{source}: data.pair_threshold should be a number, or a list of one number per file of "
+                         f"data.train ({len(files)}), got {thresholds!r}")
     formats = OBJECTIVE_FORMATS[training.objective]
     if data.format not in formats:
         hint = ("labelled_pairs (every row with its label)" if training.objective != "simbert"

@@ -268,14 +268,22 @@ def training_files(data: DataConfig) -> list[str]:
     return files
 
 
+def pair_thresholds(data: DataConfig) -> list[float]:
+    """`data.pair_threshold` for each file of `data.train` (one number for all, or a list
+    of one per file)."""
+    files = data.train if isinstance(data.train, list) else [data.train]
+    thresholds = data.pair_threshold
+    return [float(value) for value in thresholds] if isinstance(thresholds, list) else [thresholds] * len(files)
+
+
 def read_training_groups(data: DataConfig, report: ReadReport) -> Iterator[list[str]]:
     """The groups of `data.train`'s files in its `data.format` (groups or pairs), one file
     after another (a missing file raises here, before the first is read)."""
+    files = training_files(data)
     if data.format == "groups":
-        read = functools.partial(read_groups, on_error=data.on_error, report=report)
-    else:
-        read = functools.partial(read_pairs, on_error=data.on_error, report=report, threshold=data.pair_threshold)
-    return itertools.chain.from_iterable(map(read, training_files(data)))
+        return itertools.chain.from_iterable(read_groups(path, data.on_error, report) for path in files)
+    return itertools.chain.from_iterable(read_pairs(path, data.on_error, report, threshold)
+                                         for path, threshold in zip(files, pair_thresholds(data)))
 
 
 @dataclass(frozen=True)
@@ -498,7 +506,8 @@ def make_batch(pairs: Sequence[tuple[str, str]], tokenizer: Tokenizer, max_token
 
 
 def make_labelled_batch(pairs: Sequence[LabelledPair], tokenizer: Tokenizer, max_tokens: int,
-                        keep_generation: bool = False, threshold: float = 1.0, buckets: ShapeBuckets | None = None):
+                        keep_generation: bool = False, thresholds: Sequence[float] = (1.0,),
+                        buckets: ShapeBuckets | None = None):
     """Model inputs and targets for a CoSENT batch of labelled pairs.
 
     Rows 2k and 2k+1 hold pair k's texts, so that each row's pooled `[CLS]` is the
@@ -508,13 +517,14 @@ def make_labelled_batch(pairs: Sequence[LabelledPair], tokenizer: Tokenizer, max
     `(token_ids, segment_ids)`. With it: `make_batch`'s UniLM rows `a -> b` and `b -> a`
     (under the UniLM mask `[CLS]` sees only the source, so its vector is still the
     text's alone), inputs `(token_ids, segment_ids, positions)` and the seq2seq targets
-    weighted only on the pairs labelled at least `threshold` (similar ones).
+    weighted only on the similar pairs: labelled at least `thresholds[source]`.
     """
     labels = np.repeat(np.array([(pair.label, pair.source) for pair in pairs], "float32"), 2, axis=0)
     if keep_generation:
         inputs, targets = make_batch([(pair.first, pair.second) for pair in pairs], tokenizer, max_tokens,
                                      buckets=buckets)
-        targets["seq2seq"][labels[:, 0] < threshold, :, 1] = 0
+        similar = labels[:, 0] >= np.asarray(thresholds, "float32")[labels[:, 1].astype(int)]
+        targets["seq2seq"][~similar, :, 1] = 0
         return inputs, {"seq2seq": targets["seq2seq"], "cosent": labels}
     rows = [tokenizer.encode(text, maxlen=max_tokens)[0] for pair in pairs for text in (pair.first, pair.second)]
     length = max(map(len, rows))
@@ -577,7 +587,7 @@ def labelled_training_batches(read_pair_stream: Callable[[], Iterable[LabelledPa
         next(pairs)
     batches = ([next(pairs) for _ in range(pairs_per_batch)] for _ in itertools.count(start_step))
     build = functools.partial(make_labelled_batch, tokenizer=tokenizer, max_tokens=data.max_tokens,
-                              keep_generation=keep_generation, threshold=data.pair_threshold, buckets=buckets)
+                              keep_generation=keep_generation, thresholds=pair_thresholds(data), buckets=buckets)
     yield from ordered_map(build, batches, workers)
 
 

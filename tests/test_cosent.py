@@ -187,3 +187,21 @@ def test_a_row_without_a_label_names_its_line(tmp_path):
     with pytest.raises(DataError, match=r"pairs\.tsv, line 2: no label"):
         list(read_labelled_pairs(str(path)))
     assert [pair.label for pair in read_labelled_pairs(str(path), on_error="skip")] == [1.0]
+
+
+def test_keep_generation_targets_follow_each_files_threshold(tmp_path):
+    """A binary file (similar at 1) and a graded one (similar at 4) in one recipe."""
+    from simbert.data import pair_thresholds
+    from simbert.tokenizer import Tokenizer
+
+    config = cosent_config(tmp_path, ["binary.tsv", "graded.tsv"], 1, keep_generation=True)
+    config.data.pair_threshold = [1, 4]
+    assert pair_thresholds(config.data) == [1.0, 4.0]
+    tokenizer = Tokenizer({token: i for i, token in enumerate(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "a", "b"])})
+    pairs = [LabelledPair("a", "b", label, source) for label, source in ((1, 0), (0, 0), (3, 1), (4.5, 1))]
+    _, targets = make_labelled_batch(pairs, tokenizer, 8, True, pair_thresholds(config.data))
+    assert targets["seq2seq"][..., 1].sum(1).tolist() == [2, 2, 0, 0, 0, 0, 2, 2]
+    recipe = {"data": {"format": "labelled_pairs", "train": ["a.tsv", "b.tsv"], "pair_threshold": [1]},
+              "training": {"objective": "cosent"}}
+    with pytest.raises(ValueError, match=r"data\.pair_threshold should be a number, or a list of one number per file"):
+        TrainConfig.from_dict(recipe, "r.yaml")
