@@ -1,11 +1,29 @@
 """Shared fixtures: a tiny model trained once and shared by the API, CLI and evaluation
-tests; two random models of one width; a random model written in the released layout."""
+tests; two random models of one width; a random model written in the released layout.
+The session's directory of bert4keras outputs (helpers.run_reference)."""
 
 import os
+import shutil
+import tempfile
 
 import pytest
 
-from helpers import ROOT, TINY_CONFIG, write_model_dir
+from helpers import REFERENCE_CACHE, ROOT, TINY_CONFIG, write_model_dir
+
+
+def pytest_configure(config):
+    """One directory of bert4keras outputs for the whole session: set here, in the
+    process that starts the run, before pytest-xdist starts its workers, which inherit
+    the variable (and pass it on to the JAX rerun); removed when that process ends."""
+    if REFERENCE_CACHE not in os.environ:
+        os.environ[REFERENCE_CACHE] = config.simbert_reference_cache = tempfile.mkdtemp(prefix="simbert-bert4keras-")
+
+
+def pytest_unconfigure(config):
+    directory = getattr(config, "simbert_reference_cache", None)
+    if directory is not None:
+        shutil.rmtree(directory, ignore_errors=True)
+        os.environ.pop(REFERENCE_CACHE, None)
 
 
 @pytest.fixture(scope="session")

@@ -1,8 +1,12 @@
 """Test helpers: tiny random checkpoints in the released format, padded batches,
-gradients on whichever backend the tests run, short training recipes, and the `simbert`
-command run in a subprocess."""
+gradients on whichever backend the tests run, short training recipes, the `simbert`
+command run in a subprocess, and bert4keras' outputs shared by the processes of a test
+session."""
 
 import contextlib
+import fcntl
+import glob
+import hashlib
 import json
 import os
 import signal
@@ -12,11 +16,15 @@ import sys
 import keras
 import numpy as np
 
+from reference.invoke import RUNNER, run_bert4keras
 from simbert.checkpoints import write_tf_checkpoint
 from simbert.config import TrainConfig
 from simbert.directories import checkpoint_dirs
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# The directory (set by conftest.py for a whole test session: its workers and the JAX
+# rerun of test_jax_backend.py) where `run_reference` keeps bert4keras' outputs.
+REFERENCE_CACHE = "SIMBERT_TEST_REFERENCE_CACHE"
 
 # Odd sizes on purpose: 3 heads of 6, a vocabulary and FFN width that are not powers of 2.
 TINY_CONFIG = {
@@ -210,3 +218,60 @@ def child_processes() -> list[int]:
             if b"resource_tracker" not in command:
                 children.append(int(entry))
     return children
+
+
+def _digest_of_files(paths) -> str:
+    digest = hashlib.sha256()
+    for path in sorted(paths):
+        digest.update(os.path.basename(path).encode() + b"\0")
+        with open(path, "rb") as reader:
+            digest.update(hashlib.sha256(reader.read()).digest())
+    return digest.hexdigest()
+
+
+def _reference_key(job: dict) -> str:
+    """What a bert4keras job's output depends on: its fields but the output path, each
+    path replaced by the contents of the file(s) it names (a checkpoint prefix: its
+    files), and the runner's code."""
+    fields = {}
+    for name, value in sorted(job.items()):
+        if name == "output":
+            continue
+        if isinstance(value, str) and os.path.isfile(value):
+            value = {"file": _digest_of_files([value])}
+        elif isinstance(value, str) and os.path.isabs(value) and glob.glob(glob.escape(value) + ".*"):
+            value = {"files": _digest_of_files(glob.glob(glob.escape(value) + ".*"))}
+        fields[name] = value
+    with open(RUNNER, "rb") as reader:
+        runner = hashlib.sha256(reader.read()).hexdigest()
+    return hashlib.sha256(json.dumps([runner, fields], sort_keys=True).encode()).hexdigest()
+
+
+def run_reference(jobs: list[dict], workdir: str) -> None:
+    """`reference.invoke.run_bert4keras(jobs, workdir)`, but a job that a process of this
+    test session already ran on files of the same contents (another worker, or the outer
+    run for the JAX rerun; bert4keras runs on TensorFlow either way) has its output copied
+    from the session's cache ($SIMBERT_TEST_REFERENCE_CACHE); the others run in one
+    subprocess as before and are added to it. A process that needs a job another is
+    running waits for it (a lock file per job)."""
+    cache = os.environ.get(REFERENCE_CACHE)
+    if not cache or not os.path.isdir(cache):
+        run_bert4keras(jobs, workdir)
+        return
+    keyed = sorted(((_reference_key(job), job) for job in jobs), key=lambda pair: pair[0])
+    with contextlib.ExitStack() as locks:
+        for key in sorted({key for key, _ in keyed}):  # one order in every process: no deadlock
+            lock = locks.enter_context(open(os.path.join(cache, key + ".lock"), "w"))
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        missing = [job for key, job in keyed if not os.path.exists(os.path.join(cache, key))]
+        if missing:
+            run_bert4keras(missing, workdir)
+        for key, job in keyed:
+            stored = os.path.join(cache, key)
+            if job in missing:
+                with open(job["output"], "rb") as reader, open(stored + ".part", "wb") as writer:
+                    writer.write(reader.read())
+                os.replace(stored + ".part", stored)
+            else:
+                with open(stored, "rb") as reader, open(job["output"], "wb") as writer:
+                    writer.write(reader.read())

@@ -5,8 +5,7 @@ import itertools
 import numpy as np
 import pytest
 
-from helpers import TINY_CONFIG, padded_batch, write_model_dir
-from reference.invoke import run_bert4keras
+from helpers import TINY_CONFIG, padded_batch, run_reference, write_model_dir
 from simbert import build_transformer_model
 from simbert.directories import save_pretrained
 
@@ -64,7 +63,7 @@ def reference(session_dir):
                      "with_pool": "linear", "with_mlm": "linear", "keep_tokens": None, "hierarchical_position": alpha,
                      "inputs": str(workdir / "hierarchical.inputs.npz"),
                      "output": str(workdir / f"hierarchical_{alpha}.npz")})
-    run_bert4keras(jobs, str(workdir))
+    run_reference(jobs, str(workdir))
     return workdir, ours_written
 
 

@@ -6,8 +6,7 @@ import keras
 import numpy as np
 import pytest
 
-from helpers import TINY_CONFIG, random_bert_values
-from reference.invoke import run_bert4keras
+from helpers import TINY_CONFIG, random_bert_values, run_reference
 from simbert import Transformer, build_transformer_model
 from simbert.checkpoints import write_tf_checkpoint
 from simbert.config import BackboneConfig
@@ -92,7 +91,7 @@ def bert4keras_decodes(model_dirs, tmp_path_factory):
              "checkpoint": f"{model_dirs[m]}/bert_model.ckpt", "model": m, "end_id": END_ID,
              "maxlen": MAXLEN, "beam_size": 3, "sources": SOURCES, "output": str(workdir / f"{m}.json")}
             for m in MODELS]
-    run_bert4keras(jobs, str(workdir))
+    run_reference(jobs, str(workdir))
     return {m: json.loads((workdir / f"{m}.json").read_text()) for m in MODELS}
 
 
