@@ -72,15 +72,15 @@ def argument_type(check: Callable, name: str, convert: Callable = int, **bounds)
     return parse
 
 
-def existing_path(what: str, directory: bool = False) -> Callable[[str], str]:
+def existing_path(what: str, directory: bool | None = False) -> Callable[[str], str]:
     """An argparse `type`: the path as given, if it exists and is a directory (when
-    `directory`) or a file; else an error naming `what`."""
+    `directory`) or a file (either, when `directory` is None); else an error naming `what`."""
     import argparse
 
     def parse(text: str) -> str:
         if not os.path.exists(text):
             raise argparse.ArgumentTypeError(str(missing_path(what, text)))
-        if os.path.isdir(text) != directory:
+        if directory is not None and os.path.isdir(text) != directory:
             expected, found = ("a directory", "a file") if directory else ("a file", "a directory")
             raise argparse.ArgumentTypeError(f"{what} {text} is {found}; expected {expected}")
         return text

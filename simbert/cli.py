@@ -10,6 +10,8 @@ imported inside the commands, so `--help` and argument errors answer at once.
     simbert index MODEL_DIR --input corpus.txt --output INDEX_DIR [--append | --shard I/N] [--distribution auto]
     simbert index --output INDEX_DIR --merge PART_DIR...
     simbert search INDEX_DIR MODEL_DIR "query" [--topn 10] [--strict]
+    simbert mine MODEL_DIR --input FILE --corpus CORPUS --output mined.jsonl [--per-example 1] [--skip-top 3]
+                 [--max-score 0.95]
     simbert eval MODEL_DIR FILE... [--threshold 0.9] [--output JSON] [--plot DIR]
                  [--whiten CORPUS --dim 256] [--baseline jaccard]
     simbert convert MODEL_DIR --to bert4keras|safetensors
@@ -329,6 +331,27 @@ def _search(args) -> int:
     return 0
 
 
+def _mine(args) -> int:
+    start_backend()
+    from simbert.atomic_files import write_atomically
+    from simbert.mining import MiningReport, corpus_index, mine_negatives, read_records
+
+    count = sum(1 for _ in read_records(args.input, args.format))  # a first pass: a bad record fails now
+    if not count:
+        raise ValueError(f"{args.input} holds no record of two or more distinct texts")
+    model = _load_model(args)
+    index = corpus_index(model, args.corpus, args.batch_size, progress=True)
+    report = MiningReport()
+    mined = mine_negatives(model, read_records(args.input, args.format), index, per_example=args.per_example,
+                           skip_top=args.skip_top, max_score=args.max_score, batch_size=args.batch_size,
+                           report=report, progress=True, total=count)
+    write_atomically(args.output, lambda writer: writer.writelines(
+        json.dumps(record, ensure_ascii=False) + "\n" for record in mined))
+    short = f"; {report.short} got fewer than {args.per_example}" if report.short else ""
+    print(f"wrote {report.records} records with {report.negatives} mined negatives to {args.output}{short}")
+    return 0
+
+
 def _eval(args) -> int:
     import os
 
@@ -513,6 +536,24 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("query")
     add_count(search, "--topn", default=10)
     search.add_argument("--strict", action="store_true", help="refuse an index built by another model (default: warn)")
+
+    mine = model_command("mine", "hard negatives for training data: corpus texts close to each record's first "
+                                 "text but not its texts, written as groups JSONL with \"negatives\"", _mine)
+    add_model_directory(mine)
+    mine.add_argument("--input", required=True, type=existing_path("input file"),
+                      help="training data: SimBERT groups JSONL, or a pair file (its similar pairs)")
+    mine.add_argument("--format", choices=["groups", "pairs"], help="of --input (default: detected)")
+    mine.add_argument("--corpus", required=True, type=existing_path("corpus", directory=None),
+                      help="texts to mine, one a line (searched exactly), or an index directory of this model "
+                           "(simbert index)")
+    mine.add_argument("--output", required=True, type=output_path("output file"),
+                      help="groups JSONL to write: {\"text\", \"synonyms\", \"negatives\"} a record")
+    add_count(mine, "--per-example", default=1, help="negatives to mine a record (default 1)")
+    add_count(mine, "--skip-top", default=3, minimum=0,
+              help="results passed over at the top of each ranking, likely unlisted paraphrases (default 3)")
+    mine.add_argument("--max-score", type=argument_type(check_probability, "--max-score", float), default=0.95,
+                      help="leave out candidates of this cosine or more, likely paraphrases (default 0.95)")
+    add_count(mine, "--batch-size", default=64)
 
     evaluate = model_command("eval", "Spearman/Pearson/accuracy/F1 on labelled pair files", _eval)
     add_model_directory(evaluate)

@@ -179,6 +179,9 @@ class DataConfig:
     length_step: int | None = None
     # Processes building batches ahead; None: cpu_count // 4 (at most 8); 0: in the training process.
     workers: int | None = None
+    # groups: each pair's mined negatives ("negatives", `simbert mine`) added to its batch as extra
+    # similarity columns, this many a pair (a batch whose groups have none is unchanged); 0: ignore them.
+    negatives_per_pair: int = 1
 
     @property
     def max_tokens(self) -> int:
@@ -250,6 +253,7 @@ class TrainConfig:
     # Numbers checked when the recipe is read, before anything is built (None: unset).
     MINIMUMS: ClassVar[dict] = {
         "data.max_chars": 1, "data.shuffle_buffer": 1, "data.length_step": 1, "data.workers": 0,
+        "data.negatives_per_pair": 0,
         "training.steps": 1, "training.warmup_steps": 0, "training.similarity_chunk": 1,
         "output.save_every": 0, "output.keep": 1,
         "output.log_every": 1, "output.sample_every": 0,

@@ -3,8 +3,9 @@ masking and batching.
 
 Flow: file -> `read_groups` / `read_pairs` (records of similar texts, streamed; pair files
 through the one pair reader `read_pair_rows`, which evaluation uses too) -> `PairSampler`
-(seeded: pick a group, shuffle it, take two, cut to `max_chars`) -> `make_batch` (rows
-`a -> b`, `b -> a` adjacent, padded to the longest row) -> `training_batches`.
+(seeded: pick a group, shuffle it, take two, cut to `max_chars`; with the group's mined
+negatives) -> `make_batch` (rows `a -> b`, `b -> a` adjacent, then any mined negatives'
+rows, padded to the longest row) -> `training_batches`.
 """
 
 from __future__ import annotations
@@ -113,8 +114,22 @@ def read_json_records(path: str, fail: Callable[[str], None], max_lines_per_reco
         fail(f"{path}, line {start}: record is not closed at the end of the file")
 
 
-def read_groups(path: str, on_error: str = "raise", report: ReadReport | None = None) -> Iterator[list[str]]:
-    """SimBERT groups `{"text": str, "synonyms": [str, ...]}` as lists of distinct texts.
+class Group(list):
+    """A group of similar texts (a list of distinct texts, the record's `text` first) and
+    `negatives`, the record's mined negatives (texts not similar to any of them; a tuple,
+    often empty)."""
+
+    __slots__ = ("negatives",)
+
+    def __init__(self, texts: Iterable[str] = (), negatives: Iterable[str] = ()):
+        super().__init__(texts)
+        self.negatives = tuple(negatives)
+
+
+def read_groups(path: str, on_error: str = "raise", report: ReadReport | None = None) -> Iterator[Group]:
+    """SimBERT groups `{"text": str, "synonyms": [str, ...], "negatives": [str, ...]}` as
+    `Group`s: lists of distinct texts, with the record's `negatives` (optional; mined by
+    `simbert mine`) cleaned and deduplicated, those equal to a text of the group left out.
 
     Groups with fewer than two distinct non-empty texts are skipped and counted.
     """
@@ -127,11 +142,16 @@ def read_groups(path: str, on_error: str = "raise", report: ReadReport | None = 
             fail(f"{path}, line {line}: expected fields \"text\" (string) and \"synonyms\" "
                  f"(list of strings), got keys {sorted(record)}")
             continue
+        negatives = record.get("negatives", [])
+        if not isinstance(negatives, list) or not all(isinstance(n, str) for n in negatives):
+            fail(f"{path}, line {line}: expected field \"negatives\" to be a list of strings, got "
+                 f"{json.dumps(negatives, ensure_ascii=False)[:80]}")
+            continue
         group = list(dict.fromkeys(t for t in map(clean_text, [text, *synonyms]) if t))
         if len(group) < 2:
             report.skipped_groups += 1
             continue
-        yield group
+        yield Group(group, (n for n in dict.fromkeys(map(clean_text, negatives)) if n and n not in group))
 
 
 def detect_pair_format(path: str, fail: Callable[[str], None] | None = None) -> str:
@@ -340,16 +360,22 @@ class PairSampler:
     Groups are streamed from `read_group_stream()` through a shuffle buffer of
     `buffer_size` groups, so files larger than memory work; small files fit whole in the
     buffer and each draw is uniform over all groups.
+
+    With `negatives_per_pair` (k > 0) each item is `(a, b, negatives)`: up to k of the
+    group's mined negatives (`Group.negatives`; k drawn at random when it has more), cut
+    too. They are drawn from a generator of their own, so the pairs are those of k = 0.
     """
 
     record_name = "group of two or more texts"
 
     def __init__(self, read_group_stream: Callable[[], Iterable[list[str]]], max_chars: int,
-                 seed: int = 0, buffer_size: int = 100_000):
+                 seed: int = 0, buffer_size: int = 100_000, negatives_per_pair: int = 0):
         self.read_group_stream = read_group_stream
         self.max_chars = max_chars
         self.buffer_size = buffer_size
         self.rng = random.Random(seed)
+        self.negatives_per_pair = negatives_per_pair
+        self.negatives_rng = random.Random(f"{seed}/negatives")
 
     def _groups(self) -> Iterator[list[str]]:
         buffer: list[list[str]] = []
@@ -368,11 +394,18 @@ class PairSampler:
             for _ in range(len(buffer)):  # a full pass over the buffer, then refill
                 yield buffer[self.rng.randrange(len(buffer))]
 
-    def __iter__(self) -> Iterator[tuple[str, str]]:
+    def __iter__(self) -> Iterator[tuple[str, str] | tuple[str, str, tuple[str, ...]]]:
         for group in self._groups():
-            group = list(group)
-            self.rng.shuffle(group)
-            yield cut_text(group[0], self.max_chars), cut_text(group[1], self.max_chars)
+            texts = list(group)
+            self.rng.shuffle(texts)
+            pair = cut_text(texts[0], self.max_chars), cut_text(texts[1], self.max_chars)
+            if not self.negatives_per_pair:
+                yield pair
+                continue
+            negatives = getattr(group, "negatives", ())
+            if len(negatives) > self.negatives_per_pair:
+                negatives = self.negatives_rng.sample(negatives, self.negatives_per_pair)
+            yield *pair, tuple(cut_text(text, self.max_chars) for text in negatives)
 
 
 class LabelledPairSampler(PairSampler):
@@ -430,18 +463,24 @@ def source_text_ids(rows: Sequence[Sequence[int]]) -> np.ndarray:
 
 
 def negatives_per_row(text_ids: np.ndarray, mask_duplicates: bool = True) -> float:
-    """The mean number of negatives a row of the batch sees in the similarity softmax:
-    every other row but its partner (`rows - 2`), less, with `mask_duplicates`, the rows
-    whose source text equals its partner's (`SimilarityLoss` masks them)."""
+    """The mean number of negatives a pair row of the batch sees in the similarity
+    softmax: every other pair row but its partner (`rows - 2`), less, with
+    `mask_duplicates`, the rows whose source text equals its partner's (`SimilarityLoss`
+    masks them), plus the columns of the mined rows (`text_ids` below 0, see
+    `make_batch`): their distinct texts that no pair row holds."""
+    text_ids = np.asarray(text_ids)
+    mined = -1 - text_ids[text_ids < 0]
+    text_ids = text_ids[text_ids >= 0]
+    mined_columns = len(np.setdiff1d(mined, text_ids))
     rows = len(text_ids)
     if not mask_duplicates:
-        return float(rows - 2)
+        return float(rows - 2 + mined_columns)
     # Row i loses the other rows holding its partner's text: that text's count, less the
     # partner itself and less row i if it holds the same text (O(rows), no rows x rows matrix).
     _, inverse, counts = np.unique(text_ids, return_inverse=True, return_counts=True)
     partners = np.arange(rows) ^ 1
     masked = counts[inverse[partners]] - 1 - (text_ids == text_ids[partners])
-    return float(rows - 2 - masked.mean())
+    return float(rows - 2 - masked.mean() + mined_columns)
 
 
 def target_positions(token_ids: np.ndarray, segment_ids: np.ndarray,
@@ -469,7 +508,8 @@ def target_positions(token_ids: np.ndarray, segment_ids: np.ndarray,
 
 
 def make_batch(pairs: Sequence[tuple[str, str]], tokenizer: Tokenizer, max_tokens: int,
-               mask_source: Callable[[str], list[int] | None] | None = None, buckets: ShapeBuckets | None = None):
+               mask_source: Callable[[str], list[int] | None] | None = None, buckets: ShapeBuckets | None = None,
+               negatives_per_pair: int = 1):
     """Model inputs and loss targets for a batch of pairs.
 
     Each pair (a, b) gives rows `[CLS] a [SEP] b [SEP]` and `[CLS] b [SEP] a [SEP]` at
@@ -482,9 +522,19 @@ def make_batch(pairs: Sequence[tuple[str, str]], tokenizer: Tokenizer, max_token
     replaces the row's source only when its length matches (word-by-word tokenization
     can differ at word joins). With `buckets`, the length and the target width are
     rounded up to bucket lengths (a bounded set of shapes for compiled steps).
+
+    Mined negatives: a pair may be `(a, b, negatives)` (`PairSampler`). When a pair of
+    the batch has one, the 2P pair rows are followed by P k mined rows, k =
+    `negatives_per_pair`: row `2P + p k + j` is `[CLS] negative_j [SEP]` of pair p
+    (segment 0, no seq2seq target), and a slot pair p has no negative for repeats row
+    0's source. Their similarity targets are `-1 - text id` (ids shared with the pair
+    rows'), so `SimilarityLoss` takes them as columns only; a mined row whose text an
+    earlier row holds (the repeats among them) is masked there. A batch without
+    negatives is exactly what it was without them: 2P rows.
     """
     rows, segments, sources = [], [], []
-    for a, b in pairs:
+    for pair in pairs:
+        a, b = pair[0], pair[1]
         for source, target in ((a, b), (b, a)):
             ids, segs = tokenizer.encode(source, target, maxlen=max_tokens)
             source_length = segs.index(1) if 1 in segs else len(segs)
@@ -495,14 +545,28 @@ def make_batch(pairs: Sequence[tuple[str, str]], tokenizer: Tokenizer, max_token
                     ids = masked + ids[source_length:]
             rows.append(ids)
             segments.append(segs)
+    negatives = [list(pair[2])[:negatives_per_pair] if len(pair) > 2 else [] for pair in pairs]
+    mined = []
+    if negatives_per_pair > 0 and any(negatives):
+        mined = [tokenizer.encode(texts[j], maxlen=max_tokens)[0] if j < len(texts) else sources[0]
+                 for texts in negatives for j in range(negatives_per_pair)]
+    rows += mined
+    segments += [[0] * len(ids) for ids in mined]
     length = max(map(len, rows))
     if buckets is not None:
         length = buckets.length(length)
     token_ids = keras.utils.pad_sequences(rows, maxlen=length, dtype="int32", padding="post")
     segment_ids = keras.utils.pad_sequences(segments, maxlen=length, dtype="int32", padding="post")
     positions, seq2seq_targets = target_positions(token_ids, segment_ids, buckets)
-    targets = {"seq2seq": seq2seq_targets, "similarity": source_text_ids(sources)}
+    text_ids = source_text_ids(sources + mined)
+    text_ids[len(sources):] = -1 - text_ids[len(sources):]
+    targets = {"seq2seq": seq2seq_targets, "similarity": text_ids}
     return (token_ids, segment_ids, positions), targets
+
+
+def has_mined_rows(similarity_targets: np.ndarray) -> bool:
+    """Whether a batch of `make_batch` holds mined-negative rows (targets below 0)."""
+    return bool((np.asarray(similarity_targets) < 0).any())
 
 
 def make_labelled_batch(pairs: Sequence[LabelledPair], tokenizer: Tokenizer, max_tokens: int,
@@ -535,7 +599,8 @@ def make_labelled_batch(pairs: Sequence[LabelledPair], tokenizer: Tokenizer, max
 
 
 def build_training_batch(numbered_pairs: tuple[int, list[tuple[str, str]]], tokenizer: Tokenizer,
-                         max_tokens: int, mask_seed: int | None, buckets: ShapeBuckets | None):
+                         max_tokens: int, mask_seed: int | None, buckets: ShapeBuckets | None,
+                         negatives_per_pair: int = 1):
     """`make_batch` of step k's pairs `(k, pairs)`; with `mask_seed`, the sources are
     masked (`SourceMasker`) from a generator seeded with `mask_seed` and k, so that the
     batch depends on k alone, whichever process builds it."""
@@ -543,7 +608,7 @@ def build_training_batch(numbered_pairs: tuple[int, list[tuple[str, str]]], toke
     mask_source = None
     if mask_seed is not None:
         mask_source = functools.partial(SourceMasker(tokenizer), rng=random.Random(mask_seed * 1_000_003 + step))
-    return make_batch(pairs, tokenizer, max_tokens, mask_source, buckets)
+    return make_batch(pairs, tokenizer, max_tokens, mask_source, buckets, negatives_per_pair)
 
 
 def training_batches(read_group_stream: Callable[[], Iterable[list[str]]], tokenizer: Tokenizer,
@@ -555,10 +620,11 @@ def training_batches(read_group_stream: Callable[[], Iterable[list[str]]], token
     uninterrupted run with the same `seed`, and the same for any number of `workers`
     (processes that tokenize and pad ahead, `simbert.workers.ordered_map`; the pairs are
     sampled here). `teacher_similarities(texts)`, when given, is the teacher's cosine
-    matrix of the rows' sources, the distillation target. Close the generator to stop
-    the workers."""
+    matrix of the pair rows' sources, the distillation target. With
+    `data.negatives_per_pair`, a batch whose groups hold mined negatives has mined rows
+    after the pair rows (`make_batch`). Close the generator to stop the workers."""
     pairs_per_batch = batch_size // 2
-    pairs = iter(PairSampler(read_group_stream, data.max_chars, seed, data.shuffle_buffer))
+    pairs = iter(PairSampler(read_group_stream, data.max_chars, seed, data.shuffle_buffer, data.negatives_per_pair))
     for _ in range(start_step * pairs_per_batch):
         next(pairs)
     if data.mask_source:
@@ -567,11 +633,12 @@ def training_batches(read_group_stream: Callable[[], Iterable[list[str]]], token
     if teacher_similarities is not None:
         numbered, with_teacher = itertools.tee(numbered)
     build = functools.partial(build_training_batch, tokenizer=tokenizer, max_tokens=data.max_tokens,
-                              mask_seed=seed if data.mask_source else None, buckets=buckets)
+                              mask_seed=seed if data.mask_source else None, buckets=buckets,
+                              negatives_per_pair=data.negatives_per_pair)
     for inputs, targets in ordered_map(build, numbered, workers):
         if teacher_similarities is not None:
             _, batch_pairs = next(with_teacher)
-            targets["distillation"] = teacher_similarities([text for pair in batch_pairs for text in pair])
+            targets["distillation"] = teacher_similarities([text for pair in batch_pairs for text in pair[:2]])
         yield inputs, targets
 
 

@@ -96,6 +96,13 @@ class SimilarityLoss(keras.losses.Loss):
 
     With `mask_duplicates`, columns j != partner(i) whose text equals the partner's text
     are also set to -inf: they are the same sentence, not negatives.
+
+    Mined negatives (`simbert.data.make_batch`): rows whose y_true is below 0 come after
+    the pair rows and hold a mined negative of text id `-1 - y_true`. They are columns
+    only: the mean runs over the pair rows (y_true >= 0), each of whose softmax spans its
+    partner, the other pair rows and every mined row; a mined row whose text an earlier
+    row holds (a pair row's source, the partner's among them, or an earlier mined row)
+    is masked in every row. Without such rows this is the loss above.
     """
 
     def __init__(self, scale: float = 30.0, mask_duplicates: bool = True, written_gradient: bool = True,
@@ -110,13 +117,21 @@ class SimilarityLoss(keras.losses.Loss):
         batch = ops.shape(vectors)[0]
         partners = partner_indices(batch)
         columns = ops.arange(batch)
+        codes = ops.cast(y_true, "int32")
+        queries = ops.greater_equal(codes, 0)  # the pair rows; mined rows (below 0) are columns only
+        text_ids = ops.where(queries, codes, -1 - codes)
         masked = ops.equal(columns[None, :], columns[:, None])
         if self.mask_duplicates:
-            text_ids = ops.cast(y_true, "int32")
             same_as_partner = ops.equal(ops.take(text_ids, partners)[:, None], text_ids[None, :])
             masked = ops.logical_or(masked, ops.logical_and(same_as_partner, columns[None, :] != partners[:, None]))
+        # (k, j): row k before row j holds j's text. A mined row repeating an earlier text is no column.
+        repeats = ops.logical_and(ops.equal(text_ids[:, None], text_ids[None, :]), columns[:, None] < columns[None, :])
+        repeated = ops.logical_and(ops.logical_not(queries), ops.any(repeats, axis=0))
+        masked = ops.logical_or(masked, repeated[None, :])
         logits = ops.where(masked, NEGATIVE_INFINITY, self.scale * ops.matmul(vectors, ops.transpose(vectors)))
-        return ops.mean(cross_entropy(logits, ops.cast(partners, "int32"), self.written_gradient))
+        row_losses = cross_entropy(logits, ops.cast(partners, "int32"), self.written_gradient)
+        weights = ops.cast(queries, "float32")
+        return ops.sum(row_losses * weights) / ops.maximum(ops.sum(weights), 1.0)
 
     def get_config(self):
         return {**super().get_config(), "scale": self.scale, "mask_duplicates": self.mask_duplicates,
@@ -129,13 +144,14 @@ class DistillationLoss(keras.losses.Loss):
 
     y_true: the teacher's `(batch, batch)` cosine matrix; y_pred: the student's pooled
     vectors. `loss = mean((v v^T - S_teacher)^2)` with l2-normalised `v`; weight it 100.
+    Rows of y_pred past the teacher's (mined negatives after the pair rows) are left out.
     """
 
     def __init__(self, name="distillation", **kwargs):
         super().__init__(name=name, **kwargs)
 
     def call(self, y_true, y_pred):
-        vectors = unit_rows(y_pred)
+        vectors = unit_rows(y_pred)[: ops.shape(y_true)[0]]
         similarities = ops.matmul(vectors, ops.transpose(vectors))
         return ops.mean(ops.square(similarities - ops.cast(y_true, "float32")))
 

@@ -21,7 +21,7 @@ import keras
 import numpy as np
 
 from simbert.api import SimBERT
-from simbert.cached_step import check_similarity_chunk
+from simbert.cached_step import check_similarity_chunk, uses_cached_step
 from simbert.callbacks import CheckpointSaver, DispatchAhead, LossCurve, ProgressLogger, SamplePrinter
 from simbert.checkpoints import (
     assign_training_state,
@@ -36,6 +36,7 @@ from simbert.data import (
     ReadReport,
     batch_dataset,
     build_char_vocab,
+    has_mined_rows,
     labelled_training_batches,
     negatives_per_row,
     read_training_groups,
@@ -231,6 +232,7 @@ class Trainer:
         self.buckets = batch_buckets(config.data, compiles_step(training.jit_compile, self.platform))
         self.workers = default_workers() if config.data.workers is None else config.data.workers
         self._negatives = {}  # step -> mean negatives a row of its batch saw
+        self._mined_rows = False  # whether a batch held mined negatives (more rows: other shapes)
 
     @property
     def lock(self) -> RunLock:
@@ -318,8 +320,10 @@ class Trainer:
         return read_training_groups(self.config.data, report)
 
     def _record_texts(self, record) -> list[str]:
-        """The texts of a record of `read_groups`."""
-        return [record.first, record.second] if self.reads_labelled_pairs else list(record)
+        """The texts of a record of `read_groups` (a group's mined negatives too)."""
+        if self.reads_labelled_pairs:
+            return [record.first, record.second]
+        return [*record, *getattr(record, "negatives", ())]  # a vocabulary built from the data covers them
 
     def check_data(self) -> None:
         """Read the training file before building anything: a missing file, a directory, an
@@ -339,6 +343,8 @@ class Trainer:
             raise DataError(f"data.train {self.config.data.train} holds no {usable} "
                             f"({self.report.skipped_records} records skipped, {self.report.skipped_groups} groups "
                             f"with < 2 distinct texts; {reasons})")
+        if getattr(first, "negatives", ()) and self.config.data.negatives_per_pair:
+            self._check_mined_negatives()  # now, not at the first batch, when the first group has them
         self.data_characters = None
         if whole:
             self.data_characters = build_char_vocab(text for record in itertools.chain([first], groups)
@@ -467,6 +473,9 @@ class Trainer:
                                    self.buckets, self.workers)
         for step, batch in enumerate(batches, start_step + 1):
             self._negatives[step] = negatives_per_row(batch[1]["similarity"], training.mask_duplicates)
+            if has_mined_rows(batch[1]["similarity"]):
+                self._check_mined_negatives()
+                self._mined_rows = True
             yield self.layout.local_part(batch)
 
     def negatives_at(self, step: int) -> float | None:
@@ -474,6 +483,23 @@ class Trainer:
         for old in [key for key in list(self._negatives) if key < step]:  # list(): the batch thread adds keys
             self._negatives.pop(old, None)
         return self._negatives.get(step)
+
+    def _check_mined_negatives(self) -> None:
+        """Mined negatives (a group's "negatives") add rows after the pairs' rows of a
+        batch, which only the plain step on one device takes: refuse the cached step and
+        a batch split over devices or processes, naming the recipe fields."""
+        training, devices = self.config.training, len(self.layout.devices)
+        use = (f"data.train {self.config.data.train} holds mined negatives (\"negatives\"), whose rows follow the "
+               f"pair rows of a batch")
+        if uses_cached_step(training.similarity_chunk, training.batch_size, devices):
+            raise ValueError(f"{use}; training.similarity_chunk {training.similarity_chunk} (the cached step) does "
+                             f"not take them: leave training.similarity_chunk out, or set data.negatives_per_pair: 0 "
+                             f"to train without them")
+        if devices > 1 or self.layout.processes > 1:
+            raise ValueError(f"{use}; a batch split over {devices} devices in {self.layout.processes} process(es) "
+                             f"(training.distribution {training.distribution}) does not take them: set "
+                             f"training.distribution: none, or data.negatives_per_pair: 0 to train without them")
+
 
     def _fit_input(self, batches):
         """The batches as `fit` takes them: a tf.data pipeline where the platform feeds
@@ -584,6 +610,8 @@ class Trainer:
                     time.perf_counter() - started, self.workers)
         programs = self.training_model.step_traces - traces_before
         shapes = self.buckets.training_shapes() if self.training_model.jit_compile else None
+        if shapes is not None and self._mined_rows:  # batches with mined negatives have more rows
+            shapes *= 2
         if shapes is None:
             logger.info("traced the training step %d time(s) (one graph for any batch shape)", programs)
         else:

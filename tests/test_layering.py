@@ -21,7 +21,7 @@ LAYERS = [
     {"directories", "data", "losses", "optimizers", "cached_step", "generation", "gibbs", "retrieval"},
     {"evaluation", "export", "index_parts", "training_model"},
     {"api"},
-    {"callbacks", "server"},
+    {"callbacks", "mining", "server"},
     {"trainer"},
     {"cli"},
 ]
