@@ -17,6 +17,7 @@ written as a TF checkpoint that both sides load). Start: `[CLS]` + 14 `[MASK]` +
 """
 
 import argparse
+import contextlib
 import json
 import time
 from importlib import metadata
@@ -31,26 +32,39 @@ START = [CLS_ID] + [MASK_ID] * LENGTH + [SEP_ID]
 STEPS = {1: (100, 20), 100: (10, 2)}
 
 
-def child_ours(directory: str, n: int, steps: int, repeats: int) -> dict:
-    """In a fresh process, after the imports (as the anchor's figures): load, the first
-    `sample` call, the median of later ones."""
-    import numpy as np
-
+def load_sampler(directory: str):
+    """The `GibbsSampler` of a model directory (its tokenizer's [MASK] and special tokens)."""
     from simbert.directories import load_pretrained
     from simbert.gibbs import GibbsSampler
 
-    start = time.perf_counter()
     tokenizer, backbone = load_pretrained(directory)
-    sampler = GibbsSampler.from_tokenizer(backbone, tokenizer)
-    loaded = time.perf_counter()
-    sampler.sample(START, n=n, steps=steps, burn_in=0, seed=0)
-    first = time.perf_counter()
+    return GibbsSampler.from_tokenizer(backbone, tokenizer)
+
+
+def time_sampler(sampler, n: int, steps: int, repeats: int, around_first=contextlib.nullcontext) -> dict:
+    """The first `sample` call of n chains from `START` (`steps` steps each; inside
+    `around_first()`) and the median of `repeats` later ones, in seconds."""
+    import numpy as np
+
+    began = time.perf_counter()
+    with around_first():
+        sampler.sample(START, n=n, steps=steps, burn_in=0, seed=0)
+    first = time.perf_counter() - began
     steady = []
     for seed in range(1, repeats + 1):
         began = time.perf_counter()
         sampler.sample(START, n=n, steps=steps, burn_in=0, seed=seed)
         steady.append(time.perf_counter() - began)
-    return {"load_s": loaded - start, "first_s": first - loaded, "steady_s": float(np.median(steady)),
+    return {"first_s": first, "steady_s": float(np.median(steady))}
+
+
+def child_ours(directory: str, n: int, steps: int, repeats: int) -> dict:
+    """In a fresh process, after the imports (as the anchor's figures): load, the first
+    `sample` call, the median of later ones."""
+    start = time.perf_counter()
+    sampler = load_sampler(directory)
+    loaded = time.perf_counter()
+    return {"load_s": loaded - start, **time_sampler(sampler, n, steps, repeats),
             "programs": sampler.compiled_programs}
 
 

@@ -1,7 +1,7 @@
 """One-GPU benchmark, ours (Keras 3 on JAX) against PyTorch, both in the same run.
 
     KERAS_BACKEND=jax python -m benchmarks.gpu --data DATA_DIR --work WORK_DIR [--small]
-        [--sections train,fit,encode,generate]
+        [--sections train,fit,encode,generate,gibbs,long_texts]
 
 DATA_DIR holds afqmc/train.txt and vocab/chinese_bert_vocab.txt (as ../shared/data).
 Each section is a module (its docstring says what it measures); results as JSON lines in
@@ -19,8 +19,16 @@ kernel A/B says (`benchmarks.gpu_targets`):
 - generate (`benchmarks.gpu_generate`): `gen_synonyms(n=100, k=20)`, first call in fresh
   processes and steady state, against the original algorithm in torch bf16; the
   sampler's kernel choices.
+- gibbs (`benchmarks.gpu_gibbs`): `GibbsSampler`, 1 and 100 chains, first call in a fresh
+  process and steady ms a step, against a PyTorch loop of bert4keras' Gibbs example
+  (`BertForMaskedLM`, one full forward a step) on the same weights.
+- long_texts (`benchmarks.gpu_long_texts`): `encode` of one text of 1k / 2k / 4k tokens
+  (hierarchical positions), float32 and mixed_bfloat16, written attention against
+  `keras.ops.dot_product_attention`: ms a call, peak device memory, equal vectors; which
+  path inference keeps on the GPU.
 
-`--small` shrinks every size (L2/H128, batch 16, 400 sentences, n=10) for a CPU dry run.
+`--small` shrinks every size (L2/H128, batch 16, 400 sentences, n=10; long texts of 256 to
+1,024 tokens) for a CPU dry run (the PyTorch sides then run on the CPU).
 This module is the driver: it also runs the sections' fresh processes (`--child NAME`).
 """
 
@@ -31,14 +39,15 @@ import json
 import os
 import sys
 
-from benchmarks import gpu_encode, gpu_fit, gpu_generate, gpu_train
+from benchmarks import gpu_encode, gpu_fit, gpu_generate, gpu_gibbs, gpu_long_texts, gpu_train
 from benchmarks.common import DATA, ROOT, describe_machine, simplified_vocab
 from benchmarks.gpu_common import record
 from benchmarks.gpu_targets import read_records, report
 
 SECTIONS = {"train": gpu_train.section_train, "fit": gpu_fit.section_fit, "encode": gpu_encode.section_encode,
-            "generate": gpu_generate.section_generate}
-CHILDREN = {**gpu_encode.CHILDREN, **gpu_generate.CHILDREN}
+            "generate": gpu_generate.section_generate, "gibbs": gpu_gibbs.section_gibbs,
+            "long_texts": gpu_long_texts.section_long_texts}
+CHILDREN = {**gpu_encode.CHILDREN, **gpu_generate.CHILDREN, **gpu_gibbs.CHILDREN, **gpu_long_texts.CHILDREN}
 
 
 def main():

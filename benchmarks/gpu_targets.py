@@ -18,6 +18,12 @@ FIT_FRACTION = 0.9  # Trainer.fit samples/s against the pure step's
 ENCODE_SPEEDUP = 3.0  # ours first encode pass against sentence-transformers' first pass
 GENERATE_STEADY_S = 0.060  # gen_synonyms(n=100, k=20), steady
 GENERATE_FIRST_WARM_S = 3.0  # its first call in a fresh process, warm compilation cache
+GIBBS_SPEEDUP = 20.0  # GibbsSampler's steps/s at one chain against the anchor's (issue 30)
+GIBBS_CHAINS_RATIO = 5.0  # a GibbsSampler step of 100 chains against one chain's: below this
+# Largest difference of the long-text vectors (unit length) between the written attention and
+# dot_product_attention, by precision: TF32's rounding (2^-10; JAX's float32 matmuls on a GPU),
+# two units of bfloat16's (2 x 2^-7).
+LONG_TEXT_TOLERANCE = {"float32": 2 ** -10, "mixed_bfloat16": 2 ** -6}
 
 THEIR_STEP = "torch bf16 autocast + compile"
 THEIR_ENCODE = "sentence-transformers bf16, fresh process"
@@ -84,6 +90,39 @@ def target_rows(records: list[dict]) -> list[tuple[str, str, str, str]]:
         if name.endswith(", warm cache"):
             rows.append(row(f"{name}: first call", f"{record['first_s']:.2f} s",
                             f"<= {GENERATE_FIRST_WARM_S:g} s", record["first_s"] <= GENERATE_FIRST_WARM_S))
+    return rows + gibbs_rows(records) + long_text_rows(records)
+
+
+def gibbs_rows(records: list[dict]) -> list[tuple[str, str, str, str]]:
+    """Issue 30's Gibbs targets: one chain against the device's anchor (a PyTorch loop of
+    bert4keras' example, not bert4keras), and 100 chains' step against one chain's."""
+    rows = []
+    gibbs = latest(records, "gibbs").values()
+    ours = {record["chains"]: record for record in gibbs if record["implementation"] == "ours"}
+    anchor = {record["chains"]: record for record in gibbs if record["implementation"] == "anchor"}
+    if 1 in ours and 1 in anchor:
+        speedup = ours[1]["steps_per_second"] / anchor[1]["steps_per_second"]
+        rows.append(row("gibbs, 1 chain: ours against the PyTorch MLM loop (the anchor on the device, not bert4keras)",
+                        f"{ours[1]['steps_per_second']:.0f} against {anchor[1]['steps_per_second']:.0f} steps/s: "
+                        f"{speedup:.1f}x", f">= {GIBBS_SPEEDUP:g}x", speedup >= GIBBS_SPEEDUP))
+    if 1 in ours and 100 in ours:
+        ratio = ours[100]["ms_per_step"] / ours[1]["ms_per_step"]
+        rows.append(row("gibbs, ours: a step of 100 chains against one chain's",
+                        f"{ours[100]['ms_per_step']:.2f} against {ours[1]['ms_per_step']:.2f} ms: {ratio:.1f}x",
+                        f"< {GIBBS_CHAINS_RATIO:g}x", ratio < GIBBS_CHAINS_RATIO))
+    return rows
+
+
+def long_text_rows(records: list[dict]) -> list[tuple[str, str, str, str]]:
+    """For each precision: are dot_product_attention's long-text vectors the written path's?"""
+    rows = []
+    compared = [record for record in latest(records, "long_texts").values() if "max_difference" in record]
+    for precision in dict.fromkeys(record["precision"] for record in compared):
+        worst = max((record for record in compared if record["precision"] == precision),
+                    key=lambda record: record["max_difference"])
+        rows.append(row(f"long texts, {precision}: dot_product_attention's vectors equal the written path's",
+                        f"largest difference {worst['max_difference']:.1e} (at {worst['length']} tokens)",
+                        f"<= {worst['tolerance']:.1e}", worst["max_difference"] <= worst["tolerance"]))
     return rows
 
 
@@ -127,6 +166,35 @@ def kernel_rows(records: list[dict]) -> list[tuple[str, str, str]]:
         rows.append((f"end_check_every, {name}",
                      ", ".join(f"{every}: {seconds:.4f} s" for every, seconds in sorted(checks.items())),
                      f"fastest {best}"))
+    return rows + long_text_kernel_rows(records)
+
+
+def long_text_kernel_rows(records: list[dict]) -> list[tuple[str, str, str]]:
+    """`Kernels.fused_attention` for inference, from the long texts (by precision): keep
+    dot_product_attention where its vectors equal the written path's and it is no slower
+    at every length; its memory beside (and whether it ran cuDNN's fused kernel)."""
+    rows = []
+    measured = list(latest(records, "long_texts").values())
+    failed = {record["name"] for record in records if record.get("section") == "long_texts" and "error" in record}
+    for precision in dict.fromkeys(record["precision"] for record in measured):
+        paths = {fused: {record["length"]: record for record in measured
+                         if record["precision"] == precision and record["fused"] == fused} for fused in (False, True)}
+        written, fused = paths[False], paths[True]
+        if not written:
+            continue
+        name = f"fused_attention, long texts {precision}"
+        if not fused:
+            reason = "failed (see above)" if f"{precision}, dot_product_attention" in failed else "not measured"
+            rows.append((name, f"dot_product_attention {reason}", "keep False"))
+            continue
+        cells = [f"{length}: {written[length]['steady_ms']:.1f} / {fused[length]['steady_ms']:.1f} ms, "
+                 f"{written[length]['memory_mb']:.0f} / {fused[length]['memory_mb']:.0f} MB"
+                 + (", cuDNN" if fused[length].get("cudnn_attention") else "")
+                 for length in sorted(written) if length in fused]
+        keep = all(length in fused and fused[length]["steady_ms"] <= written[length]["steady_ms"]
+                   and fused[length].get("max_difference", float("inf")) <= fused[length].get("tolerance", 0.0)
+                   for length in written)
+        rows.append((name, "written / fused: " + "; ".join(cells), f"keep {keep}"))
     return rows
 
 

@@ -70,22 +70,30 @@ def resident_bytes() -> int:
         return int(reader.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
+def long_text(size: str, length: int) -> str:
+    """One text of `length` tokens with [CLS] and [SEP] (CJK characters of the model's
+    vocabulary, one token each)."""
+    characters = cjk_characters(CONFIGS[size]["vocab_size"])
+    return "".join(characters[i % len(characters)] for i in range(length - 2))
+
+
+def use_fused_attention(model, fused: bool) -> None:
+    """Every block's attention of a `SimBERT` through `keras.ops.dot_product_attention`
+    (`fused`) or the written softmax; set before its first call traces the model."""
+    for block in model.backbone.blocks:
+        block.attention.fused = fused
+
+
 def child(size: str, length: int, fused: bool, directory: str) -> dict:
     """One process: load the model with the attention path asked for, encode one text of
     `length` tokens (first call, then steady), read the memory it took."""
-    import dataclasses
-
     import keras
 
     from simbert.api import SimBERT
-    from simbert.kernels import Platform
 
     model = SimBERT.from_pretrained(directory, max_tokens=length, hierarchical_position=True)
-    kernels = dataclasses.replace(Platform.current().kernels, fused_attention=fused)
-    for block in model.backbone.blocks:
-        block.attention.fused = kernels.fused_attention
-    characters = cjk_characters(CONFIGS[size]["vocab_size"])
-    text = "".join(characters[i % len(characters)] for i in range(length - 2))  # with [CLS], [SEP]: length tokens
+    use_fused_attention(model, fused)
+    text = long_text(size, length)
     started = time.perf_counter()
     with ResidentPeak() as peak:
         vectors = model.encode([text])

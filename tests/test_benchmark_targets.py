@@ -29,6 +29,24 @@ RECORDS = [
      "sampler_s_end_check_every_32": 0.041},
     {"section": "generate", "name": "torch bf16 original algorithm, fresh process", "first_s": 3.0, "steady_s": 0.25},
     {"section": "encode", "error": "RuntimeError: out of memory"},
+    {"section": "gibbs", "name": "ours GibbsSampler float32, 1 chain, fresh process", "implementation": "ours",
+     "chains": 1, "ms_per_step": 0.5, "steps_per_second": 2000.0},
+    {"section": "gibbs", "name": "PyTorch loop, 1 chain, fresh process", "implementation": "anchor", "chains": 1,
+     "ms_per_step": 12.5, "steps_per_second": 80.0},
+    {"section": "gibbs", "name": "ours GibbsSampler float32, 100 chains, fresh process", "implementation": "ours",
+     "chains": 100, "ms_per_step": 3.0, "steps_per_second": 333.3},
+    {"section": "gibbs", "name": "PyTorch loop, 100 chains, fresh process", "implementation": "anchor",
+     "chains": 100, "ms_per_step": 14.0, "steps_per_second": 71.4},
+    *[{"section": "long_texts", "name": f"encode {length} tokens, {precision}, {'fused' if fused else 'written'}",
+       "precision": precision, "fused": fused, "length": length, "steady_ms": ms, "memory_mb": mb,
+       "cudnn_attention": fused and precision != "float32",
+       **({"max_difference": difference, "tolerance": 2 ** -10 if precision == "float32" else 2 ** -6}
+          if fused else {})}
+      for precision, fused, length, ms, mb, difference in (
+          ("float32", False, 1024, 5.0, 310, None), ("float32", False, 4096, 61.0, 3300, None),
+          ("float32", True, 1024, 5.4, 300, 2e-4), ("float32", True, 4096, 60.0, 3200, 3e-3),
+          ("mixed_bfloat16", False, 1024, 3.0, 200, None), ("mixed_bfloat16", False, 4096, 30.0, 1700, None),
+          ("mixed_bfloat16", True, 1024, 2.0, 40, 4e-3), ("mixed_bfloat16", True, 4096, 12.0, 60, 6e-3))],
 ]
 
 
@@ -42,7 +60,14 @@ def test_each_target_is_measured_against_its_threshold():
         "0.90 against 2.96 s: 3.29x", "met")
     assert rows["ours gen_synonyms float32, fresh process, warm cache: steady"] == ("76 ms", "NOT met")
     assert rows["ours gen_synonyms float32, fresh process, warm cache: first call"] == ("1.34 s", "met")
-    assert len(rows) == 6  # the torch generation record is a baseline, not a target
+    assert rows["gibbs, 1 chain: ours against the PyTorch MLM loop (the anchor on the device, not bert4keras)"] == (
+        "2000 against 80 steps/s: 25.0x", "met")
+    assert rows["gibbs, ours: a step of 100 chains against one chain's"] == ("3.00 against 0.50 ms: 6.0x", "NOT met")
+    assert rows["long texts, float32: dot_product_attention's vectors equal the written path's"] == (
+        "largest difference 3.0e-03 (at 4096 tokens)", "NOT met")
+    assert rows["long texts, mixed_bfloat16: dot_product_attention's vectors equal the written path's"] == (
+        "largest difference 6.0e-03 (at 4096 tokens)", "met")
+    assert len(rows) == 10  # the torch generation record is a baseline, not a target
 
 
 def test_each_kernel_ab_says_which_to_keep():
@@ -50,7 +75,21 @@ def test_each_kernel_ab_says_which_to_keep():
     assert rows == {"train step written_gelu": "keep True",
                     "fused_attention, ours float32, fresh process, warm cache": "keep True",
                     "blocked_top_k, ours gen_synonyms float32, fresh process, warm cache": "keep True",
-                    "end_check_every, ours gen_synonyms float32, fresh process, warm cache": "fastest 8"}
+                    "end_check_every, ours gen_synonyms float32, fresh process, warm cache": "fastest 8",
+                    "fused_attention, long texts float32": "keep False",  # slower at 1k, and not equal
+                    "fused_attention, long texts mixed_bfloat16": "keep True"}
+    measured = {choice: text for choice, text, _ in kernel_rows(RECORDS)}
+    assert measured["fused_attention, long texts mixed_bfloat16"] == (
+        "written / fused: 1024: 3.0 / 2.0 ms, 200 / 40 MB, cuDNN; 4096: 30.0 / 12.0 ms, 1700 / 60 MB, cuDNN")
+
+
+def test_a_failed_fused_path_keeps_the_written_attention():
+    written = {"section": "long_texts", "name": "encode 1024 tokens, float32, written softmax",
+               "precision": "float32", "fused": False, "length": 1024, "steady_ms": 5.0, "memory_mb": 300}
+    failed = {"section": "long_texts", "name": "float32, dot_product_attention", "error": "RuntimeError: cuDNN"}
+    assert kernel_rows([written, failed]) == [("fused_attention, long texts float32",
+                                               "dot_product_attention failed (see above)", "keep False")]
+    assert target_rows([written, failed]) == []
 
 
 def test_results_files_read_as_one_report(tmp_path):
