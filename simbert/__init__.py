@@ -13,6 +13,7 @@ _EXPORTS = {
     "SimBERT": "simbert.api",
     "gen_synonyms": "simbert.api",
     "most_similar": "simbert.api",
+    "PairClassifier": "simbert.pair_classifier",
     "BackboneConfig": "simbert.config",
     "TrainConfig": "simbert.config",
     "Transformer": "simbert.models",

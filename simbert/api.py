@@ -30,6 +30,7 @@ from simbert.gibbs import GibbsSampler
 from simbert.index_parts import PART_KEY, CorpusPart
 from simbert.kernels import Platform, check_backend
 from simbert.models import Transformer
+from simbert.pair_classifier import PairScorer, rerank_candidates
 from simbert.retrieval import (
     INDEX_SETTINGS,
     IndexLock,
@@ -45,6 +46,7 @@ from simbert.tokenizer import Tokenizer
 
 SYNONYM_BATCH = 64  # texts gen_synonyms encodes per batch (its input and candidates)
 ENCODE_IN_FLIGHT = 4  # batches `encode` starts before reading the first of them back
+RERANK_TOP = 50  # candidates `most_similar(..., rerank=)` re-scores by default
 
 logger = logging.getLogger(__name__)
 
@@ -634,37 +636,48 @@ class SimBERT:
         self.index = SimilarityIndex.load(directory, expected_dimension=self.dimension)
         return self.index
 
-    def most_similar(self, text: str, topn: int = 10, index: SimilarityIndex | None = None) -> list[tuple[str, float]]:
+    def most_similar(self, text: str, topn: int = 10, index: SimilarityIndex | None = None,
+                     rerank: PairScorer | None = None, rerank_top: int | None = None) -> list[tuple]:
         """The `topn` texts of `index` (default: `model.index`) closest to `text`, as
-        (text, cosine) pairs.
+        (text, cosine) pairs; with `rerank`, the `rerank_top` closest re-scored by that pair
+        classifier and the `topn` it scores highest returned as (text, score, cosine).
 
         Args:
             text: the query.
             topn: results to return.
             index: the index to search (default: `model.index`).
+            rerank: a `simbert.PairClassifier` (a cross-encoder) whose score of
+                `(text, candidate)` orders the candidates.
+            rerank_top: candidates re-scored (default 50; at least `topn` are).
 
         Returns:
-            A list of `(text, cosine)` pairs, most similar first.
+            A list of `(text, cosine)` pairs, most similar first; with `rerank`,
+            `(text, score, cosine)` triples, highest score first.
 
         Example:
             >>> model.most_similar("微信和支付宝哪个好", topn=10)
+            >>> model.most_similar("微信和支付宝哪个好", topn=10, rerank=PairClassifier.from_pretrained("runs/afqmc"))
         """
         if not isinstance(text, str):
             raise ValueError(f"text should be a string, got {type(text).__name__} {text!r}; for several texts "
                              f"use most_similar_batch")
-        return self.most_similar_batch([text], topn, index)[0]
+        return self.most_similar_batch([text], topn, index, rerank, rerank_top)[0]
 
-    def most_similar_batch(self, texts: Sequence[str], topn: int = 10,
-                           index: SimilarityIndex | None = None) -> list[list[tuple[str, float]]]:
-        """`most_similar` of each of `texts`, encoded together.
+    def most_similar_batch(self, texts: Sequence[str], topn: int = 10, index: SimilarityIndex | None = None,
+                           rerank: PairScorer | None = None, rerank_top: int | None = None) -> list[list[tuple]]:
+        """`most_similar` of each of `texts`, encoded together (and, with `rerank`, their
+        candidates scored together).
 
         Args:
             texts: the queries.
             topn: results per query.
             index: the index to search (default: `model.index`).
+            rerank: a `simbert.PairClassifier` that re-scores and orders the candidates.
+            rerank_top: candidates re-scored a query (default 50; at least `topn` are).
 
         Returns:
-            One list of `(text, cosine)` pairs per query.
+            One list of `(text, cosine)` pairs per query; with `rerank`, of
+            `(text, score, cosine)` triples.
 
         Example:
             >>> model.most_similar_batch(["花呗怎么还款", "借呗怎么提额"], topn=3)
@@ -675,7 +688,10 @@ class SimBERT:
         index = index if index is not None else self.index
         if index is None:
             raise ValueError("no index: call build_index(texts) or load_index(directory) first, or pass one")
-        return index.search(self.encode(texts), topn)
+        if rerank is None:
+            return index.search(self.encode(texts), topn)
+        candidates = max(topn, RERANK_TOP if rerank_top is None else check_integer("rerank_top", rerank_top))
+        return rerank_candidates(rerank, texts, index.search(self.encode(texts), candidates), topn)
 
 
 def gen_synonyms(model: SimBERT, text: str, n: int = 100, k: int = 20, **options) -> list:

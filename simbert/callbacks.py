@@ -156,7 +156,7 @@ class ProgressLogger(TrainingModelCallback):
     it reads no weights, and its batch ends may run in another thread.
     """
 
-    KEYS = ("loss", "seq2seq_loss", "similarity_loss", "cosent_loss", "distillation_loss")
+    KEYS = ("loss", "seq2seq_loss", "similarity_loss", "cosent_loss", "classification_loss", "distillation_loss")
     async_safe = True
 
     def __init__(self, metrics_path: str | None, start_step: int, total_steps: int, batch_size: int,
@@ -295,7 +295,7 @@ class LossCurve(keras.callbacks.Callback):
     """At the end of training, draws each loss of the metrics file against step into
     `image_path` (matplotlib's Figure API: no global backend or pyplot state)."""
 
-    LOSSES = ("seq2seq_loss", "similarity_loss", "cosent_loss", "distillation_loss")
+    LOSSES = ("seq2seq_loss", "similarity_loss", "cosent_loss", "classification_loss", "distillation_loss")
 
     def __init__(self, metrics_path: str, image_path: str):
         super().__init__()

@@ -9,7 +9,7 @@ imported inside the commands, so `--help` and argument errors answer at once.
     simbert encode MODEL_DIR --input texts.txt --output vecs.npy [--skip-blank] [--distribution auto]
     simbert index MODEL_DIR --input corpus.txt --output INDEX_DIR [--append | --shard I/N] [--distribution auto]
     simbert index --output INDEX_DIR --merge PART_DIR...
-    simbert search INDEX_DIR MODEL_DIR "query" [--topn 10] [--strict]
+    simbert search INDEX_DIR MODEL_DIR "query" [--topn 10] [--strict] [--rerank CLASSIFIER_DIR [--rerank-top 50]]
     simbert mine MODEL_DIR --input FILE --corpus CORPUS --output mined.jsonl [--per-example 1] [--skip-top 3]
                  [--max-score 0.95]
     simbert eval MODEL_DIR FILE... [--threshold 0.9] [--output JSON] [--plot DIR]
@@ -323,11 +323,25 @@ def shard_argument(text: str) -> tuple[int, int]:
 
 
 def _search(args) -> int:
+    if args.rerank_top is not None and args.rerank is None:
+        args.parser.error("--rerank-top goes with --rerank CLASSIFIER_DIR")
+    classifier = None
+    if args.rerank is not None:  # read before the index and the model: a wrong directory fails at once
+        start_backend()
+        from simbert.pair_classifier import PairClassifier
+
+        classifier = PairClassifier.from_pretrained(args.rerank, max_tokens=args.max_tokens,
+                                                    compilation_cache=_cache(args), precision=args.precision)
     model = _load_model(args)
     model.load_index(args.index_dir)
     model.index.check_model(model.fingerprint, model.name, strict=args.strict)
-    for text, score in model.most_similar(args.query, topn=args.topn):
-        print(f"{score:.4f}\t{text}")
+    if classifier is None:
+        for text, score in model.most_similar(args.query, topn=args.topn):
+            print(f"{score:.4f}\t{text}")
+        return 0
+    for text, score, cosine in model.most_similar(args.query, topn=args.topn, rerank=classifier,
+                                                  rerank_top=args.rerank_top):
+        print(f"{score:.4f}\t{cosine:.4f}\t{text}")
     return 0
 
 
@@ -359,18 +373,35 @@ def _eval(args) -> int:
 
     start_backend()
     from simbert.atomic_files import write_atomically
-    from simbert.evaluation import evaluate_files, format_table, jaccard_similarity, plot_histograms
+    from simbert.evaluation import (
+        classification_metrics,
+        evaluate_files,
+        format_table,
+        jaccard_similarity,
+        plot_histograms,
+    )
+    from simbert.pair_classifier import PairClassifier, is_pair_classifier
     from simbert.text_files import read_texts
 
-    model = _load_model(args)
+    classifier = is_pair_classifier(args.model_dir)  # a cross-encoder: its head file beside the backbone
+    if classifier and args.whiten:
+        args.parser.error("--whiten whitens a SimBERT model's vectors; MODEL_DIR is a pair classifier")
+    if classifier:
+        model = PairClassifier.from_pretrained(args.model_dir, max_tokens=args.max_tokens,
+                                               compilation_cache=_cache(args), precision=args.precision)
+    else:
+        model = _load_model(args)
 
     def cosine(first, second):
         return np.sum(model.encode(first, args.batch_size) * model.encode(second, args.batch_size), axis=1)
 
+    def probabilities(first, second):
+        return model.predict(list(zip(first, second)), args.batch_size)
+
     def jaccard(first, second):
         return np.array([jaccard_similarity(a, b) for a, b in zip(first, second)])
 
-    runs = [("cosine", cosine)]
+    runs = [("classifier", probabilities) if classifier else ("cosine", cosine)]
     if args.whiten:
         runs.append(("whitened", cosine))  # the same scorer once model.whitening is set
     if args.baseline == "jaccard":
@@ -379,7 +410,10 @@ def _eval(args) -> int:
     for name, scorer in runs:
         if name == "whitened":
             model.fit_whitening(list(read_texts(args.whiten)), dim=args.dim, batch_size=args.batch_size)
-        results = evaluate_files(args.files, scorer, threshold=args.threshold, format=args.format)
+        # A classifier's accuracy and F1: of its predicted class, unless --threshold is given.
+        measured = ({"measure": classification_metrics, "threshold": args.threshold} if name == "classifier"
+                    else {"threshold": 0.9 if args.threshold is None else args.threshold})
+        results = evaluate_files(args.files, scorer, format=args.format, **measured)
         print(f"\n[{name}]\n{format_table(results)}")
         if args.plot:
             os.makedirs(args.plot, exist_ok=True)
@@ -536,6 +570,11 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("query")
     add_count(search, "--topn", default=10)
     search.add_argument("--strict", action="store_true", help="refuse an index built by another model (default: warn)")
+    search.add_argument("--rerank", metavar="CLASSIFIER_DIR",
+                        type=existing_path("pair classifier directory", directory=True),
+                        help="re-score the top candidates with this pair classifier (training.objective "
+                             "cross_encoder) and order them by its score; prints score<TAB>cosine<TAB>text")
+    add_count(search, "--rerank-top", help="candidates re-scored by --rerank (default 50; at least --topn)")
 
     mine = model_command("mine", "hard negatives for training data: corpus texts close to each record's first "
                                  "text but not its texts, written as groups JSONL with \"negatives\"", _mine)
@@ -560,7 +599,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("files", nargs="+", type=existing_path("pair file"),
                           help="pair files (TSV, ATEC CSV, STS, CSV with header, JSONL)")
     evaluate.add_argument("--format", choices=["tsv", "atec", "sts", "csv", "jsonl"], help="default: detected")
-    evaluate.add_argument("--threshold", type=float, default=0.9, help="fixed cosine threshold (default 0.9)")
+    evaluate.add_argument("--threshold", type=float,
+                          help="fixed threshold on the score (default 0.9 on a cosine; a pair classifier's "
+                               "accuracy and F1 are those of its predicted class unless given)")
     evaluate.add_argument("--output", type=output_path("output file"), help="write all metrics as JSON here")
     evaluate.add_argument("--plot", type=output_path("plot directory", directory=True),
                           help="directory for score histograms, one PNG per file")

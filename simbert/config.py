@@ -222,6 +222,7 @@ class TrainingConfig:
     cosent_scale: float = 20.0  # CoSENT's lambda
     # cosent: add the seq2seq loss on the similar pairs (label >= data.pair_threshold), both directions
     keep_generation: bool = False
+    num_labels: int = 2  # cross_encoder: classes; every label an integer 0 .. num_labels - 1
 
 
 @dataclass
@@ -254,7 +255,7 @@ class TrainConfig:
     MINIMUMS: ClassVar[dict] = {
         "data.max_chars": 1, "data.shuffle_buffer": 1, "data.length_step": 1, "data.workers": 0,
         "data.negatives_per_pair": 0,
-        "training.steps": 1, "training.warmup_steps": 0, "training.similarity_chunk": 1,
+        "training.steps": 1, "training.warmup_steps": 0, "training.similarity_chunk": 1, "training.num_labels": 2,
         "output.save_every": 0, "output.keep": 1,
         "output.log_every": 1, "output.sample_every": 0,
     }
@@ -346,6 +347,12 @@ def _check_objective(config: TrainConfig, source: str) -> None:
         if value and training.objective != objective:
             raise ValueError(f"{source}: {key} is for training.objective {objective}, "
                              f"not {training.objective}; leave it out")
+    if training.num_labels != 2 and training.objective != "cross_encoder":
+        raise ValueError(f"{source}: training.num_labels is for training.objective cross_encoder, "
+                         f"not {training.objective}; leave it out")
+    if config.output.sample_every and training.objective == "cross_encoder":
+        raise ValueError(f"{source}: output.sample_every prints paraphrases, which a pair classifier "
+                         f"(training.objective cross_encoder) does not generate; leave it out")
 
 
 def _matches(value: Any, annotation) -> bool:

@@ -318,16 +318,21 @@ class LabelledPair:
 
 
 def read_labelled_pairs(path: str, on_error: str = "raise", report: ReadReport | None = None,
-                        source: int = 0) -> Iterator[LabelledPair]:
+                        source: int = 0, num_labels: int | None = None) -> Iterator[LabelledPair]:
     """Every row of a pair file (any layout of `read_pair_rows`) with its label, numbered
-    `source`; a row without a label cannot be read (see `problem_handler`), one with an
-    empty text is counted in `report.skipped_groups`."""
+    `source`; a row without a label cannot be read (see `problem_handler`), nor, with
+    `num_labels` (a classifier's classes), one whose label is not an integer from 0 to
+    `num_labels - 1`; one with an empty text is counted in `report.skipped_groups`."""
     report = report if report is not None else ReadReport()
     fail = problem_handler(on_error, report)
     for line, first, second, label in read_pair_rows(path, fail):
         if label is None or not np.isfinite(label):
             fail(f"{path}, line {line}: no label; data.format labelled_pairs needs text1, text2 and a "
                  f"label on every row (got {'none' if label is None else label})")
+            continue
+        if num_labels is not None and not (label == int(label) and 0 <= label < num_labels):
+            fail(f"{path}, line {line}: label {label:g} is not a class of training.num_labels {num_labels} "
+                 f"(an integer from 0 to {num_labels - 1})")
             continue
         first, second = clean_text(first), clean_text(second)
         if not first or not second:
@@ -336,10 +341,11 @@ def read_labelled_pairs(path: str, on_error: str = "raise", report: ReadReport |
         yield LabelledPair(first, second, label, source)
 
 
-def read_training_pairs(data: DataConfig, report: ReadReport) -> Iterator[LabelledPair]:
+def read_training_pairs(data: DataConfig, report: ReadReport,
+                        num_labels: int | None = None) -> Iterator[LabelledPair]:
     """The labelled pairs of `data.train`'s files, one file after another (a missing file
-    raises here)."""
-    return itertools.chain.from_iterable(read_labelled_pairs(path, data.on_error, report, source)
+    raises here); with `num_labels`, their labels are classes (see `read_labelled_pairs`)."""
+    return itertools.chain.from_iterable(read_labelled_pairs(path, data.on_error, report, source, num_labels)
                                          for source, path in enumerate(training_files(data)))
 
 
@@ -598,6 +604,22 @@ def make_labelled_batch(pairs: Sequence[LabelledPair], tokenizer: Tokenizer, max
     return (token_ids, np.zeros_like(token_ids)), {"cosent": labels}
 
 
+def make_pair_batch(pairs: Sequence[LabelledPair], tokenizer: Tokenizer, max_tokens: int,
+                    buckets: ShapeBuckets | None = None):
+    """Inputs and targets of a pair-classifier batch (`simbert.pair_classifier`): a row
+    `[CLS] a [SEP] b [SEP]` a pair, segment ids 1 for `b [SEP]`, cut to `max_tokens` (the
+    longer text loses tokens first, as `PairClassifier.predict` cuts them), padded to the
+    longest row's bucket; inputs `(token_ids, segment_ids)`, targets
+    `{"classification": the labels}` (int32 classes)."""
+    rows = [tokenizer.encode(pair.first, pair.second, maxlen=max_tokens) for pair in pairs]
+    length = max(len(ids) for ids, _ in rows)
+    if buckets is not None:
+        length = buckets.length(length)
+    token_ids, segment_ids = (keras.utils.pad_sequences(part, maxlen=length, dtype="int32", padding="post")
+                              for part in zip(*rows))
+    return (token_ids, segment_ids), {"classification": np.array([pair.label for pair in pairs], "int32")}
+
+
 def build_training_batch(numbered_pairs: tuple[int, list[tuple[str, str]]], tokenizer: Tokenizer,
                          max_tokens: int, mask_seed: int | None, buckets: ShapeBuckets | None,
                          negatives_per_pair: int = 1):
@@ -655,6 +677,20 @@ def labelled_training_batches(read_pair_stream: Callable[[], Iterable[LabelledPa
     batches = ([next(pairs) for _ in range(pairs_per_batch)] for _ in itertools.count(start_step))
     build = functools.partial(make_labelled_batch, tokenizer=tokenizer, max_tokens=data.max_tokens,
                               keep_generation=keep_generation, thresholds=pair_thresholds(data), buckets=buckets)
+    yield from ordered_map(build, batches, workers)
+
+
+def classification_batches(read_pair_stream: Callable[[], Iterable[LabelledPair]], tokenizer: Tokenizer,
+                           data: DataConfig, batch_size: int, seed: int, start_step: int = 0,
+                           buckets: ShapeBuckets | None = None, workers: int = 0):
+    """Endless pair-classifier batches of `batch_size` labelled pairs, a row each
+    (`make_pair_batch`), sampled by `LabelledPairSampler` (the two texts in a random
+    order); the stream after `start_step` steps is that of an uninterrupted run."""
+    pairs = iter(LabelledPairSampler(read_pair_stream, data.max_chars, seed, data.shuffle_buffer))
+    for _ in range(start_step * batch_size):
+        next(pairs)
+    batches = ([next(pairs) for _ in range(batch_size)] for _ in itertools.count(start_step))
+    build = functools.partial(make_pair_batch, tokenizer=tokenizer, max_tokens=data.max_tokens, buckets=buckets)
     yield from ordered_map(build, batches, workers)
 
 

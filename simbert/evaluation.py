@@ -114,6 +114,35 @@ def pair_metrics(scores: Sequence[float], labels: Sequence[float], threshold: fl
     }
 
 
+def class_accuracy_f1(predicted: np.ndarray, labels: np.ndarray, classes: int) -> tuple[float, float]:
+    """Accuracy of predicted classes, and F1: of class 1 for two classes, else the mean of
+    every class's F1 (macro)."""
+    predicted, labels = np.asarray(predicted), np.asarray(labels)
+    scores = []
+    for c in ([1] if classes == 2 else range(classes)):
+        true_positive = np.sum((predicted == c) & (labels == c))
+        precision = true_positive / max(np.sum(predicted == c), 1)
+        recall = true_positive / max(np.sum(labels == c), 1)
+        scores.append(2 * precision * recall / (precision + recall) if precision + recall else 0.0)
+    return float(np.mean(predicted == labels)), float(np.mean(scores))
+
+
+def classification_metrics(probabilities: np.ndarray, labels: Sequence[float], threshold: float | None = None) -> dict:
+    """A pair classifier's metrics: `pair_metrics` of its score (the last class's
+    probability; for two classes, of "similar") against the labels, the last class
+    positive, with `accuracy` and `f1` those of its predicted class (argmax; see
+    `class_accuracy_f1`) unless a `threshold` on the score is given (then, as for a
+    cosine, of `score > threshold`)."""
+    probabilities = np.asarray(probabilities, "float64")
+    classes = probabilities.shape[1]
+    metrics = pair_metrics(probabilities[:, -1], labels, 0.5 if threshold is None else threshold,
+                           positive_min=classes - 1)
+    if threshold is None:
+        metrics["threshold"] = None
+        metrics["accuracy"], metrics["f1"] = class_accuracy_f1(probabilities.argmax(1), labels, classes)
+    return metrics
+
+
 def jaccard_similarity(a: str, b: str) -> float:
     """Character-set overlap |A & B| / |A | B| (the baseline)."""
     first, second = set(a), set(b)
@@ -121,8 +150,12 @@ def jaccard_similarity(a: str, b: str) -> float:
 
 
 def evaluate_files(files: Sequence[str], score_pairs: Callable[[list[str], list[str]], np.ndarray],
-                   threshold: float = 0.9, format: str | None = None) -> dict[str, dict]:
-    """Metrics per file, scoring pairs with `score_pairs(first_texts, second_texts)`."""
+                   threshold: float | None = 0.9, format: str | None = None,
+                   measure: Callable[..., dict] = pair_metrics) -> dict[str, dict]:
+    """Metrics per file, scoring pairs with `score_pairs(first_texts, second_texts)` and
+    measuring with `measure(scores, labels, threshold)`: `pair_metrics` of scores, or
+    `classification_metrics` of a classifier's probabilities (`scores` kept: the last
+    class's)."""
     results = {}
     for path in files:
         pairs = read_pair_file(path, format)
@@ -130,7 +163,8 @@ def evaluate_files(files: Sequence[str], score_pairs: Callable[[list[str], list[
             raise ValueError(f"{path}: fewer than two usable pairs ({len(pairs.skipped)} rows skipped: "
                              f"{pairs.skipped[:3]})")
         scores = np.asarray(score_pairs(pairs.first, pairs.second))
-        metrics = pair_metrics(scores, pairs.labels, threshold)
+        metrics = measure(scores, pairs.labels, threshold)
+        scores = scores[:, -1] if scores.ndim == 2 else scores
         metrics.update(format=pairs.format, skipped=len(pairs.skipped), skipped_reasons=pairs.skipped[:10])
         metrics["scores"], metrics["labels"] = scores, np.asarray(pairs.labels)
         results[path] = metrics

@@ -36,6 +36,7 @@ from simbert.data import (
     ReadReport,
     batch_dataset,
     build_char_vocab,
+    classification_batches,
     has_mined_rows,
     labelled_training_batches,
     negatives_per_row,
@@ -64,6 +65,7 @@ from simbert.distribution import batch_layout
 from simbert.errors import FileFormatError, missing_path
 from simbert.kernels import Platform
 from simbert.models import Transformer
+from simbert.pair_classifier import assign_head, read_head, write_head
 from simbert.shapes import ShapeBuckets
 from simbert.tokenizer import Tokenizer, load_vocab
 from simbert.training_model import build_training_model, compiles_step, learning_rate_schedule
@@ -119,7 +121,7 @@ class FitResult:
 # decides the batch stream.
 RESUME_FIELDS = ("model.model_type", "model.pretrained", "model.config", "model.vocab", "model.simplify_vocab",
                  "model.hierarchical_position", "training.batch_size", "training.seed", "data.max_chars",
-                 "training.objective", "training.keep_generation")
+                 "training.objective", "training.keep_generation", "training.num_labels")
 
 
 class ResumeMismatch(ValueError):
@@ -128,13 +130,15 @@ class ResumeMismatch(ValueError):
 
 @dataclass
 class ResumePoint:
-    """A checkpoint read in full, ready to continue from (its model built when training starts)."""
+    """A checkpoint read in full, ready to continue from (its model built when training
+    starts); `head`: a pair classifier's head tensors (`simbert.pair_classifier.read_head`)."""
 
     step: int
     path: str
     recipe: dict
     training_state: dict
     files: ModelFiles
+    head: dict | None = None
 
     @property
     def tokenizer(self) -> Tokenizer:
@@ -280,12 +284,16 @@ class Trainer:
             self._find_resume_point()
         with self.layout.scope():  # variables replicated over the devices
             if self.resume_point is not None:
-                self.backbone = self.resume_point.files.build(dropout_rate=self.config.model.dropout_rate,
+                self.backbone = self.resume_point.files.build(application=self.application,
+                                                              dropout_rate=self.config.model.dropout_rate,
                                                               dtype=training.precision)
             else:
                 self.tokenizer, self.backbone = self._build_tokenizer_and_backbone()
             self.training_model = build_training_model(self.backbone, training, self.platform,
                                                        devices=len(self.layout.devices))  # chunks per device
+            if self.resume_point is not None and self.resume_point.head is not None:
+                assign_head(self.training_model.get_layer("classifier"), self.resume_point.head,
+                            self.resume_point.path)
             self.optimizer = self.training_model.optimizer
         if training.teacher:  # on this process's own device: it encodes each batch on the host's side
             self.teacher = SimBERT.from_pretrained(recipe_path("training.teacher", training.teacher),
@@ -304,6 +312,17 @@ class Trainer:
         self.close()
 
     @property
+    def classifies(self) -> bool:
+        """Whether the run trains a pair classifier (objective cross_encoder)."""
+        return self.config.training.objective == "cross_encoder"
+
+    @property
+    def application(self) -> str:
+        """The backbone's attention mask: a pair classifier's rows see both texts
+        ("encoder"); SimBERT's and CoSENT's the UniLM mask."""
+        return "encoder" if self.classifies else "unilm"
+
+    @property
     def reads_labelled_pairs(self) -> bool:
         """Whether the objective trains on labelled pairs (cosent, cross_encoder), not groups."""
         return self.config.training.objective != "simbert"
@@ -316,7 +335,8 @@ class Trainer:
         report = self.report if not self._report_complete else ReadReport()
         self._report_complete = True
         if self.reads_labelled_pairs:
-            return read_training_pairs(self.config.data, report)
+            return read_training_pairs(self.config.data, report,
+                                       self.config.training.num_labels if self.classifies else None)
         return read_training_groups(self.config.data, report)
 
     def _record_texts(self, record) -> list[str]:
@@ -382,7 +402,7 @@ class Trainer:
         model, precision = self.config.model, self.config.training.precision
         if model.pretrained:
             tokenizer, backbone = load_pretrained(recipe_path("model.pretrained", model.pretrained),
-                                                  model.model_type,
+                                                  model.model_type, application=self.application,
                                                   simplify_vocab=model.simplify_vocab,
                                                   dropout_rate=model.dropout_rate, dtype=precision,
                                                   hierarchical_position=model.hierarchical_position)
@@ -390,7 +410,8 @@ class Trainer:
             return tokenizer, backbone
         token_dict = load_vocab(recipe_path("model.vocab", model.vocab)) if model.vocab else self.data_characters
         backbone = build_backbone({**model.config, "vocab_size": len(token_dict)},
-                                  model_type=model.model_type or "bert", application="unilm", with_pool="linear",
+                                  model_type=model.model_type or "bert", application=self.application,
+                                  with_pool="linear",
                                   with_mlm="linear", dropout_rate=model.dropout_rate, dtype=precision,
                                   hierarchical_position=model.hierarchical_position)
         return Tokenizer(token_dict, do_lower_case=True), backbone
@@ -415,7 +436,8 @@ class Trainer:
         state = read_trainer_state(path)
         training_state = read_training_state(os.path.join(path, TRAINING_STATE_FILE))
         files = read_model_files(path, state.get("model_type"))
-        return ResumePoint(state["step"], path, state["config"], training_state, files)
+        head = read_head(path) if self.classifies else None
+        return ResumePoint(state["step"], path, state["config"], training_state, files, head)
 
     def _find_resume_point(self) -> None:
         """`resume`: the newest checkpoint that reads in full, checked against the recipe
@@ -462,6 +484,11 @@ class Trainer:
         """This process's rows of every global batch from `start_step` on (every process
         builds the same global batch, so lengths agree), its negatives recorded by step."""
         data, training = self.config.data, self.config.training
+        if self.classifies:
+            batches = classification_batches(self.read_groups, self.tokenizer, data, training.batch_size,
+                                             training.seed, start_step, self.buckets, self.workers)
+            yield from (self.layout.local_part(batch) for batch in batches)
+            return
         if self.reads_labelled_pairs:
             batches = labelled_training_batches(self.read_groups, self.tokenizer, data, training.batch_size,
                                                 training.seed, start_step, training.keep_generation, self.buckets,
@@ -524,6 +551,8 @@ class Trainer:
 
     def _write_checkpoint(self, directory: str, step: int) -> None:
         save_pretrained(self.backbone, directory, self.tokenizer.token_dict)
+        if self.classifies:  # the head beside the backbone, in the same staged directory
+            write_head(self.training_model.get_layer("classifier"), directory)
         write_training_state(os.path.join(directory, TRAINING_STATE_FILE), self._state_variables())
         with open(os.path.join(directory, TRAINER_STATE_FILE), "w", encoding="utf-8") as writer:
             json.dump({"step": step, "model_type": self.backbone.config.model_type,

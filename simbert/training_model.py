@@ -13,6 +13,7 @@ from simbert.kernels import Platform
 from simbert.losses import CoSENTLoss, DistillationLoss, Seq2SeqLoss, SimilarityLoss
 from simbert.models import Transformer
 from simbert.optimizers import AdamW
+from simbert.pair_classifier import build_head
 
 
 def linear_warmup(learning_rate: float, warmup_steps: int) -> keras.optimizers.schedules.LearningRateSchedule:
@@ -80,8 +81,12 @@ def build_training_model(backbone: Transformer, training: TrainingConfig, platfo
     logits at the target positions only, about half of them), `similarity` (pooled
     [CLS]) and, with a teacher, `distillation` (pooled again). cosent: output `cosent`
     (pooled [CLS]) of inputs `(token_ids, segment_ids)`, or with `keep_generation` the
-    simbert inputs and `seq2seq` output beside it. Losses weighted as configured (the
-    CoSENT loss by `similarity_weight`); AdamW without decay on LayerNorm and bias.
+    simbert inputs and `seq2seq` output beside it. cross_encoder: output `classification`,
+    the logits of a `simbert.pair_classifier.ClassifierHead` (`training.num_labels`) on
+    the pooled [CLS] of inputs `(token_ids, segment_ids)` (the backbone an encoder, see
+    `Trainer`), softmax cross-entropy in float32, weight 1; the head is the layer
+    "classifier". Losses weighted as configured (the CoSENT loss by
+    `similarity_weight`); AdamW without decay on LayerNorm and bias.
 
     With `training.similarity_chunk` below the `batch_size / devices` rows a device holds
     (`devices`: those the batch is sharded over), a `CachedTrainingModel`."""
@@ -102,7 +107,13 @@ def build_training_model(backbone: Transformer, training: TrainingConfig, platfo
         sequence = backbone.sequence_output(token_ids, segment_ids,
                                             output_positions=keras.ops.zeros_like(token_ids[:, :1]))
     pooled = backbone.pool(sequence)
-    if training.objective == "cosent":
+    if training.objective == "cross_encoder":
+        head = build_head(backbone, training.num_labels)
+        outputs["classification"] = head(pooled)
+        losses["classification"] = keras.losses.SparseCategoricalCrossentropy(from_logits=True,
+                                                                              name="classification")
+        weights["classification"] = 1.0
+    elif training.objective == "cosent":
         outputs["cosent"] = pooled
         losses["cosent"] = CoSENTLoss(training.cosent_scale)
         weights["cosent"] = training.similarity_weight
