@@ -527,7 +527,6 @@ class Trainer:
                              f"(training.distribution {training.distribution}) does not take them: set "
                              f"training.distribution: none, or data.negatives_per_pair: 0 to train without them")
 
-
     def _fit_input(self, batches):
         """The batches as `fit` takes them: a tf.data pipeline where the platform feeds
         one, else a generator (Keras takes generators, not any iterator)."""
