@@ -24,10 +24,14 @@ sys.path.insert(0, os.path.dirname(HERE))
 sys.path.insert(0, HERE)
 
 
-def recipe(output_dir, steps, mode, dropout=0.0):
+def recipe(output_dir, steps, mode, dropout=0.0, keep_programs=True):
+    """The small recipe into `output_dir`. With `keep_programs` its compiled programs are
+    kept in `compiled/` beside `output_dir`, so that the run resumed in this process
+    loads the step the run before it compiled instead of compiling it again."""
     from helpers import tiny_config
 
-    config = tiny_config(output_dir, steps, distribution=mode, compilation_cache=None, batch_size=16)
+    cache = os.path.join(os.path.dirname(os.path.abspath(output_dir)), "compiled") if keep_programs else None
+    config = tiny_config(output_dir, steps, distribution=mode, compilation_cache=cache, batch_size=16)
     config.model.config.update(hidden_size=32, intermediate_size=64, num_attention_heads=2)
     config.model.dropout_rate = dropout
     config.model.config["attention_probs_dropout_prob"] = dropout
@@ -90,7 +94,10 @@ def devices(work):
 def write_recipe(out_yaml, output_dir, steps):
     import yaml
 
-    config = recipe(output_dir, int(steps), "auto", dropout=0.1)
+    # No compilation cache: the processes of a run must compile alike (one that loaded the
+    # step while the other compiled it would wait at the first collective past gloo's
+    # 30 s deadline; JAX's cache is written by process 0 only).
+    config = recipe(output_dir, int(steps), "auto", dropout=0.1, keep_programs=False)
     with open(out_yaml, "w", encoding="utf-8") as writer:
         yaml.safe_dump(config.to_dict(), writer, allow_unicode=True)
 
