@@ -121,7 +121,8 @@ class FitResult:
 # decides the batch stream.
 RESUME_FIELDS = ("model.model_type", "model.pretrained", "model.config", "model.vocab", "model.simplify_vocab",
                  "model.hierarchical_position", "training.batch_size", "training.seed", "data.max_chars",
-                 "training.objective", "training.keep_generation", "training.num_labels")
+                 "training.objective", "training.keep_generation", "training.num_labels",
+                 "data.negatives_per_pair")
 
 
 class ResumeMismatch(ValueError):
@@ -436,7 +437,11 @@ class Trainer:
         state = read_trainer_state(path)
         training_state = read_training_state(os.path.join(path, TRAINING_STATE_FILE))
         files = read_model_files(path, state.get("model_type"))
-        head = read_head(path) if self.classifies else None
+        # A pair classifier's head, when both runs train one: a checkpoint of another objective
+        # has none, and `_check_resume` names the changed objective rather than the missing file.
+        head = None
+        if self.classifies and recipe_value(state["config"], "training.objective") == "cross_encoder":
+            head = read_head(path)
         return ResumePoint(state["step"], path, state["config"], training_state, files, head)
 
     def _find_resume_point(self) -> None:

@@ -177,6 +177,20 @@ def test_checkpoints_load_save_and_resume(runs, tmp_path):
                                atol=1e-4)
 
 
+def test_resuming_another_objectives_run_names_the_objective(tmp_path):
+    """A pair classifier resumed from a SimBERT run's checkpoint (no head file) is refused
+    for its changed objective, not as a directory with no checkpoint that reads."""
+    from simbert.trainer import ResumeMismatch, Trainer
+
+    config = tiny_config(tmp_path / "run", 1, compilation_cache=None)
+    config.output.save_every = 0
+    Trainer(config).fit()
+    classifier = run_config(tmp_path / "run", write_pairs(tmp_path / "pairs.tsv", 24), 2)
+    with pytest.raises(ResumeMismatch, match="training.objective is 'simbert' in the checkpoint but "
+                                             "'cross_encoder' now"):
+        Trainer(classifier, resume=True)
+
+
 def test_eval_reports_the_classifiers_accuracy_f1_and_spearman(runs, tmp_path, capsys):
     from simbert.cli import main
     from simbert.pair_classifier import PairClassifier

@@ -265,7 +265,7 @@ def test_resume_keeps_the_checkpoints_vocabulary_when_the_data_changed(tmp_path,
 
 
 @pytest.mark.parametrize("section, field, value", [("training", "batch_size", 16), ("data", "max_chars", 20),
-                                                    ("training", "seed", 7)])
+                                                    ("training", "seed", 7), ("data", "negatives_per_pair", 0)])
 def test_resume_refuses_a_changed_stream_unless_told(tmp_path, caplog, section, field, value):
     config = short_config(tmp_path, 2)
     Trainer(config).fit()
