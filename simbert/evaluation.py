@@ -129,17 +129,20 @@ def class_accuracy_f1(predicted: np.ndarray, labels: np.ndarray, classes: int) -
 
 def classification_metrics(probabilities: np.ndarray, labels: Sequence[float], threshold: float | None = None) -> dict:
     """A pair classifier's metrics: `pair_metrics` of its score (the last class's
-    probability; for two classes, of "similar") against the labels, the last class
-    positive, with `accuracy` and `f1` those of its predicted class (argmax; see
-    `class_accuracy_f1`) unless a `threshold` on the score is given (then, as for a
-    cosine, of `score > threshold`)."""
-    probabilities = np.asarray(probabilities, "float64")
+    probability; for two classes, of "similar") against the labels, with `accuracy` and
+    `f1` those of its predicted class (argmax; see `class_accuracy_f1`) unless a
+    `threshold` on the score is given (then, as for a cosine, of `score > threshold`).
+    Positive: for two classes, as for a cosine (`binary_labels`: 0/1 labels as they are,
+    graded STS labels from 4), the predicted class compared with that; for more, the
+    last class, the labels the classes."""
+    probabilities, labels = np.asarray(probabilities, "float64"), np.asarray(labels, "float64")
     classes = probabilities.shape[1]
     metrics = pair_metrics(probabilities[:, -1], labels, 0.5 if threshold is None else threshold,
-                           positive_min=classes - 1)
+                           positive_min=None if classes == 2 else classes - 1)
     if threshold is None:
+        truth = binary_labels(labels).astype(int) if classes == 2 else labels
         metrics["threshold"] = None
-        metrics["accuracy"], metrics["f1"] = class_accuracy_f1(probabilities.argmax(1), labels, classes)
+        metrics["accuracy"], metrics["f1"] = class_accuracy_f1(probabilities.argmax(1), truth, classes)
     return metrics
 
 

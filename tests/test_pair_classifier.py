@@ -228,6 +228,19 @@ def test_classification_metrics_of_three_classes():
     assert metrics["spearman"] == pytest.approx(stats.spearmanr(probabilities[:, 2], labels).statistic)
 
 
+def test_classification_metrics_of_two_classes_on_graded_labels():
+    """A binary classifier on an STS file (labels 0-5): "similar" from 4, as for a cosine."""
+    probabilities = np.array([[0.9, 0.1], [0.2, 0.8], [0.4, 0.6], [0.7, 0.3], [0.1, 0.9]])
+    labels = [0.0, 4.6, 2.5, 1.2, 4.0]  # positives: 4.6 and 4.0; the classifier also says 2.5
+    metrics = classification_metrics(probabilities, labels)
+    assert metrics["accuracy"] == pytest.approx(4 / 5)
+    assert metrics["f1"] == pytest.approx(2 * (2 / 3) * 1 / (2 / 3 + 1))
+    thresholded = classification_metrics(probabilities, labels, threshold=0.7)
+    assert thresholded["accuracy"] == pytest.approx(1.0) and thresholded["f1"] == pytest.approx(1.0)
+    binary = classification_metrics(probabilities, [0, 1, 1, 0, 1])
+    assert binary["accuracy"] == pytest.approx(1.0) and binary["f1"] == pytest.approx(1.0)
+
+
 class KnownScores:
     """A stand-in classifier whose score of (query, text) is given by the text."""
 
