@@ -302,7 +302,11 @@ class TrainConfig:
             raise ValueError(f"{source}: model.hierarchical_position is for BERT's learned position table; "
                              f"roformer has none and takes inputs of any length already")
         _check_objective(config, source)
-        if config.training.batch_size % 2 or config.training.batch_size < 2:
+        if config.training.objective == "cross_encoder":  # a row a pair
+            if config.training.batch_size < 1:
+                raise ValueError(f"{source}: training.batch_size should be at least 1 (pairs a step, a row each), "
+                                 f"got {config.training.batch_size}")
+        elif config.training.batch_size % 2 or config.training.batch_size < 2:
             raise ValueError(f"{source}: training.batch_size should be a positive even number "
                              f"(rows come in a->b, b->a pairs), got {config.training.batch_size}")
         return config

@@ -363,6 +363,9 @@ def test_a_label_outside_the_classes_names_its_file_and_line(tmp_path):
 def test_recipe_checks_of_the_classifier(change, message):
     with pytest.raises(ValueError, match=message.replace(".", r"\.")):
         classifier_recipe(**change)
+    assert classifier_recipe(batch_size=33).training.batch_size == 33  # a row a pair: any count
+    with pytest.raises(ValueError, match=r"training\.batch_size should be at least 1 \(pairs a step"):
+        classifier_recipe(batch_size=0)
     with pytest.raises(ValueError, match=r"output\.sample_every prints paraphrases"):
         TrainConfig.from_dict({"data": {"format": "labelled_pairs", "train": "x.tsv"}, "output": {"sample_every": 5},
                                "training": {"objective": "cross_encoder"}}, "r.yaml")
