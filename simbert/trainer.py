@@ -340,11 +340,15 @@ class Trainer:
                                        self.config.training.num_labels if self.classifies else None)
         return read_training_groups(self.config.data, report)
 
-    def _record_texts(self, record) -> list[str]:
-        """The texts of a record of `read_groups` (a group's mined negatives too)."""
+    def _record_texts(self, record, mined: list | None = None) -> list[str]:
+        """The texts of a record of `read_groups` (a group's mined negatives too; `mined`,
+        when given, gets an item when the group has some)."""
         if self.reads_labelled_pairs:
             return [record.first, record.second]
-        return [*record, *getattr(record, "negatives", ())]  # a vocabulary built from the data covers them
+        negatives = getattr(record, "negatives", ())
+        if negatives and mined is not None and not mined:
+            mined.append(True)
+        return [*record, *negatives]  # a vocabulary built from the data covers them
 
     def check_data(self) -> None:
         """Read the training file before building anything: a missing file, a directory, an
@@ -368,8 +372,12 @@ class Trainer:
             self._check_mined_negatives()  # now, not at the first batch, when the first group has them
         self.data_characters = None
         if whole:
-            self.data_characters = build_char_vocab(text for record in itertools.chain([first], groups)
-                                                    for text in self._record_texts(record))
+            mined = []  # whether a group of the pass holds negatives: checked now, not at its batch
+            self.data_characters = build_char_vocab(
+                text for record in itertools.chain([first], groups)
+                for text in self._record_texts(record, mined))
+            if mined and self.config.data.negatives_per_pair:
+                self._check_mined_negatives()
         self._report_complete = whole
 
     def _check_model_recipe(self) -> None:

@@ -358,3 +358,18 @@ def test_mined_negatives_refuse_the_cached_step_and_several_devices(tmp_path):
     config = negatives_config(tmp_path, 10, similarity_chunk=4)
     config.data.negatives_per_pair = 0  # negatives ignored: the cached step is fine
     Trainer(config)
+
+
+def test_negatives_past_the_first_group_are_refused_before_training(tmp_path):
+    """A vocabulary built from the data reads every group first: negatives of a later group
+    are refused then, not at the first batch that holds them."""
+    config = negatives_config(tmp_path, 10, similarity_chunk=4)
+    path = config.data.train
+    with open(path, encoding="utf-8") as reader:
+        records = [json.loads(line) for line in reader]
+    for record in records[:-1]:
+        record["negatives"] = []
+    with open(path, "w", encoding="utf-8") as writer:
+        writer.writelines(json.dumps(record, ensure_ascii=False) + "\n" for record in records)
+    with pytest.raises(ValueError, match="training.similarity_chunk 4 .the cached step. does not take them"):
+        Trainer(config)
