@@ -306,49 +306,6 @@ def read_training_groups(data: DataConfig, report: ReadReport) -> Iterator[list[
                                          for path, threshold in zip(files, pair_thresholds(data)))
 
 
-@dataclass(frozen=True)
-class LabelledPair:
-    """Two texts and their label (binary or graded), from a labelled pair file; `source`
-    numbers the file among the recipe's (labels are compared only within one file)."""
-
-    first: str
-    second: str
-    label: float
-    source: int = 0
-
-
-def read_labelled_pairs(path: str, on_error: str = "raise", report: ReadReport | None = None,
-                        source: int = 0, num_labels: int | None = None) -> Iterator[LabelledPair]:
-    """Every row of a pair file (any layout of `read_pair_rows`) with its label, numbered
-    `source`; a row without a label cannot be read (see `problem_handler`), nor, with
-    `num_labels` (a classifier's classes), one whose label is not an integer from 0 to
-    `num_labels - 1`; one with an empty text is counted in `report.skipped_groups`."""
-    report = report if report is not None else ReadReport()
-    fail = problem_handler(on_error, report)
-    for line, first, second, label in read_pair_rows(path, fail):
-        if label is None or not np.isfinite(label):
-            fail(f"{path}, line {line}: no label; data.format labelled_pairs needs text1, text2 and a "
-                 f"label on every row (got {'none' if label is None else label})")
-            continue
-        if num_labels is not None and not (label == int(label) and 0 <= label < num_labels):
-            fail(f"{path}, line {line}: label {label:g} is not a class of training.num_labels {num_labels} "
-                 f"(an integer from 0 to {num_labels - 1})")
-            continue
-        first, second = clean_text(first), clean_text(second)
-        if not first or not second:
-            report.skipped_groups += 1
-            continue
-        yield LabelledPair(first, second, label, source)
-
-
-def read_training_pairs(data: DataConfig, report: ReadReport,
-                        num_labels: int | None = None) -> Iterator[LabelledPair]:
-    """The labelled pairs of `data.train`'s files, one file after another (a missing file
-    raises here); with `num_labels`, their labels are classes (see `read_labelled_pairs`)."""
-    return itertools.chain.from_iterable(read_labelled_pairs(path, data.on_error, report, source, num_labels)
-                                         for source, path in enumerate(training_files(data)))
-
-
 def cut_text(text: str, max_chars: int, separators: str = SENTENCE_SEPARATORS) -> str:
     """Cut `text` to at most `max_chars` characters, at sentence punctuation when one falls
     inside the limit (keeping the punctuation), else hard."""
@@ -412,20 +369,6 @@ class PairSampler:
             if len(negatives) > self.negatives_per_pair:
                 negatives = self.negatives_rng.sample(negatives, self.negatives_per_pair)
             yield *pair, tuple(cut_text(text, self.max_chars) for text in negatives)
-
-
-class LabelledPairSampler(PairSampler):
-    """`PairSampler` over labelled pairs (`read_labelled_pairs`): an endless seeded stream
-    of `LabelledPair`s, their texts cut to `max_chars`, the two texts in a random order."""
-
-    record_name = "labelled pair"
-
-    def __iter__(self) -> Iterator[LabelledPair]:
-        for pair in self._groups():
-            first, second = cut_text(pair.first, self.max_chars), cut_text(pair.second, self.max_chars)
-            if self.rng.random() < 0.5:
-                first, second = second, first
-            yield LabelledPair(first, second, pair.label, pair.source)
 
 
 class SourceMasker:
@@ -575,51 +518,6 @@ def has_mined_rows(similarity_targets: np.ndarray) -> bool:
     return bool((np.asarray(similarity_targets) < 0).any())
 
 
-def make_labelled_batch(pairs: Sequence[LabelledPair], tokenizer: Tokenizer, max_tokens: int,
-                        keep_generation: bool = False, thresholds: Sequence[float] = (1.0,),
-                        buckets: ShapeBuckets | None = None):
-    """Model inputs and targets for a CoSENT batch of labelled pairs.
-
-    Rows 2k and 2k+1 hold pair k's texts, so that each row's pooled `[CLS]` is the
-    text's `encode` vector; targets `{"cosent": (rows, 2)}` float32, the pair's label and
-    source file number on both of its rows (see `CoSENTLoss`).
-    Without `keep_generation`: rows `[CLS] a [SEP]` and `[CLS] b [SEP]`, inputs
-    `(token_ids, segment_ids)`. With it: `make_batch`'s UniLM rows `a -> b` and `b -> a`
-    (under the UniLM mask `[CLS]` sees only the source, so its vector is still the
-    text's alone), inputs `(token_ids, segment_ids, positions)` and the seq2seq targets
-    weighted only on the similar pairs: labelled at least `thresholds[source]`.
-    """
-    labels = np.repeat(np.array([(pair.label, pair.source) for pair in pairs], "float32"), 2, axis=0)
-    if keep_generation:
-        inputs, targets = make_batch([(pair.first, pair.second) for pair in pairs], tokenizer, max_tokens,
-                                     buckets=buckets)
-        similar = labels[:, 0] >= np.asarray(thresholds, "float32")[labels[:, 1].astype(int)]
-        targets["seq2seq"][~similar, :, 1] = 0
-        return inputs, {"seq2seq": targets["seq2seq"], "cosent": labels}
-    rows = [tokenizer.encode(text, maxlen=max_tokens)[0] for pair in pairs for text in (pair.first, pair.second)]
-    length = max(map(len, rows))
-    if buckets is not None:
-        length = buckets.length(length)
-    token_ids = keras.utils.pad_sequences(rows, maxlen=length, dtype="int32", padding="post")
-    return (token_ids, np.zeros_like(token_ids)), {"cosent": labels}
-
-
-def make_pair_batch(pairs: Sequence[LabelledPair], tokenizer: Tokenizer, max_tokens: int,
-                    buckets: ShapeBuckets | None = None):
-    """Inputs and targets of a pair-classifier batch (`simbert.pair_classifier`): a row
-    `[CLS] a [SEP] b [SEP]` a pair, segment ids 1 for `b [SEP]`, cut to `max_tokens` (the
-    longer text loses tokens first, as `PairClassifier.predict` cuts them), padded to the
-    longest row's bucket; inputs `(token_ids, segment_ids)`, targets
-    `{"classification": the labels}` (int32 classes)."""
-    rows = [tokenizer.encode(pair.first, pair.second, maxlen=max_tokens) for pair in pairs]
-    length = max(len(ids) for ids, _ in rows)
-    if buckets is not None:
-        length = buckets.length(length)
-    token_ids, segment_ids = (keras.utils.pad_sequences(part, maxlen=length, dtype="int32", padding="post")
-                              for part in zip(*rows))
-    return (token_ids, segment_ids), {"classification": np.array([pair.label for pair in pairs], "int32")}
-
-
 def build_training_batch(numbered_pairs: tuple[int, list[tuple[str, str]]], tokenizer: Tokenizer,
                          max_tokens: int, mask_seed: int | None, buckets: ShapeBuckets | None,
                          negatives_per_pair: int = 1):
@@ -662,36 +560,6 @@ def training_batches(read_group_stream: Callable[[], Iterable[list[str]]], token
             _, batch_pairs = next(with_teacher)
             targets["distillation"] = teacher_similarities([text for pair in batch_pairs for text in pair[:2]])
         yield inputs, targets
-
-
-def labelled_training_batches(read_pair_stream: Callable[[], Iterable[LabelledPair]], tokenizer: Tokenizer,
-                              data: DataConfig, batch_size: int, seed: int, start_step: int = 0,
-                              keep_generation: bool = False, buckets: ShapeBuckets | None = None, workers: int = 0):
-    """Endless CoSENT batches of `batch_size // 2` labelled pairs (`make_labelled_batch`),
-    sampled by `LabelledPairSampler`; like `training_batches`, the stream after
-    `start_step` steps is that of an uninterrupted run with the same `seed`."""
-    pairs_per_batch = batch_size // 2
-    pairs = iter(LabelledPairSampler(read_pair_stream, data.max_chars, seed, data.shuffle_buffer))
-    for _ in range(start_step * pairs_per_batch):
-        next(pairs)
-    batches = ([next(pairs) for _ in range(pairs_per_batch)] for _ in itertools.count(start_step))
-    build = functools.partial(make_labelled_batch, tokenizer=tokenizer, max_tokens=data.max_tokens,
-                              keep_generation=keep_generation, thresholds=pair_thresholds(data), buckets=buckets)
-    yield from ordered_map(build, batches, workers)
-
-
-def classification_batches(read_pair_stream: Callable[[], Iterable[LabelledPair]], tokenizer: Tokenizer,
-                           data: DataConfig, batch_size: int, seed: int, start_step: int = 0,
-                           buckets: ShapeBuckets | None = None, workers: int = 0):
-    """Endless pair-classifier batches of `batch_size` labelled pairs, a row each
-    (`make_pair_batch`), sampled by `LabelledPairSampler` (the two texts in a random
-    order); the stream after `start_step` steps is that of an uninterrupted run."""
-    pairs = iter(LabelledPairSampler(read_pair_stream, data.max_chars, seed, data.shuffle_buffer))
-    for _ in range(start_step * batch_size):
-        next(pairs)
-    batches = ([next(pairs) for _ in range(batch_size)] for _ in itertools.count(start_step))
-    build = functools.partial(make_pair_batch, tokenizer=tokenizer, max_tokens=data.max_tokens, buckets=buckets)
-    yield from ordered_map(build, batches, workers)
 
 
 def batch_dataset(make_batches: Callable[[], Iterator], first_batch):

@@ -36,12 +36,9 @@ from simbert.data import (
     ReadReport,
     batch_dataset,
     build_char_vocab,
-    classification_batches,
     has_mined_rows,
-    labelled_training_batches,
     negatives_per_row,
     read_training_groups,
-    read_training_pairs,
     training_batches,
 )
 from simbert.directories import (
@@ -64,6 +61,7 @@ from simbert.directories import (
 from simbert.distribution import batch_layout
 from simbert.errors import FileFormatError, missing_path
 from simbert.kernels import Platform
+from simbert.labelled_pairs import classification_batches, labelled_training_batches, read_training_pairs
 from simbert.models import Transformer
 from simbert.pair_classifier import assign_head, read_head, write_head
 from simbert.shapes import ShapeBuckets

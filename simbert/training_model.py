@@ -9,8 +9,9 @@ import keras
 
 from simbert.cached_step import cached_step, uses_cached_step
 from simbert.config import TrainingConfig
+from simbert.cosent import CoSENTLoss
 from simbert.kernels import Platform
-from simbert.losses import CoSENTLoss, DistillationLoss, Seq2SeqLoss, SimilarityLoss
+from simbert.losses import DistillationLoss, Seq2SeqLoss, SimilarityLoss
 from simbert.models import Transformer
 from simbert.optimizers import AdamW
 from simbert.pair_classifier import build_head

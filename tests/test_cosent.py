@@ -10,8 +10,9 @@ import pytest
 
 from helpers import ROOT, TINY_CONFIG, tiny_config, write_model_dir
 from simbert.config import TrainConfig
-from simbert.data import DataError, LabelledPair, make_labelled_batch, read_labelled_pairs
-from simbert.losses import CoSENTLoss
+from simbert.cosent import CoSENTLoss
+from simbert.data import DataError
+from simbert.labelled_pairs import LabelledPair, make_labelled_batch, read_labelled_pairs
 
 
 def cosent_numpy(vectors, labels, scale, sources=None):

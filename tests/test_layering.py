@@ -19,7 +19,7 @@ LAYERS = [
     {"models"},
     {"checkpoints", "source_pass"},
     {"directories", "data", "losses", "optimizers", "cached_step", "generation", "gibbs", "retrieval"},
-    {"evaluation", "export", "index_parts", "pair_classifier"},
+    {"cosent", "evaluation", "export", "index_parts", "labelled_pairs", "pair_classifier"},
     {"api", "training_model"},
     {"callbacks", "mining", "server"},
     {"trainer"},
