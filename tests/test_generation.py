@@ -39,16 +39,25 @@ def unilm(model_dirs, model):
                                    with_mlm="linear")
 
 
-def full_logits(backbone, source, target):
-    token_ids = np.array([source + target], "int32")
-    segment_ids = np.array([[0] * len(source) + [1] * len(target)], "int32")
-    return backbone.predict([token_ids, segment_ids], verbose=0)[0, -1]
+def full_logits(backbone, source, targets, length=2 * MAXLEN):
+    """The next-token logits after each target of `targets` (lists of token ids): the
+    whole model run, without a cache, on `source + target`, a row each. The rows are
+    padded with [PAD] to `length`, one compiled shape for every call (was one per
+    sequence length, a compile each on JAX); padding changes no output
+    (test_models.test_padding_does_not_change_outputs)."""
+    token_ids = np.zeros((len(targets), length), "int32")
+    segment_ids = np.zeros((len(targets), length), "int32")
+    for row, target in enumerate(targets):
+        token_ids[row, :len(source) + len(target)] = source + target
+        segment_ids[row, len(source):len(source) + len(target)] = 1
+    logits = backbone.predict([token_ids, segment_ids], verbose=0)
+    return np.stack([logits[row, len(source) + len(target) - 1] for row, target in enumerate(targets)])
 
 
 def full_greedy(backbone, source, steps):
     target = []
     for _ in range(steps):
-        token = int(np.argmax(full_logits(backbone, source, target)))
+        token = int(np.argmax(full_logits(backbone, source, [target])[0]))
         target.append(token)
         if token == END_ID:
             return target[:-1]
@@ -63,15 +72,15 @@ def test_cached_step_logits_equal_full_recompute(model_dirs, model):
     logits, source_caches, source_len = decoder.prefill(source)
     caches = decoder.empty_caches(1)
     target = [17, 5, 96, 33, 60, 8]
+    expected = full_logits(backbone, source, [target[:t] for t in range(len(target) + 1)])
     worst = 0.0
     for t, token in enumerate([None] + target):
         if token is not None:
             logits, caches = decoder.step([token], source_caches, caches, source_len, t - 1)
-        expected = full_logits(backbone, source, target[:t])
         got = np.asarray(logits)[0]
-        worst = max(worst, float(np.abs(got - expected).max()))
+        worst = max(worst, float(np.abs(got - expected[t]).max()))
     assert worst < 1e-4
-    assert np.std(expected) > 0.1  # the logits carry signal
+    assert np.std(expected[-1]) > 0.1  # the logits carry signal
 
 
 @pytest.mark.parametrize("model", MODELS)
@@ -166,21 +175,31 @@ def test_sampling_with_blocked_top_k_equals_plain_top_k():
     assert samples[0] == samples[1] and len({tuple(s) for s in samples[0]}) > 1
 
 
+@pytest.fixture(scope="module")
+def end_check_decoders():
+    """A decoder for each `Kernels.end_check_every` k tried, each of the same random model
+    (seed 6). Both end biases of the next test use them: a bias is a weight, so the
+    second one runs the programs the first compiled."""
+    decoders = {}
+    for every in (1, 2, 3, 5, MAXLEN - 1, MAXLEN, 50):
+        keras.utils.set_random_seed(6)
+        backbone = Transformer(BackboneConfig.from_dict(TINY_CONFIG), application="unilm", with_mlm="linear",
+                               kernels=Kernels(end_check_every=every))
+        decoders[every] = CachedDecoder(backbone, END_ID, max_source_len=12, max_target_len=MAXLEN)
+    return decoders
+
+
 @pytest.mark.parametrize("end_bias", [0.3, 1.0])
-def test_checking_for_ended_samples_less_often_gives_the_same_samples(end_bias):
+def test_checking_for_ended_samples_less_often_gives_the_same_samples(end_check_decoders, end_bias):
     """`Kernels.end_check_every`: the loop checks whether every sample has ended after
     every k steps; rows that ended pick nothing, so the samples are the same for any k,
     whether some samples run to the limit (bias 0.3) or all end early (bias 1: the loop
     stops before the limit)."""
     samples = {}
-    for every in (1, 2, 3, 5, MAXLEN - 1, MAXLEN, 50):
-        keras.utils.set_random_seed(6)
-        backbone = Transformer(BackboneConfig.from_dict(TINY_CONFIG), application="unilm", with_mlm="linear",
-                               kernels=Kernels(end_check_every=every))
-        bias = backbone.mlm_bias.bias.numpy()
+    for every, decoder in end_check_decoders.items():
+        bias = decoder.backbone.mlm_bias.bias.numpy()
         bias[END_ID] = end_bias
-        backbone.mlm_bias.bias.assign(bias)
-        decoder = CachedDecoder(backbone, END_ID, max_source_len=12, max_target_len=MAXLEN)
+        decoder.backbone.mlm_bias.bias.assign(bias)
         samples[every] = decoder.sample(SOURCES[0], n=24, topk=5, seed=8)
     lengths = [len(sample) for sample in samples[1]]
     assert len(set(lengths)) > 2
@@ -238,11 +257,12 @@ def test_cached_steps_past_the_position_table_equal_full_recompute(model_dirs):
     logits, source_caches, source_len = decoder.prefill(source)
     caches = decoder.empty_caches(1)
     target = [int(token) for token in np.random.default_rng(9).integers(4, 97, 29)]
+    expected = full_logits(backbone, source, [target[:t] for t in range(len(target) + 1)], length=64)
     worst = 0.0
     for t, token in enumerate([None] + target):
         if token is not None:
             logits, caches = decoder.step([token], source_caches, caches, source_len, t - 1)
-        worst = max(worst, float(np.abs(np.asarray(logits)[0] - full_logits(backbone, source, target[:t])).max()))
+        worst = max(worst, float(np.abs(np.asarray(logits)[0] - expected[t]).max()))
     assert len(source) + len(target) == 59 and worst < 1e-4
     plain = build_transformer_model(TINY_CONFIG, model_dirs["bert"], model="bert", application="unilm",
                                     with_mlm="linear")
