@@ -161,6 +161,44 @@ def simbert(*args, timeout=300):
                           cwd=ROOT, timeout=timeout)
 
 
+# Runs `simbert.cli.main` on each argument list of the JSON file argv[1] in turn, each
+# command's exit status and its Python-level stdout and stderr written to argv[2].
+COMMANDS_DRIVER = """
+import contextlib, io, json, logging, sys
+from simbert.cli import main
+results = []
+for arguments in json.load(open(sys.argv[1], encoding="utf-8")):
+    stdout, stderr = io.StringIO(), io.StringIO()
+    for handler in logging.getLogger().handlers:  # the first command's logging.basicConfig
+        handler.setStream(stderr)
+    with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+        try:
+            code = main(arguments)
+        except SystemExit as exit:
+            code = exit.code if isinstance(exit.code, int) else 1
+    results.append({"returncode": code, "stdout": stdout.getvalue(), "stderr": stderr.getvalue()})
+with open(sys.argv[2], "w", encoding="utf-8") as writer:
+    json.dump(results, writer)
+"""
+
+
+def simbert_commands(workdir, *commands, timeout=600) -> list[subprocess.CompletedProcess]:
+    """The `simbert` commands `commands` (argument lists) run one after the other in one
+    new Python process from the repository root (`simbert.cli.main` each, as
+    `python -m simbert.cli` runs it), so that the backend starts once, not once a
+    command; a finished "process" per command: its exit status, stdout and stderr (what
+    Python wrote; the native libraries' own lines are not separated)."""
+    jobs, results = os.path.join(workdir, "commands.json"), os.path.join(workdir, "results.json")
+    with open(jobs, "w", encoding="utf-8") as writer:
+        json.dump([[str(argument) for argument in command] for command in commands], writer, ensure_ascii=False)
+    process = subprocess.run([sys.executable, "-c", COMMANDS_DRIVER, jobs, results], capture_output=True, text=True,
+                             cwd=ROOT, timeout=timeout)
+    assert process.returncode == 0, process.stderr[-3000:]
+    with open(results, encoding="utf-8") as reader:
+        return [subprocess.CompletedProcess(command, result["returncode"], result["stdout"], result["stderr"])
+                for command, result in zip(commands, json.load(reader))]
+
+
 @contextlib.contextmanager
 def lock_held_elsewhere(lock_class: str, path):
     """Another process holding `lock_class(path)` (e.g. "simbert.retrieval.IndexLock")

@@ -12,7 +12,7 @@ import time
 import numpy as np
 import pytest
 
-from helpers import ROOT, backend_loaded, error_lines, shell_environment, simbert
+from helpers import ROOT, backend_loaded, error_lines, shell_environment, simbert, simbert_commands
 
 CORPUS = ["明天北京会下雨吗", "花呗怎么还款", "信用卡怎么提高额度", "手机充不进电怎么办"]
 
@@ -25,25 +25,34 @@ def stdout_of(*args):
 
 
 def test_generate_encode_index_search(trained_tiny, tmp_path):
-    lines = stdout_of("generate", trained_tiny, "花呗怎么还款", "-n", 30, "-k", 5, "--seed", 1).strip().splitlines()
+    corpus, half = tmp_path / "corpus.txt", tmp_path / "new" / "half"
+    corpus.write_text("\ufeff" + "\n".join(CORPUS) + "\n\n", encoding="utf-8")
+    # The five commands in one process (the backend starts once; each run by the command's
+    # main, as `python -m simbert.cli` runs it).
+    generated, encoded, encoded_half, indexed, searched = simbert_commands(
+        tmp_path,
+        ("generate", trained_tiny, "花呗怎么还款", "-n", 30, "-k", 5, "--seed", 1),
+        ("encode", trained_tiny, "--input", corpus, "--output", tmp_path / "vectors.npy"),
+        # written exactly there (no .npy added), its directory created
+        ("encode", trained_tiny, "--input", corpus, "--output", half, "--precision", "mixed_bfloat16"),
+        ("index", trained_tiny, "--input", corpus, "--output", tmp_path / "index"),
+        ("search", tmp_path / "index", trained_tiny, "花呗怎么还款", "--topn", 2))
+    for result in (generated, encoded, encoded_half, indexed, searched):
+        assert result.returncode == 0, (result.args[0], result.stderr[-3000:])
+
+    lines = generated.stdout.strip().splitlines()
     assert 0 < len(lines) <= 5
     scores = [float(line.split("\t")[0]) for line in lines]
     assert scores == sorted(scores, reverse=True) and all("花呗怎么还款" != line.split("\t")[1] for line in lines)
 
-    corpus = tmp_path / "corpus.txt"
-    corpus.write_text("\ufeff" + "\n".join(CORPUS) + "\n\n", encoding="utf-8")
-    stdout_of("encode", trained_tiny, "--input", corpus, "--output", tmp_path / "vectors.npy")
     vectors = np.load(tmp_path / "vectors.npy")
     assert vectors.shape[0] == len(CORPUS)
     np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
-    half = tmp_path / "new" / "half"  # written exactly there (no .npy added), its directory created
-    stdout_of("encode", trained_tiny, "--input", corpus, "--output", half, "--precision", "mixed_bfloat16")
     assert sorted(os.listdir(tmp_path / "new")) == ["half"]
     cosines = np.sum(np.load(half) * vectors, axis=1)
     assert cosines.min() > 0.99 and not np.array_equal(np.load(half), vectors)  # in bfloat16
 
-    stdout_of("index", trained_tiny, "--input", corpus, "--output", tmp_path / "index")
-    best = stdout_of("search", tmp_path / "index", trained_tiny, "花呗怎么还款", "--topn", 2).splitlines()
+    best = searched.stdout.splitlines()
     assert len(best) == 2 and best[0].split("\t")[1] == "花呗怎么还款"
     assert abs(float(best[0].split("\t")[0]) - 1) < 1e-4
 
