@@ -41,9 +41,15 @@ def reference(session_dir):
                      "keep_tokens": keep, "inputs": str(workdir / f"{name}.inputs.npz"),
                      "output": str(workdir / f"{name}.npz")})
     for model in ("bert", "roformer"):
-        # A model of our own (random init, never loaded) saved in the released layout.
+        # A model of our own (never loaded) saved in the released layout. Its weights are
+        # drawn here, not by the backend's initializers (zero biases, unit gammas): every
+        # value shows where it lands, and the checkpoint is the same on TensorFlow and on
+        # JAX, so the JAX rerun reuses bert4keras' outputs for it (helpers.run_reference).
         ours = build_transformer_model(TINY_CONFIG, model=model, application="unilm",
                                        with_pool="linear", with_mlm="linear")
+        rng = np.random.default_rng(11)
+        for variable in ours.trainable_variables:
+            variable.assign(rng.normal(0.0, 0.2, variable.shape).astype("float32"))
         directory = str(workdir / f"saved_{model}")
         save_pretrained(ours, directory, {f"t{i}": i for i in range(TINY_CONFIG["vocab_size"])})
         token_ids, segment_ids = padded_batch(TINY_CONFIG["vocab_size"], seed=4)
