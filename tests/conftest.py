@@ -2,6 +2,7 @@
 tests; two random models of one width; a random model written in the released layout.
 The session's directory of bert4keras outputs (helpers.run_reference)."""
 
+import collections
 import os
 import shutil
 import tempfile
@@ -17,6 +18,23 @@ def pytest_configure(config):
     the variable (and pass it on to the JAX rerun); removed when that process ends."""
     if REFERENCE_CACHE not in os.environ:
         os.environ[REFERENCE_CACHE] = config.simbert_reference_cache = tempfile.mkdtemp(prefix="simbert-bert4keras-")
+
+
+# Files of few tests that take minutes (JAX subprocesses), queued first on pytest-xdist's
+# workers; the others follow by their number of tests, as pytest-xdist would queue them
+# (pytest.ini turns its own ordering off: --no-loadscope-reorder). It queued these last,
+# having few tests, and at the end one worker ran the JAX rerun for minutes alone.
+SLOW_FILES = ("test_jax_backend.py", "test_distribution.py", "test_encode_devices.py")
+
+
+def pytest_collection_modifyitems(config, items):
+    """On pytest-xdist's workers (a serial run keeps the files in order): SLOW_FILES
+    first, then the files with more tests; a file's tests keep their order."""
+    if not hasattr(config, "workerinput"):
+        return
+    counts = collections.Counter(item.path for item in items)
+    rank = {name: index for index, name in enumerate(SLOW_FILES)}
+    items.sort(key=lambda item: (rank.get(item.path.name, len(rank)), -counts[item.path], str(item.path)))
 
 
 def pytest_unconfigure(config):
