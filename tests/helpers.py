@@ -174,8 +174,8 @@ for arguments in json.load(open(sys.argv[1], encoding="utf-8")):
     with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
         try:
             code = main(arguments)
-        except SystemExit as exit:
-            code = exit.code if isinstance(exit.code, int) else 1
+        except SystemExit as exit:  # argparse: 2 for a usage error, 0 after --help
+            code = 0 if exit.code is None else exit.code if isinstance(exit.code, int) else 1
     results.append({"returncode": code, "stdout": stdout.getvalue(), "stderr": stderr.getvalue()})
 with open(sys.argv[2], "w", encoding="utf-8") as writer:
     json.dump(results, writer)
@@ -287,8 +287,8 @@ def _reference_key(job: dict) -> str:
 
 def run_reference(jobs: list[dict], workdir: str) -> None:
     """`reference.invoke.run_bert4keras(jobs, workdir)`, but a job that a process of this
-    test session already ran on files of the same contents (another worker, or the outer
-    run for the JAX rerun; bert4keras runs on TensorFlow either way) has its output copied
+    test session already ran on files of the same contents (another worker, the outer run
+    or the JAX rerun; bert4keras runs on TensorFlow either way) has its output copied
     from the session's cache ($SIMBERT_TEST_REFERENCE_CACHE); the others run in one
     subprocess as before and are added to it. A process that needs a job another is
     running waits for it (a lock file per job)."""
