@@ -18,6 +18,7 @@ from typing import Any, ClassVar
 import yaml
 
 from simbert.arguments import PRECISIONS
+from simbert.batch_sampling import FILE_BATCHES
 from simbert.errors import missing_path
 
 MODEL_TYPES = ("bert", "roformer")
@@ -173,6 +174,9 @@ class DataConfig:
     # pairs (and keep_generation's targets): a label below this is not a similar pair; a list: one per file
     pair_threshold: float | list = 1.0
     shuffle_buffer: int = 100_000  # groups held in memory for shuffling a streamed file
+    # Several files: mixed (a batch mixes them, by their sizes) | round_robin (each batch from one
+    # file, in turn) | proportional (each batch from one file, drawn by its size); simbert.batch_sampling.
+    file_batches: str = "mixed"
     mask_source: bool = False  # RoFormer-Sim whole-word masking of the source (p = 0.5)
     # Batch lengths and target widths rounded up to multiples; None: 16 when the step is
     # XLA-compiled (one program per shape), else 1.
@@ -246,6 +250,7 @@ class TrainConfig:
         "model.model_type": (None, *MODEL_TYPES),
         "data.format": DATA_FORMATS,
         "data.on_error": ("raise", "skip"),
+        "data.file_batches": FILE_BATCHES,
         "training.precision": PRECISIONS,
         "training.jit_compile": (True, False, "auto"),
         "training.distribution": ("auto", "none", "data_parallel"),

@@ -24,8 +24,9 @@ from typing import Callable, Iterable, Iterator, Sequence
 import keras
 import numpy as np
 
+from simbert.batch_sampling import sampled_batches
 from simbert.config import DataConfig
-from simbert.errors import missing_path
+from simbert.errors import DataError, missing_path
 from simbert.shapes import ShapeBuckets
 from simbert.text_files import numbered_lines
 from simbert.tokenizer import SPECIAL_TOKENS, Tokenizer, is_cjk_character, is_dropped, is_punctuation, normalize
@@ -38,10 +39,6 @@ TEXT_COLUMNS = (("sentence1", "sentence2"), ("text1", "text2"), ("text_a", "text
                 ("question1", "question2"), ("s1", "s2"))
 # Tab-separated layouts: the fields holding text1, text2 and the label.
 TAB_FIELDS = {"tsv": (0, 1, 2), "atec": (1, 2, 3), "sts": (1, 3, 4)}
-
-
-class DataError(ValueError):
-    """A record that cannot be read; the message names the file and line."""
 
 
 @dataclass
@@ -277,9 +274,14 @@ def read_pairs(path: str, on_error: str = "raise", report: ReadReport | None = N
         yield group
 
 
+def listed_files(data: DataConfig) -> list[str]:
+    """The paths of `data.train` (one path or a list), unchecked."""
+    return data.train if isinstance(data.train, list) else [data.train]
+
+
 def training_files(data: DataConfig) -> list[str]:
     """The files of `data.train` (one path or a list), each checked to exist and be a file."""
-    files = data.train if isinstance(data.train, list) else [data.train]
+    files = listed_files(data)
     for path in files:
         if os.path.isdir(path):
             raise IsADirectoryError(f"data.train {path} is a directory; expected a data file")
@@ -296,14 +298,17 @@ def pair_thresholds(data: DataConfig) -> list[float]:
     return [float(value) for value in thresholds] if isinstance(thresholds, list) else [thresholds] * len(files)
 
 
-def read_training_groups(data: DataConfig, report: ReadReport) -> Iterator[list[str]]:
+def read_training_groups(data: DataConfig, report: ReadReport, source: int | None = None) -> Iterator[list[str]]:
     """The groups of `data.train`'s files in its `data.format` (groups or pairs), one file
-    after another (a missing file raises here, before the first is read)."""
+    after another, or of file number `source` alone (a missing file raises here, before
+    the first is read)."""
     files = training_files(data)
+    numbers = range(len(files)) if source is None else [source]
     if data.format == "groups":
-        return itertools.chain.from_iterable(read_groups(path, data.on_error, report) for path in files)
-    return itertools.chain.from_iterable(read_pairs(path, data.on_error, report, threshold)
-                                         for path, threshold in zip(files, pair_thresholds(data)))
+        return itertools.chain.from_iterable(read_groups(files[number], data.on_error, report) for number in numbers)
+    thresholds = pair_thresholds(data)
+    return itertools.chain.from_iterable(read_pairs(files[number], data.on_error, report, thresholds[number])
+                                         for number in numbers)
 
 
 def cut_text(text: str, max_chars: int, separators: str = SENTENCE_SEPARATORS) -> str:
@@ -531,7 +536,7 @@ def build_training_batch(numbered_pairs: tuple[int, list[tuple[str, str]]], toke
     return make_batch(pairs, tokenizer, max_tokens, mask_source, buckets, negatives_per_pair)
 
 
-def training_batches(read_group_stream: Callable[[], Iterable[list[str]]], tokenizer: Tokenizer,
+def training_batches(read_group_stream: Callable[..., Iterable[list[str]]], tokenizer: Tokenizer,
                      data: DataConfig, batch_size: int, seed: int, start_step: int = 0,
                      teacher_similarities: Callable[[list[str]], np.ndarray] | None = None,
                      buckets: ShapeBuckets | None = None, workers: int = 0):
@@ -539,17 +544,20 @@ def training_batches(read_group_stream: Callable[[], Iterable[list[str]]], token
     to `buckets`); the stream after `start_step` steps is the same as in an
     uninterrupted run with the same `seed`, and the same for any number of `workers`
     (processes that tokenize and pad ahead, `simbert.workers.ordered_map`; the pairs are
-    sampled here). `teacher_similarities(texts)`, when given, is the teacher's cosine
-    matrix of the pair rows' sources, the distillation target. With
+    sampled here, from the files as `data.file_batches` says: `read_group_stream()`
+    reads every file, `read_group_stream(i)` file i, see `simbert.batch_sampling`).
+    `teacher_similarities(texts)`, when given, is the teacher's cosine matrix of the
+    pair rows' sources, the distillation target. With
     `data.negatives_per_pair`, a batch whose groups hold mined negatives has mined rows
     after the pair rows (`make_batch`). Close the generator to stop the workers."""
     pairs_per_batch = batch_size // 2
-    pairs = iter(PairSampler(read_group_stream, data.max_chars, seed, data.shuffle_buffer, data.negatives_per_pair))
-    for _ in range(start_step * pairs_per_batch):
-        next(pairs)
+    sampler = functools.partial(PairSampler, max_chars=data.max_chars, buffer_size=data.shuffle_buffer,
+                                negatives_per_pair=data.negatives_per_pair)
     if data.mask_source:
         SourceMasker(tokenizer)  # fails here, not in a worker, without a [MASK] token
-    numbered = ((step, [next(pairs) for _ in range(pairs_per_batch)]) for step in itertools.count(start_step))
+    numbered = zip(itertools.count(start_step),
+                   sampled_batches(sampler, read_group_stream, listed_files(data), data.file_batches, seed,
+                                   pairs_per_batch, start_step))
     if teacher_similarities is not None:
         numbered, with_teacher = itertools.tee(numbered)
     build = functools.partial(build_training_batch, tokenizer=tokenizer, max_tokens=data.max_tokens,

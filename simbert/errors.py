@@ -14,6 +14,11 @@ def missing_path(what: str, path: str | os.PathLike) -> FileNotFoundError:
     return FileNotFoundError(f"{what} {path} does not exist{where}")
 
 
+class DataError(ValueError):
+    """A training record that cannot be read (the message names the file and line), or
+    training data without a usable one."""
+
+
 class FileFormatError(ValueError):
     """A file that exists but cannot be read as the format expected (truncated, corrupt,
     another format); the message names the file and what was expected."""

@@ -19,12 +19,14 @@ from typing import Callable, Iterable, Iterator, Sequence
 import keras
 import numpy as np
 
+from simbert.batch_sampling import sampled_batches
 from simbert.config import DataConfig
 from simbert.data import (
     PairSampler,
     ReadReport,
     clean_text,
     cut_text,
+    listed_files,
     make_batch,
     pair_thresholds,
     problem_handler,
@@ -71,12 +73,25 @@ def read_labelled_pairs(path: str, on_error: str = "raise", report: ReadReport |
         yield LabelledPair(first, second, label, source)
 
 
-def read_training_pairs(data: DataConfig, report: ReadReport,
-                        num_labels: int | None = None) -> Iterator[LabelledPair]:
-    """The labelled pairs of `data.train`'s files, one file after another (a missing file
-    raises here); with `num_labels`, their labels are classes (see `read_labelled_pairs`)."""
-    return itertools.chain.from_iterable(read_labelled_pairs(path, data.on_error, report, source, num_labels)
-                                         for source, path in enumerate(training_files(data)))
+def read_training_pairs(data: DataConfig, report: ReadReport, num_labels: int | None = None,
+                        source: int | None = None) -> Iterator[LabelledPair]:
+    """The labelled pairs of `data.train`'s files, one file after another, or of file
+    number `source` alone (a missing file raises here); with `num_labels`, their labels
+    are classes (see `read_labelled_pairs`)."""
+    files = training_files(data)
+    numbers = range(len(files)) if source is None else [source]
+    return itertools.chain.from_iterable(read_labelled_pairs(files[number], data.on_error, report, number, num_labels)
+                                         for number in numbers)
+
+
+def sampled_pairs(read_pair_stream: Callable[..., Iterable[LabelledPair]], data: DataConfig, seed: int,
+                  per_batch: int, start_step: int) -> Iterator[list[LabelledPair]]:
+    """Each step's `per_batch` labelled pairs from `start_step` on, drawn by
+    `LabelledPairSampler`s from the files as `data.file_batches` says (`read_pair_stream()`
+    every file's pairs, `read_pair_stream(i)` file i's; `simbert.batch_sampling`)."""
+    sampler = functools.partial(LabelledPairSampler, max_chars=data.max_chars, buffer_size=data.shuffle_buffer)
+    return sampled_batches(sampler, read_pair_stream, listed_files(data), data.file_batches, seed, per_batch,
+                           start_step)
 
 
 class LabelledPairSampler(PairSampler):
@@ -138,31 +153,24 @@ def make_pair_batch(pairs: Sequence[LabelledPair], tokenizer: Tokenizer, max_tok
     return (token_ids, segment_ids), {"classification": np.array([pair.label for pair in pairs], "int32")}
 
 
-def labelled_training_batches(read_pair_stream: Callable[[], Iterable[LabelledPair]], tokenizer: Tokenizer,
+def labelled_training_batches(read_pair_stream: Callable[..., Iterable[LabelledPair]], tokenizer: Tokenizer,
                               data: DataConfig, batch_size: int, seed: int, start_step: int = 0,
                               keep_generation: bool = False, buckets: ShapeBuckets | None = None, workers: int = 0):
     """Endless CoSENT batches of `batch_size // 2` labelled pairs (`make_labelled_batch`),
-    sampled by `LabelledPairSampler`; like `training_batches`, the stream after
+    sampled by `sampled_pairs`; like `training_batches`, the stream after
     `start_step` steps is that of an uninterrupted run with the same `seed`."""
-    pairs_per_batch = batch_size // 2
-    pairs = iter(LabelledPairSampler(read_pair_stream, data.max_chars, seed, data.shuffle_buffer))
-    for _ in range(start_step * pairs_per_batch):
-        next(pairs)
-    batches = ([next(pairs) for _ in range(pairs_per_batch)] for _ in itertools.count(start_step))
+    batches = sampled_pairs(read_pair_stream, data, seed, batch_size // 2, start_step)
     build = functools.partial(make_labelled_batch, tokenizer=tokenizer, max_tokens=data.max_tokens,
                               keep_generation=keep_generation, thresholds=pair_thresholds(data), buckets=buckets)
     yield from ordered_map(build, batches, workers)
 
 
-def classification_batches(read_pair_stream: Callable[[], Iterable[LabelledPair]], tokenizer: Tokenizer,
+def classification_batches(read_pair_stream: Callable[..., Iterable[LabelledPair]], tokenizer: Tokenizer,
                            data: DataConfig, batch_size: int, seed: int, start_step: int = 0,
                            buckets: ShapeBuckets | None = None, workers: int = 0):
     """Endless pair-classifier batches of `batch_size` labelled pairs, a row each
-    (`make_pair_batch`), sampled by `LabelledPairSampler` (the two texts in a random
-    order); the stream after `start_step` steps is that of an uninterrupted run."""
-    pairs = iter(LabelledPairSampler(read_pair_stream, data.max_chars, seed, data.shuffle_buffer))
-    for _ in range(start_step * batch_size):
-        next(pairs)
-    batches = ([next(pairs) for _ in range(batch_size)] for _ in itertools.count(start_step))
+    (`make_pair_batch`), sampled by `sampled_pairs` (the two texts in a random order);
+    the stream after `start_step` steps is that of an uninterrupted run."""
+    batches = sampled_pairs(read_pair_stream, data, seed, batch_size, start_step)
     build = functools.partial(make_pair_batch, tokenizer=tokenizer, max_tokens=data.max_tokens, buckets=buckets)
     yield from ordered_map(build, batches, workers)

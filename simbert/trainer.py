@@ -37,6 +37,7 @@ from simbert.data import (
     batch_dataset,
     build_char_vocab,
     has_mined_rows,
+    listed_files,
     negatives_per_row,
     read_training_groups,
     training_batches,
@@ -120,7 +121,7 @@ class FitResult:
 RESUME_FIELDS = ("model.model_type", "model.pretrained", "model.config", "model.vocab", "model.simplify_vocab",
                  "model.hierarchical_position", "training.batch_size", "training.seed", "data.max_chars",
                  "training.objective", "training.keep_generation", "training.num_labels",
-                 "data.negatives_per_pair")
+                 "data.negatives_per_pair", "data.file_batches")
 
 
 class ResumeMismatch(ValueError):
@@ -203,7 +204,7 @@ class Trainer:
         self.output_dir = config.output.dir
         self.run = RunDirectory(self.output_dir)
         self.resume, self.overwrite, self.resume_anyway = resume, overwrite, resume_anyway
-        self.report = ReadReport()
+        self.report, self._counted_sources = ReadReport(), set()
         self.stop_event = stop_event if stop_event is not None else threading.Event()
         training = config.training
         if training.teacher:
@@ -326,17 +327,18 @@ class Trainer:
         """Whether the objective trains on labelled pairs (cosent, cross_encoder), not groups."""
         return self.config.training.objective != "simbert"
 
-    def read_groups(self):
-        """The training records, read afresh (a new pass over the files): groups of similar
-        texts, or `LabelledPair`s for an objective that reads labelled pairs. Skipped
-        records are counted in `self.report` during the first full pass only, so each is
-        counted once."""
-        report = self.report if not self._report_complete else ReadReport()
-        self._report_complete = True
+    def read_groups(self, source: int | None = None):
+        """The training records, read afresh (a new pass over the files), or file number
+        `source`'s alone: groups of similar texts, or `LabelledPair`s for an objective that
+        reads labelled pairs. Skipped records are counted in `self.report` during the
+        first full pass over each file only, so each is counted once."""
+        sources = set(range(len(listed_files(self.config.data)))) if source is None else {source}
+        report = self.report if not sources <= self._counted_sources else ReadReport()
+        self._counted_sources |= sources
         if self.reads_labelled_pairs:
             return read_training_pairs(self.config.data, report,
-                                       self.config.training.num_labels if self.classifies else None)
-        return read_training_groups(self.config.data, report)
+                                       self.config.training.num_labels if self.classifies else None, source)
+        return read_training_groups(self.config.data, report, source)
 
     def _record_texts(self, record, mined: list | None = None) -> list[str]:
         """The texts of a record of `read_groups` (a group's mined negatives too; `mined`,
@@ -355,7 +357,7 @@ class Trainer:
         compared with a checkpoint's) the pass reads the whole file and its character
         vocabulary is kept as `data_characters`; otherwise (None) it stops at the first
         usable group."""
-        self.report, self._report_complete = ReadReport(), False
+        self.report, self._counted_sources = ReadReport(), set()
         model = self.config.model
         whole = not model.pretrained and not model.vocab
         groups = iter(self.read_groups())
@@ -376,7 +378,8 @@ class Trainer:
                 for text in self._record_texts(record, mined))
             if mined and self.config.data.negatives_per_pair:
                 self._check_mined_negatives()
-        self._report_complete = whole
+        if not whole:  # the full passes of training count every file's skipped records
+            self.report, self._counted_sources = ReadReport(), set()
 
     def _check_model_recipe(self) -> None:
         """The model part of the recipe, before anything is built: its paths exist and a

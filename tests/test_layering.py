@@ -14,7 +14,7 @@ PACKAGE = os.path.join(ROOT, "simbert")
 # Lowest first. A module may import modules of strictly lower layers only.
 LAYERS = [
     {"errors", "atomic_files", "file_locks", "kernels", "workers"},
-    {"arguments", "distribution", "tokenizer", "layers", "shapes", "text_files", "trace_store"},
+    {"arguments", "batch_sampling", "distribution", "tokenizer", "layers", "shapes", "text_files", "trace_store"},
     {"compiled", "config"},
     {"models"},
     {"checkpoints", "source_pass"},
