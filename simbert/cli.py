@@ -350,13 +350,16 @@ def _mine(args) -> int:
     from simbert.atomic_files import write_atomically
     from simbert.mining import MiningReport, corpus_index, mine_negatives, read_records
 
-    count = sum(1 for _ in read_records(args.input, args.format))  # a first pass: a bad record fails now
+    def records():
+        return read_records(args.input, args.format, args.pair_threshold)
+
+    count = sum(1 for _ in records())  # a first pass: a bad record fails now
     if not count:
         raise ValueError(f"{args.input} holds no record of two or more distinct texts")
     model = _load_model(args)
     index = corpus_index(model, args.corpus, args.batch_size, progress=True)
     report = MiningReport()
-    mined = mine_negatives(model, read_records(args.input, args.format), index, per_example=args.per_example,
+    mined = mine_negatives(model, records(), index, per_example=args.per_example,
                            skip_top=args.skip_top, max_score=args.max_score, batch_size=args.batch_size,
                            report=report, progress=True, total=count)
     write_atomically(args.output, lambda writer: writer.writelines(
@@ -582,6 +585,8 @@ def build_parser() -> argparse.ArgumentParser:
     mine.add_argument("--input", required=True, type=existing_path("input file"),
                       help="training data: SimBERT groups JSONL, or a pair file (its similar pairs)")
     mine.add_argument("--format", choices=["groups", "pairs"], help="of --input (default: detected)")
+    mine.add_argument("--pair-threshold", type=float, default=1.0,
+                      help="a pair file's label below this is not a similar pair (default 1; e.g. 4 for STS scores)")
     mine.add_argument("--corpus", required=True, type=existing_path("corpus", directory=None),
                       help="texts to mine, one a line (searched exactly), or an index directory of this model "
                            "(simbert index)")

@@ -57,17 +57,18 @@ def detect_input_format(path: str) -> str:
     return "groups"
 
 
-def read_records(path: str, format: str | None = None) -> Iterator[Group]:
+def read_records(path: str, format: str | None = None, pair_threshold: float = 1.0) -> Iterator[Group]:
     """The records of a training file as `Group`s: a groups file's groups (with any
-    negatives they hold), or a pair file's similar pairs (`read_pairs`); `format`
-    "groups" or "pairs", detected when None (`detect_input_format`). A record that does
-    not read raises `DataError` naming the file and line."""
+    negatives they hold), or a pair file's similar pairs (`read_pairs`: labelled at least
+    `pair_threshold`, e.g. 4 for STS scores); `format` "groups" or "pairs", detected when
+    None (`detect_input_format`). A record that does not read raises `DataError` naming
+    the file and line."""
     format = format or detect_input_format(path)
     if format not in INPUT_FORMATS:
         raise ValueError(f"format should be one of {INPUT_FORMATS}, got {format!r}")
     if format == "groups":
         return read_groups(path)
-    return (Group(pair) for pair in read_pairs(path))
+    return (Group(pair) for pair in read_pairs(path, threshold=pair_threshold))
 
 
 def corpus_index(model: SimBERT, corpus: str, batch_size: int = 64, progress: bool = False) -> SimilarityIndex:

@@ -111,6 +111,9 @@ def test_read_records_takes_groups_and_pair_files(tmp_path):
     pairs = tmp_path / "pairs.txt"
     pairs.write_text("a\tb\t1\nc\td\t0\ne\tf\n", encoding="utf-8")
     assert [list(g) for g in read_records(str(pairs))] == [["a", "b"], ["e", "f"]]  # the similar pairs
+    graded = tmp_path / "sts.txt"
+    graded.write_text("a\tb\t4.2\nc\td\t1\ne\tf\t3.9\n", encoding="utf-8")
+    assert [list(g) for g in read_records(str(graded), pair_threshold=4)] == [["a", "b"]]
 
 
 # -------------------------------------------------------------- the command
@@ -146,7 +149,7 @@ def test_mine_command_end_to_end(tiny_model, tmp_path, capsys):
         ranked = [corpus_texts[i] for i in np.argsort(-scores, kind="stable")[1:] if scores[i] < 0.99]
         own = {record["text"], *record["synonyms"]}
         assert line["negatives"] == [text for text in ranked if text not in own][:2]
-    # An index directory of the corpus gives the same; a pair file is read as its similar pairs.
+    # An index directory of the corpus gives the same; a pair file is read as its similar pairs (graded: >= 4).
     assert main(["index", tiny_model, "--input", str(corpus), "--output", str(tmp_path / "index"),
                  "--no-compile-cache", "--maxlen", "16"]) == 0
     again = tmp_path / "again.jsonl"
@@ -154,8 +157,8 @@ def test_mine_command_end_to_end(tiny_model, tmp_path, capsys):
     assert main(["mine", tiny_model, "--input", str(data), *map(str, arguments)]) == 0
     assert again.read_text(encoding="utf-8") == out.read_text(encoding="utf-8")
     pairs = tmp_path / "pairs.tsv"
-    pairs.write_text(f"{records[0]['text']}\t{records[0]['synonyms'][0]}\t1\nw1\tw2\t0\n", encoding="utf-8")
-    assert main(["mine", tiny_model, "--input", str(pairs), *map(str, arguments)]) == 0
+    pairs.write_text(f"{records[0]['text']}\t{records[0]['synonyms'][0]}\t4.5\nw1\tw2\t3\n", encoding="utf-8")
+    assert main(["mine", tiny_model, "--input", str(pairs), "--pair-threshold", "4", *map(str, arguments)]) == 0
     assert [json.loads(line) for line in again.read_text(encoding="utf-8").splitlines()] == lines[:1]
 
 
