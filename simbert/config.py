@@ -24,6 +24,15 @@ from simbert.errors import missing_path
 MODEL_TYPES = ("bert", "roformer")
 DATA_FORMATS = ("groups", "pairs", "labelled_pairs")
 OBJECTIVES = ("simbert", "cosent", "cross_encoder")
+# The options only some objectives use.
+OBJECTIVE_OPTIONS = {
+    "training.keep_generation": ("cosent",), "training.cosent_scale": ("cosent",),
+    "training.teacher": ("simbert",), "training.distillation_weight": ("simbert",),
+    "training.similarity_chunk": ("simbert",), "training.scale": ("simbert",),
+    "training.similarity_weight": ("simbert",), "training.mask_duplicates": ("simbert",),
+    "data.mask_source": ("simbert",), "training.seq2seq_weight": ("simbert", "cosent"),
+    "training.num_labels": ("cross_encoder",),
+}
 # What each objective trains on: the data formats it reads.
 OBJECTIVE_FORMATS = {"simbert": ("groups", "pairs"), "cosent": ("labelled_pairs",),
                      "cross_encoder": ("labelled_pairs",)}
@@ -348,17 +357,14 @@ def _check_objective(config: TrainConfig, source: str) -> None:
                 else "groups or pairs (similar texts)")
         raise ValueError(f"{source}: training.objective {training.objective} reads data.format {hint}, "
                          f"got data.format {data.format!r}")
-    only = {"training.keep_generation": ("cosent", training.keep_generation),
-            "training.teacher": ("simbert", training.teacher),
-            "training.similarity_chunk": ("simbert", training.similarity_chunk),
-            "data.mask_source": ("simbert", data.mask_source)}
-    for key, (objective, value) in only.items():
-        if value and training.objective != objective:
-            raise ValueError(f"{source}: {key} is for training.objective {objective}, "
+    # An option of other objectives only, set to other than its default, is refused (not ignored).
+    defaults = TrainConfig()
+    for key, objectives in OBJECTIVE_OPTIONS.items():
+        section, name = key.split(".")
+        value, default = getattr(getattr(config, section), name), getattr(getattr(defaults, section), name)
+        if value != default and training.objective not in objectives:
+            raise ValueError(f"{source}: {key} is for training.objective {' or '.join(objectives)}, "
                              f"not {training.objective}; leave it out")
-    if training.num_labels != 2 and training.objective != "cross_encoder":
-        raise ValueError(f"{source}: training.num_labels is for training.objective cross_encoder, "
-                         f"not {training.objective}; leave it out")
     if config.output.sample_every and training.objective == "cross_encoder":
         raise ValueError(f"{source}: output.sample_every prints paraphrases, which a pair classifier "
                          f"(training.objective cross_encoder) does not generate; leave it out")

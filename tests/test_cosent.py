@@ -172,6 +172,12 @@ def test_keep_generation_trains_both_losses(tmp_path, trained_tiny):
     ({"data": {"format": "labelled_pairs"}, "training": {"objective": "simbert"}},
      "training.objective simbert reads data.format groups or pairs"),
     ({"training": {"objective": "cosent", "cosent_scale": 0}}, "training.cosent_scale should be a finite number"),
+    ({"data": {"format": "pairs"}, "training": {"objective": "simbert", "cosent_scale": 10}},
+     "training.cosent_scale is for training.objective cosent, not simbert"),
+    ({"training": {"objective": "cosent", "scale": 20}},
+     "training.scale is for training.objective simbert, not cosent"),
+    ({"training": {"objective": "cross_encoder", "seq2seq_weight": 0.5}},
+     "training.seq2seq_weight is for training.objective simbert or cosent, not cross_encoder"),
     ({"data": {"format": "labelled_pairs", "train": []}}, "data.train should be a file or a non-empty list"),
 ])
 def test_recipe_checks_of_the_objective(change, message):
