@@ -2,7 +2,7 @@
 
     python scripts/prepare_pairs.py OUTPUT.jsonl FILE [FILE ...] [--min-score 4]
 
-Each FILE's layout is detected (see `simbert.data.detect_pair_format`); a pair is kept
+Each FILE's layout is detected (see `simbert.readers.detect_pair_format`); a pair is kept
 when its label is 1 (binary sets) or at least --min-score (graded sets such as STS-B).
 OUTPUT is written whole or not at all (its directory created).
 """

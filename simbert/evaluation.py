@@ -14,7 +14,7 @@ from typing import Callable, Sequence
 import numpy as np
 from scipy import stats
 
-from simbert.data import detect_pair_format, read_pair_rows
+from simbert.readers import detect_pair_format, read_pair_rows
 
 
 @dataclass
@@ -40,7 +40,7 @@ class PairSet:
 
 
 def read_pair_file(path: str, format: str | None = None) -> PairSet:
-    """The labelled pairs of a pair file (any layout of `simbert.data.read_pair_rows`);
+    """The labelled pairs of a pair file (any layout of `simbert.readers.read_pair_rows`);
     rows without a label or with an empty text are skipped and listed with why; a line
     that is not UTF-8 raises `NotUTF8Error` naming it (metrics of part of a file would
     mislead)."""

@@ -2,7 +2,7 @@
 objectives that learn from labels (CoSENT, `simbert.cosent`; the pair classifier,
 `simbert.pair_classifier`).
 
-Flow: pair files (any layout of `simbert.data.read_pair_rows`) -> `read_training_pairs`
+Flow: pair files (any layout of `simbert.readers.read_pair_rows`) -> `read_training_pairs`
 (`LabelledPair`s, each numbered by its file) -> `LabelledPairSampler` (seeded, texts cut
 to `max_chars`) -> `make_labelled_batch` (CoSENT: rows 2k, 2k+1 the texts of pair k) or
 `make_pair_batch` (a classifier: one row `[CLS] a [SEP] b [SEP]` a pair) ->
@@ -21,13 +21,11 @@ import numpy as np
 
 from simbert.batch_sampling import sampled_batches
 from simbert.config import DataConfig
-from simbert.data import (
-    PairSampler,
+from simbert.data import PairSampler, cut_text, make_batch
+from simbert.readers import (
     ReadReport,
     clean_text,
-    cut_text,
     listed_files,
-    make_batch,
     pair_thresholds,
     problem_handler,
     read_pair_rows,

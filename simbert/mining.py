@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from simbert.api import SimBERT
 from simbert.arguments import check_integer
-from simbert.data import Group, clean_text, read_groups, read_pairs
+from simbert.readers import Group, clean_text, read_groups, read_pairs
 from simbert.retrieval import SimilarityIndex
 from simbert.text_files import numbered_lines, read_texts
 
@@ -45,7 +45,7 @@ class MiningReport:
 
 def detect_input_format(path: str) -> str:
     """"groups" when the first record of `path` is a JSON object with a "text" field (a
-    SimBERT groups file), else "pairs" (any layout `simbert.data.read_pair_rows` reads)."""
+    SimBERT groups file), else "pairs" (any layout `simbert.readers.read_pair_rows` reads)."""
     for _, line in numbered_lines(path, what="input file"):
         if not line.strip():
             continue
@@ -112,7 +112,7 @@ def mine_negatives(model: SimBERT, records: Iterable[Sequence[str]], index: Simi
     (`SimilarityIndex.search`, exact or faiss). Of the results, the top `skip_top` are
     passed over (they are likely paraphrases the data does not list: false negatives),
     so are those scored `max_score` or more, and those equal, after
-    `simbert.data.clean_text`, to a text of the record (or to its negatives already);
+    `simbert.readers.clean_text`, to a text of the record (or to its negatives already);
     the first `per_example` left are its new negatives. A record short of them is
     searched again, wider, until the index runs out.
 

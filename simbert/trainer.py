@@ -31,17 +31,7 @@ from simbert.checkpoints import (
 )
 from simbert.compiled import use_compilation_cache
 from simbert.config import DataConfig, TrainConfig
-from simbert.data import (
-    DataError,
-    ReadReport,
-    batch_dataset,
-    build_char_vocab,
-    has_mined_rows,
-    listed_files,
-    negatives_per_row,
-    read_training_groups,
-    training_batches,
-)
+from simbert.data import batch_dataset, build_char_vocab, has_mined_rows, negatives_per_row, training_batches
 from simbert.directories import (
     TRAINER_STATE_FILE,
     TRAINING_STATE_FILE,
@@ -60,11 +50,12 @@ from simbert.directories import (
     save_pretrained,
 )
 from simbert.distribution import batch_layout
-from simbert.errors import FileFormatError, missing_path
+from simbert.errors import DataError, FileFormatError, missing_path
 from simbert.kernels import Platform
 from simbert.labelled_pairs import classification_batches, labelled_training_batches, read_training_pairs
 from simbert.models import Transformer
 from simbert.pair_classifier import assign_head, read_head, write_head
+from simbert.readers import ReadReport, listed_files, read_training_groups
 from simbert.shapes import ShapeBuckets
 from simbert.tokenizer import Tokenizer, load_vocab
 from simbert.training_model import build_training_model, compiles_step, learning_rate_schedule

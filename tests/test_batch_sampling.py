@@ -11,7 +11,8 @@ import pytest
 from helpers import ROOT, short_config
 from simbert.batch_sampling import sampled_batches
 from simbert.config import DataConfig
-from simbert.data import DataError, PairSampler
+from simbert.data import PairSampler
+from simbert.errors import DataError
 from simbert.labelled_pairs import labelled_training_batches, read_training_pairs
 from simbert.tokenizer import Tokenizer
 

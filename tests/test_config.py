@@ -66,7 +66,7 @@ def test_a_missing_recipe_or_data_file_names_where_a_relative_path_was_looked_up
         TrainConfig.from_yaml(tmp_path / "absent.yaml")
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text("data:\n  train: pairs.txt\n", encoding="utf-8")
-    from simbert.data import ReadReport, read_training_groups
+    from simbert.readers import ReadReport, read_training_groups
 
     with pytest.raises(FileNotFoundError, match=rf"^data.train pairs.txt does not exist \(looked up from the "
                                                 rf"current directory {tmp_path}\)$"):

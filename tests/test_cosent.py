@@ -11,7 +11,7 @@ import pytest
 from helpers import ROOT, TINY_CONFIG, tiny_config, write_model_dir
 from simbert.config import TrainConfig
 from simbert.cosent import CoSENTLoss
-from simbert.data import DataError
+from simbert.errors import DataError
 from simbert.labelled_pairs import LabelledPair, make_labelled_batch, read_labelled_pairs
 
 
@@ -198,7 +198,7 @@ def test_a_row_without_a_label_names_its_line(tmp_path):
 
 def test_keep_generation_targets_follow_each_files_threshold(tmp_path):
     """A binary file (similar at 1) and a graded one (similar at 4) in one recipe."""
-    from simbert.data import pair_thresholds
+    from simbert.readers import pair_thresholds
     from simbert.tokenizer import Tokenizer
 
     config = cosent_config(tmp_path, ["binary.tsv", "graded.tsv"], 1, keep_generation=True)

@@ -11,16 +11,12 @@ import numpy as np
 import pytest
 
 from helpers import ROOT, short_config
-from simbert.data import (
-    DataError,
-    PairSampler,
+from simbert.data import PairSampler, SourceMasker, build_char_vocab, cut_text, make_batch
+from simbert.errors import DataError
+from simbert.readers import (
     ReadReport,
-    SourceMasker,
-    build_char_vocab,
     clean_text,
-    cut_text,
     detect_pair_format,
-    make_batch,
     problem_handler,
     read_groups,
     read_pair_rows,
@@ -261,7 +257,7 @@ def test_a_trailing_tab_is_still_a_tsv(tmp_path):
 def test_a_pair_file_line_that_is_not_utf8_is_counted_once(tmp_path):
     """Training's `on_error: skip` on a pair file: the layout is told past a GBK first
     line, and that line is counted once (detection and the rows reader both met it)."""
-    from simbert.data import ReadReport, read_pairs
+    from simbert.readers import ReadReport, read_pairs
 
     path = tmp_path / "pairs.txt"
     path.write_bytes("花呗\t借呗\t1\n".encode("gbk") + "花呗怎么还\t花呗如何还款\t1\n今天\t明天\t0\n".encode("utf-8"))

@@ -10,7 +10,6 @@ import pytest
 from scipy import stats
 
 from simbert import SimBERT
-from simbert.data import detect_pair_format
 from simbert.evaluation import (
     accuracy_f1,
     best_threshold,
@@ -19,6 +18,7 @@ from simbert.evaluation import (
     pair_metrics,
     read_pair_file,
 )
+from simbert.readers import detect_pair_format
 from simbert.retrieval import fit_whitening
 
 

@@ -16,7 +16,7 @@ LAYERS = [
     {"errors", "atomic_files", "file_locks", "kernels", "workers"},
     {"arguments", "batch_sampling", "distribution", "tokenizer", "layers", "shapes", "text_files", "trace_store"},
     {"compiled", "config"},
-    {"models"},
+    {"models", "readers"},
     {"checkpoints", "source_pass"},
     {"directories", "data", "losses", "optimizers", "cached_step", "generation", "gibbs", "retrieval"},
     {"cosent", "evaluation", "export", "index_parts", "labelled_pairs", "pair_classifier"},

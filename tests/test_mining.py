@@ -12,21 +12,12 @@ from scipy.special import log_softmax
 
 from helpers import ROOT, TINY_CONFIG, tiny_config, value_and_gradients, write_model_dir
 from simbert.cli import main
-from simbert.data import (
-    DataError,
-    Group,
-    PairSampler,
-    ReadReport,
-    build_char_vocab,
-    has_mined_rows,
-    make_batch,
-    negatives_per_row,
-    read_groups,
-    training_batches,
-)
+from simbert.data import PairSampler, build_char_vocab, has_mined_rows, make_batch, negatives_per_row, training_batches
 from simbert.distribution import BatchLayout
+from simbert.errors import DataError
 from simbert.losses import DistillationLoss, SimilarityLoss
 from simbert.mining import MiningReport, mine_negatives, read_records
+from simbert.readers import Group, ReadReport, read_groups
 from simbert.retrieval import SimilarityIndex
 from simbert.tokenizer import Tokenizer
 from simbert.trainer import Trainer

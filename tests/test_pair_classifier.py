@@ -13,8 +13,8 @@ from scipy import stats
 
 from helpers import ROOT, TINY_CONFIG, tiny_config, write_model_dir
 from simbert.config import TrainConfig
-from simbert.data import DataError
 from simbert.directories import load_pretrained
+from simbert.errors import DataError
 from simbert.evaluation import classification_metrics
 from simbert.labelled_pairs import LabelledPair, make_pair_batch, read_labelled_pairs
 from simbert.shapes import ShapeBuckets

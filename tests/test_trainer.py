@@ -19,8 +19,8 @@ import pytest
 from helpers import ROOT, padded_batch, shell_environment, short_config, steps_of, tiny_config
 from reference.invoke import run_bert4keras
 from simbert import build_transformer_model
-from simbert.data import DataError
 from simbert.directories import DirectoryInUse, RunDirectoryTaken, checkpoint_dir, checkpoint_dirs, remove_checkpoint
+from simbert.errors import DataError
 from simbert.tokenizer import load_vocab
 from simbert.trainer import ResumeMismatch, Trainer
 from simbert.training_model import linear_warmup
