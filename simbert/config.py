@@ -29,7 +29,7 @@ OBJECTIVE_OPTIONS = {
     "training.keep_generation": ("cosent",), "training.cosent_scale": ("cosent",),
     "training.teacher": ("simbert",), "training.distillation_weight": ("simbert",),
     "training.similarity_chunk": ("simbert",), "training.scale": ("simbert",),
-    "training.similarity_weight": ("simbert",), "training.mask_duplicates": ("simbert",),
+    "training.similarity_weight": ("simbert", "cosent"), "training.mask_duplicates": ("simbert",),
     "data.mask_source": ("simbert",), "training.seq2seq_weight": ("simbert", "cosent"),
     "training.num_labels": ("cross_encoder",),
 }
