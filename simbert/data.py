@@ -14,14 +14,13 @@ import itertools
 import random
 from typing import Callable, Iterable, Iterator, Sequence
 
-import keras
 import numpy as np
 
 from simbert.batch_sampling import sampled_batches
 from simbert.config import DataConfig
 from simbert.errors import DataError
 from simbert.readers import listed_files
-from simbert.shapes import ShapeBuckets
+from simbert.shapes import ShapeBuckets, padded_ids
 from simbert.tokenizer import SPECIAL_TOKENS, Tokenizer, is_cjk_character, is_dropped, is_punctuation, normalize
 from simbert.workers import ordered_map
 
@@ -226,8 +225,8 @@ def make_batch(pairs: Sequence[tuple[str, str]], tokenizer: Tokenizer, max_token
     length = max(map(len, rows))
     if buckets is not None:
         length = buckets.length(length)
-    token_ids = keras.utils.pad_sequences(rows, maxlen=length, dtype="int32", padding="post")
-    segment_ids = keras.utils.pad_sequences(segments, maxlen=length, dtype="int32", padding="post")
+    token_ids = padded_ids(rows, length)
+    segment_ids = padded_ids(segments, length)
     positions, seq2seq_targets = target_positions(token_ids, segment_ids, buckets)
     text_ids = source_text_ids(sources + mined)
     text_ids[len(sources):] = -1 - text_ids[len(sources):]

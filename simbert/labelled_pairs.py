@@ -16,7 +16,6 @@ import itertools
 from dataclasses import dataclass
 from typing import Callable, Iterable, Iterator, Sequence
 
-import keras
 import numpy as np
 
 from simbert.batch_sampling import sampled_batches
@@ -31,7 +30,7 @@ from simbert.readers import (
     read_pair_rows,
     training_files,
 )
-from simbert.shapes import ShapeBuckets
+from simbert.shapes import ShapeBuckets, padded_ids
 from simbert.tokenizer import Tokenizer
 from simbert.workers import ordered_map
 
@@ -131,7 +130,7 @@ def make_labelled_batch(pairs: Sequence[LabelledPair], tokenizer: Tokenizer, max
     length = max(map(len, rows))
     if buckets is not None:
         length = buckets.length(length)
-    token_ids = keras.utils.pad_sequences(rows, maxlen=length, dtype="int32", padding="post")
+    token_ids = padded_ids(rows, length)
     return (token_ids, np.zeros_like(token_ids)), {"cosent": labels}
 
 
@@ -146,8 +145,7 @@ def make_pair_batch(pairs: Sequence[LabelledPair], tokenizer: Tokenizer, max_tok
     length = max(len(ids) for ids, _ in rows)
     if buckets is not None:
         length = buckets.length(length)
-    token_ids, segment_ids = (keras.utils.pad_sequences(part, maxlen=length, dtype="int32", padding="post")
-                              for part in zip(*rows))
+    token_ids, segment_ids = (padded_ids(part, length) for part in zip(*rows))
     return (token_ids, segment_ids), {"classification": np.array([pair.label for pair in pairs], "int32")}
 
 

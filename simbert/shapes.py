@@ -16,7 +16,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Sequence
 
-import keras
 import numpy as np
 
 # Lengths up to this are rounded to multiples of `length_step`; longer ones more coarsely.
@@ -78,4 +77,17 @@ class ShapeBuckets:
         row, zeros after it and in the padding rows."""
         rows, length = self.shape([len(sequence) for sequence in sequences], batch_size)
         padding_rows = [[]] * (rows - len(sequences))
-        return keras.utils.pad_sequences([*sequences, *padding_rows], maxlen=length, dtype="int32", padding="post")
+        return padded_ids([*sequences, *padding_rows], length)
+
+
+def padded_ids(rows: Sequence[Sequence[int]], length: int) -> np.ndarray:
+    """int32 array `(len(rows), length)`: each row at the start of its line, zeros after
+    (`keras.utils.pad_sequences(..., padding="post")` without importing Keras, so that
+    batch-building worker processes start without a backend). A row longer than
+    `length` is a ValueError."""
+    padded = np.zeros((len(rows), length), "int32")
+    for index, row in enumerate(rows):
+        if len(row) > length:
+            raise ValueError(f"row {index} has {len(row)} ids, more than the padded length {length}")
+        padded[index, :len(row)] = row
+    return padded

@@ -82,11 +82,14 @@ def test_the_check_names_an_offending_import(tmp_path, monkeypatch):
 
 
 def test_importing_simbert_starts_no_tensorflow():
-    """`import simbert` (as `simbert --help` does) loads neither TensorFlow nor Keras."""
+    """`import simbert` (as `simbert --help` does) loads neither TensorFlow nor Keras, nor
+    do the batch builders a spawned batch worker imports (`simbert.data`,
+    `simbert.labelled_pairs`)."""
     import subprocess
     import sys
 
-    code = "import sys, simbert, simbert.cli; print('tensorflow' in sys.modules, 'keras' in sys.modules)"
+    code = ("import sys, simbert, simbert.cli, simbert.data, simbert.labelled_pairs; "
+            "print('tensorflow' in sys.modules, 'keras' in sys.modules)")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     assert result.stdout.split() == ["False", "False"], result.stderr[-2000:]
 

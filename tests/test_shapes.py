@@ -11,7 +11,7 @@ import pytest
 
 from helpers import TINY_CONFIG, write_model_dir
 from simbert import SimBERT
-from simbert.shapes import ShapeBuckets
+from simbert.shapes import ShapeBuckets, padded_ids
 
 
 def test_buckets_round_lengths_and_rows():
@@ -26,6 +26,17 @@ def test_buckets_round_lengths_and_rows():
     padded = shapes.pad([[2, 5, 3], [2, 3]], batch_size=8)
     np.testing.assert_array_equal(padded, [[2, 5, 3] + [0] * 13, [2, 3] + [0] * 14])
     assert padded.dtype == np.int32
+
+
+def test_padded_ids_are_keras_pad_sequences():
+    rows = [[5, 1, 7], [], [9], [4, 4, 4, 4, 2]]
+    for length in (5, 9):
+        expected = keras.utils.pad_sequences(rows, maxlen=length, dtype="int32", padding="post")
+        padded = padded_ids(rows, length)
+        assert padded.dtype == np.int32
+        np.testing.assert_array_equal(padded, expected)
+    with pytest.raises(ValueError, match="row 3 has 5 ids, more than the padded length 4"):
+        padded_ids(rows, 4)
 
 
 def test_long_lengths_take_coarser_buckets_of_bounded_padding():

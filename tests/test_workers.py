@@ -6,6 +6,7 @@ import time
 
 import numpy as np
 import pytest
+from worker_functions import fail_on_three
 
 from helpers import child_processes
 from simbert.config import DataConfig
@@ -15,12 +16,6 @@ from simbert.tokenizer import Tokenizer
 from simbert.workers import Prefetcher, ordered_map
 
 GROUPS = [[f"第{i}个问题怎么办", f"第{i}个问题如何处理", f"问题{i}该怎么解决"] for i in range(40)]
-
-
-def fail_on_three(value: int) -> int:
-    if value == 3:
-        raise ValueError("item 3 is bad")
-    return value * value
 
 
 def take(batches, count):
