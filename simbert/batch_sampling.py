@@ -10,6 +10,8 @@
 
 Batches drawn from one file suit the objectives that compare within a task (CoSENT
 compares labels only within one file; in-batch negatives from the same task are harder).
+Each file then has its own sampler and shuffle buffer (`data.shuffle_buffer` records a
+file), and `proportional` reads every file once more at the start to count its records.
 The stream is a function of the seed alone: the batches after `start_step` steps are
 those of an uninterrupted run.
 """
@@ -22,7 +24,7 @@ import itertools
 import random
 from typing import Callable, Iterable, Iterator, Sequence
 
-from simbert.errors import DataError
+from simbert.errors import DataError, NoUsableRecords
 
 FILE_BATCHES = ("mixed", "round_robin", "proportional")
 
@@ -79,7 +81,7 @@ def sampled_batches(make_sampler: Callable[..., Iterable], read_records: Callabl
                 collections.deque(itertools.islice(streams[index], count), maxlen=0)
                 return []
             return [next(streams[index]) for _ in range(count)]
-        except DataError as error:
+        except NoUsableRecords as error:  # a reader's own errors name their file and line already
             if mode == "mixed":
                 raise
             raise DataError(f"data.train {files[index]}: {error} (data.file_batches {mode} draws whole batches "

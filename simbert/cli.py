@@ -348,14 +348,20 @@ def _search(args) -> int:
 def _mine(args) -> int:
     start_backend()
     from simbert.atomic_files import write_atomically
-    from simbert.mining import MiningReport, corpus_index, mine_negatives, read_records
+    from simbert.mining import MiningReport, corpus_index, detect_input_format, mine_negatives, read_records
+
+    input_format = args.format or detect_input_format(args.input)
+    if input_format == "groups" and args.pair_threshold is not None:
+        raise ValueError(f"--pair-threshold reads a pair file's labels; {args.input} is a groups file")
+    threshold = 1.0 if args.pair_threshold is None else args.pair_threshold
 
     def records():
-        return read_records(args.input, args.format, args.pair_threshold)
+        return read_records(args.input, input_format, threshold)
 
     count = sum(1 for _ in records())  # a first pass: a bad record fails now
     if not count:
-        raise ValueError(f"{args.input} holds no record of two or more distinct texts")
+        similar = f" (pairs labelled at least {threshold:g})" if input_format == "pairs" else ""
+        raise ValueError(f"{args.input} holds no record of two or more distinct texts{similar}")
     model = _load_model(args)
     index = corpus_index(model, args.corpus, args.batch_size, progress=True)
     report = MiningReport()
@@ -585,7 +591,7 @@ def build_parser() -> argparse.ArgumentParser:
     mine.add_argument("--input", required=True, type=existing_path("input file"),
                       help="training data: SimBERT groups JSONL, or a pair file (its similar pairs)")
     mine.add_argument("--format", choices=["groups", "pairs"], help="of --input (default: detected)")
-    mine.add_argument("--pair-threshold", type=float, default=1.0,
+    mine.add_argument("--pair-threshold", type=float,
                       help="a pair file's label below this is not a similar pair (default 1; e.g. 4 for STS scores)")
     mine.add_argument("--corpus", required=True, type=existing_path("corpus", directory=None),
                       help="texts to mine, one a line (searched exactly), or an index directory of this model "

@@ -18,7 +18,7 @@ import numpy as np
 
 from simbert.batch_sampling import sampled_batches
 from simbert.config import DataConfig
-from simbert.errors import DataError
+from simbert.errors import NoUsableRecords
 from simbert.readers import listed_files
 from simbert.shapes import ShapeBuckets, padded_ids
 from simbert.tokenizer import SPECIAL_TOKENS, Tokenizer, is_cjk_character, is_dropped, is_punctuation, normalize
@@ -74,7 +74,7 @@ class PairSampler:
                 yield buffer[index]
                 buffer[index] = group
             if empty and not buffer:
-                raise DataError(f"the training data holds no usable {self.record_name}")
+                raise NoUsableRecords(f"the training data holds no usable {self.record_name}")
             for _ in range(len(buffer)):  # a full pass over the buffer, then refill
                 yield buffer[self.rng.randrange(len(buffer))]
 

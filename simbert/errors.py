@@ -19,6 +19,10 @@ class DataError(ValueError):
     training data without a usable one."""
 
 
+class NoUsableRecords(DataError):
+    """Training data (or one file of it) in which no record can be used."""
+
+
 class FileFormatError(ValueError):
     """A file that exists but cannot be read as the format expected (truncated, corrupt,
     another format); the message names the file and what was expected."""

@@ -1,6 +1,6 @@
 """Evaluation on sentence-pair sets (LCQMC, AFQMC, ATEC, BQ, PAWSX, STS-B layouts).
 
-Flow: `read_pair_file` (layout detected, `simbert.data`'s pair reader) -> scores (cosine
+Flow: `read_pair_file` (layout detected, `simbert.readers`' pair reader) -> scores (cosine
 of the model's vectors, or the char-Jaccard baseline) -> `pair_metrics` (Spearman,
 Pearson, accuracy/F1 at the best and at a fixed threshold) -> table / JSON / histograms.
 """

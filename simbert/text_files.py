@@ -36,7 +36,7 @@ def numbered_lines(path: str | os.PathLike, on_error: Callable[[str], None] | No
     Args:
         path: the file.
         on_error: None raises `NotUTF8Error` at the first line that is not UTF-8; a
-            function gets that error's message instead (e.g. `data.problem_handler`, which
+            function gets that error's message instead (e.g. `readers.problem_handler`, which
             raises or counts it) and the line is left out, the next keeping its number.
         what: how a missing file is named in the error ("pair file", ...).
 

@@ -318,14 +318,16 @@ class Trainer:
         """Whether the objective trains on labelled pairs (cosent, cross_encoder), not groups."""
         return self.config.training.objective != "simbert"
 
-    def read_groups(self, source: int | None = None):
+    def read_groups(self, source: int | None = None, counted: bool = True):
         """The training records, read afresh (a new pass over the files), or file number
         `source`'s alone: groups of similar texts, or `LabelledPair`s for an objective that
         reads labelled pairs. Skipped records are counted in `self.report` during the
-        first full pass over each file only, so each is counted once."""
+        first pass over each file that starts with `counted` (training's passes), so each
+        is counted once; a run that stops within that pass reports the skips it met."""
         sources = set(range(len(listed_files(self.config.data)))) if source is None else {source}
-        report = self.report if not sources <= self._counted_sources else ReadReport()
-        self._counted_sources |= sources
+        report = self.report if counted and not sources <= self._counted_sources else ReadReport()
+        if counted:
+            self._counted_sources |= sources
         if self.reads_labelled_pairs:
             return read_training_pairs(self.config.data, report,
                                        self.config.training.num_labels if self.classifies else None, source)
@@ -361,6 +363,7 @@ class Trainer:
                             f"with < 2 distinct texts; {reasons})")
         if getattr(first, "negatives", ()) and self.config.data.negatives_per_pair:
             self._check_mined_negatives()  # now, not at the first batch, when the first group has them
+        self._check_each_file_has_a_record()
         self.data_characters = None
         if whole:
             mined = []  # whether a group of the pass holds negatives: checked now, not at its batch
@@ -371,6 +374,19 @@ class Trainer:
                 self._check_mined_negatives()
         if not whole:  # the full passes of training count every file's skipped records
             self.report, self._counted_sources = ReadReport(), set()
+
+    def _check_each_file_has_a_record(self) -> None:
+        """With batches drawn from one file each (`data.file_batches` round_robin or
+        proportional), every file must hold a usable record: one that holds none is named
+        now, not when its first batch comes."""
+        files = listed_files(self.config.data)
+        if self.config.data.file_batches == "mixed" or len(files) < 2:
+            return
+        for source, path in enumerate(files):
+            if next(iter(self.read_groups(source, counted=False)), None) is None:
+                raise DataError(f"data.train {path} holds no usable record; data.file_batches "
+                                f"{self.config.data.file_batches} draws whole batches from each file "
+                                f"(leave the file out, or use data.file_batches mixed)")
 
     def _check_model_recipe(self) -> None:
         """The model part of the recipe, before anything is built: its paths exist and a
@@ -624,8 +640,8 @@ class Trainer:
             logger.warning("output.sample_every: samples are not printed in a multi-process run (every process "
                            "would have to generate them together)")
         elif output.sample_every:
-            texts = output.sample_texts or [self._record_texts(record)[0] for _, record in zip(range(3),
-                                                                                            self.read_groups())]
+            texts = output.sample_texts or [self._record_texts(record)[0] for _, record in zip(
+                range(3), self.read_groups(counted=False))]
             sampler = SimBERT(self.backbone, self.tokenizer, max_tokens=self.config.data.max_tokens)
             callbacks.append(SamplePrinter(sampler, texts, output.sample_every, start_step))
         callbacks = DispatchAhead(callbacks, self.training_model, verbose=0, epochs=1, steps=total - start_step)

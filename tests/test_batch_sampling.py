@@ -79,6 +79,19 @@ def test_a_file_without_records_is_named(mode):
         list(itertools.islice(stream, 60))
 
 
+def test_a_bad_record_keeps_its_own_message(tmp_path):
+    """A reader's error names its file and line; the per-file sampling adds nothing."""
+    def read_failing(index=None):
+        if index == 1:
+            raise DataError("b.json, line 2: not a JSON record")
+        return read_records(index)
+
+    stream = sampled_batches(make_sampler, read_failing, ["a.json", "b.json", "c.json"], "round_robin", 1, 4)
+    with pytest.raises(DataError) as raised:
+        list(itertools.islice(stream, 3))
+    assert str(raised.value) == "b.json, line 2: not a JSON record"
+
+
 def write_pairs(path, prefix, rows):
     path.write_text("".join(f"{prefix}{i}甲\t{prefix}{i}乙\t{i % 2}\n" for i in range(rows)), encoding="utf-8")
     return str(path)
@@ -104,25 +117,49 @@ def test_cosent_batches_of_one_file_carry_its_number(tmp_path):
         assert first_tokens == {"一二"[step % 2]}
 
 
-def test_the_trainer_reads_one_file_at_a_time_and_counts_skips_once(tmp_path):
-    """A round-robin run on two files, each with an unreadable first line: both lines
-    are counted once, however many passes the run makes over each file."""
-    from simbert.trainer import Trainer
-
+def group_files(tmp_path, parts):
+    """Groups files, a part of data_sample.json's lines each after an unreadable first
+    line, and a vocabulary of their characters (so the trainer reads no file whole
+    before training)."""
     lines = open(os.path.join(ROOT, "data_sample.json"), encoding="utf-8").read().splitlines()
     files = []
-    for index, part in enumerate((lines[:3], lines[3:8])):
-        files.append(tmp_path / f"part{index}.json")
-        files[-1].write_text("\n".join(["{broken", *part]) + "\n", encoding="utf-8")
+    for index, part in enumerate(parts):
+        files.append(str(tmp_path / f"part{index}.json"))
+        with open(files[-1], "w", encoding="utf-8") as writer:
+            writer.write("\n".join(["{broken", *(lines[number] for number in part)]) + "\n")
     vocab = tmp_path / "vocab.txt"
     characters = sorted({character for line in lines for record in [json.loads(line)]
                          for text in [record["text"], *record["synonyms"]] for character in text})
     vocab.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *characters]) + "\n", encoding="utf-8")
+    return files, str(vocab)
+
+
+@pytest.mark.parametrize("mode, sample_every", [("round_robin", 0), ("proportional", 3)])
+def test_the_trainer_reads_one_file_at_a_time_and_counts_skips_once(tmp_path, mode, sample_every):
+    """A run on two files, each with an unreadable first line: both lines are counted
+    once, however many passes the run makes over each file (proportional's count of
+    records, the samples' texts and the check of each file included)."""
+    from simbert.trainer import Trainer
+
+    files, vocab = group_files(tmp_path, (range(3), range(3, 8)))
     config = short_config(tmp_path / "run", 6)
-    config.data.train, config.data.on_error = [str(path) for path in files], "skip"
-    config.data.file_batches, config.data.shuffle_buffer = "round_robin", 2
-    config.model.vocab = str(vocab)
+    config.data.train, config.data.on_error, config.model.vocab = files, "skip", vocab
+    config.data.file_batches, config.data.shuffle_buffer = mode, 2
+    config.output.sample_every = sample_every
     trainer = Trainer(config)
     result = trainer.fit()
     assert result.checkpoint.endswith("checkpoint-0000006")
     assert trainer.report.skipped_records == 2
+
+
+def test_a_file_without_a_usable_record_is_named_before_training(tmp_path):
+    from simbert.trainer import Trainer
+
+    files, vocab = group_files(tmp_path, (range(3), []))
+    config = short_config(tmp_path / "run", 6)
+    config.data.train, config.data.on_error, config.model.vocab = files, "skip", vocab
+    config.data.file_batches = "round_robin"
+    with pytest.raises(DataError, match=rf"data.train {files[1]} holds no usable record; data.file_batches"):
+        Trainer(config)
+    config.data.file_batches = "mixed"  # the other file's records are enough
+    Trainer(config)

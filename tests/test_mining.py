@@ -183,6 +183,19 @@ def test_mine_names_a_bad_record_before_loading_the_model(tiny_model, tmp_path, 
     assert not os.path.exists(tmp_path / "o")
 
 
+def test_mine_pair_threshold_reads_pair_files_only(tiny_model, tmp_path, capsys):
+    groups = tmp_path / "train.json"
+    groups.write_text('{"text": "w1", "synonyms": ["w2"]}\n', encoding="utf-8")
+    pairs = tmp_path / "sts.tsv"
+    pairs.write_text("w1\tw2\t3.5\nw3\tw4\t1\n", encoding="utf-8")
+    refusals = [(groups, f"--pair-threshold reads a pair file's labels; {groups} is a groups file"),
+                (pairs, f"{pairs} holds no record of two or more distinct texts (pairs labelled at least 4)")]
+    for data, message in refusals:
+        assert main(["mine", tiny_model, "--input", str(data), "--corpus", str(groups), "--output",
+                     str(tmp_path / "o"), "--pair-threshold", "4"]) == 1
+        assert capsys.readouterr().err.strip().splitlines() == [f"simbert: error: {message}"]
+
+
 # --------------------------------------------------------- reading, batches
 def test_groups_keep_their_negatives_and_a_bad_value_names_file_and_line(tmp_path):
     path = tmp_path / "data.json"
