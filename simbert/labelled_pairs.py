@@ -28,7 +28,7 @@ from simbert.readers import (
     pair_thresholds,
     problem_handler,
     read_pair_rows,
-    training_files,
+    selected_files,
 )
 from simbert.shapes import ShapeBuckets, padded_ids
 from simbert.tokenizer import Tokenizer
@@ -75,10 +75,8 @@ def read_training_pairs(data: DataConfig, report: ReadReport, num_labels: int | 
     """The labelled pairs of `data.train`'s files, one file after another, or of file
     number `source` alone (a missing file raises here); with `num_labels`, their labels
     are classes (see `read_labelled_pairs`)."""
-    files = training_files(data)
-    numbers = range(len(files)) if source is None else [source]
-    return itertools.chain.from_iterable(read_labelled_pairs(files[number], data.on_error, report, number, num_labels)
-                                         for number in numbers)
+    return itertools.chain.from_iterable(read_labelled_pairs(path, data.on_error, report, number, num_labels)
+                                         for number, path in selected_files(data, source))
 
 
 def sampled_pairs(read_pair_stream: Callable[..., Iterable[LabelledPair]], data: DataConfig, seed: int,

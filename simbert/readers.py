@@ -285,14 +285,20 @@ def pair_thresholds(data: DataConfig) -> list[float]:
     return [float(value) for value in thresholds] if isinstance(thresholds, list) else [thresholds] * len(files)
 
 
+def selected_files(data: DataConfig, source: int | None = None) -> list[tuple[int, str]]:
+    """`(number, path)` of every file of `data.train`, or of file number `source` alone;
+    each checked to exist (`training_files`), so a missing file raises before any is read."""
+    files = list(enumerate(training_files(data)))
+    return files if source is None else [files[source]]
+
+
 def read_training_groups(data: DataConfig, report: ReadReport, source: int | None = None) -> Iterator[list[str]]:
     """The groups of `data.train`'s files in its `data.format` (groups or pairs), one file
     after another, or of file number `source` alone (a missing file raises here, before
     the first is read)."""
-    files = training_files(data)
-    numbers = range(len(files)) if source is None else [source]
+    files = selected_files(data, source)
     if data.format == "groups":
-        return itertools.chain.from_iterable(read_groups(files[number], data.on_error, report) for number in numbers)
+        return itertools.chain.from_iterable(read_groups(path, data.on_error, report) for _, path in files)
     thresholds = pair_thresholds(data)
-    return itertools.chain.from_iterable(read_pairs(files[number], data.on_error, report, thresholds[number])
-                                         for number in numbers)
+    return itertools.chain.from_iterable(read_pairs(path, data.on_error, report, thresholds[number])
+                                         for number, path in files)
