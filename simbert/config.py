@@ -212,6 +212,7 @@ class TrainingConfig:
     learning_rate: float = 2e-6
     weight_decay: float = 0.01  # AdamW; LayerNorm and bias excluded
     warmup_steps: int = 0
+    lr_decay: str = "none"  # after warm-up: none (constant) | linear (to 0 at `steps`)
     clipnorm: float | None = None
     precision: str = "float32"  # float32 | mixed_float16 | mixed_bfloat16
     jit_compile: bool | str = "auto"  # XLA-compile the step; auto: Platform.compiles_training_step (JAX yes, TF no)
@@ -260,6 +261,7 @@ class TrainConfig:
         "data.format": DATA_FORMATS,
         "data.on_error": ("raise", "skip"),
         "data.file_batches": FILE_BATCHES,
+        "training.lr_decay": ("none", "linear"),
         "training.precision": PRECISIONS,
         "training.jit_compile": (True, False, "auto"),
         "training.distribution": ("auto", "none", "data_parallel"),

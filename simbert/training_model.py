@@ -28,8 +28,34 @@ def linear_warmup(learning_rate: float, warmup_steps: int) -> keras.optimizers.s
         warmup_target=learning_rate, warmup_steps=warmup_steps - 1)
 
 
+class WarmupLinearDecay(keras.optimizers.schedules.LearningRateSchedule):
+    """Linear warm-up, then linear decay to 0 at `total_steps` (sentence-transformers'
+    and transformers' default "WarmupLinear"), with this module's warm-up:
+
+        lr_t = lr * max(0, min((t + 1) / w, (T - t) / (T - w)))       (w = 0: lr (T - t) / T)
+    """
+
+    def __init__(self, learning_rate: float, warmup_steps: int, total_steps: int):
+        self.learning_rate = learning_rate
+        self.warmup_steps = warmup_steps
+        self.total_steps = total_steps
+
+    def __call__(self, step):
+        step = keras.ops.cast(step, "float32")
+        decay = (self.total_steps - step) / max(self.total_steps - self.warmup_steps, 1)
+        factor = keras.ops.minimum((step + 1) / self.warmup_steps, decay) if self.warmup_steps else decay
+        return self.learning_rate * keras.ops.maximum(factor, 0.0)
+
+    def get_config(self) -> dict:
+        return {"learning_rate": self.learning_rate, "warmup_steps": self.warmup_steps,
+                "total_steps": self.total_steps}
+
+
 def learning_rate_schedule(training: TrainingConfig) -> float | keras.optimizers.schedules.LearningRateSchedule:
-    """`training.learning_rate`, warmed up linearly over `training.warmup_steps` if any."""
+    """`training.learning_rate`, warmed up linearly over `training.warmup_steps` if any,
+    then constant (`training.lr_decay: none`) or decayed linearly to 0 at `training.steps`."""
+    if training.lr_decay == "linear":
+        return WarmupLinearDecay(training.learning_rate, training.warmup_steps, training.steps)
     if training.warmup_steps:
         return linear_warmup(training.learning_rate, training.warmup_steps)
     return training.learning_rate

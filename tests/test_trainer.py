@@ -19,11 +19,12 @@ import pytest
 from helpers import ROOT, padded_batch, shell_environment, short_config, steps_of, tiny_config
 from reference.invoke import run_bert4keras
 from simbert import build_transformer_model
+from simbert.config import TrainConfig
 from simbert.directories import DirectoryInUse, RunDirectoryTaken, checkpoint_dir, checkpoint_dirs, remove_checkpoint
 from simbert.errors import DataError
 from simbert.tokenizer import load_vocab
 from simbert.trainer import ResumeMismatch, Trainer
-from simbert.training_model import linear_warmup
+from simbert.training_model import WarmupLinearDecay, learning_rate_schedule, linear_warmup
 
 
 def read_metrics(output_dir):
@@ -151,6 +152,31 @@ def test_linear_warmup_is_the_hand_written_formula(warmup_steps):
     for step in range(3 * warmup_steps + 2):
         expected = 0.002 * min(1.0, (step + 1) / warmup_steps)
         assert abs(float(schedule(step)) - expected) < 1e-9, step
+
+
+@pytest.mark.parametrize("warmup_steps, total_steps", [(0, 10), (1, 10), (4, 20), (10, 10)])
+def test_linear_decay_is_the_hand_written_formula(warmup_steps, total_steps):
+    """`lr_decay: linear`: the warm-up above, then `lr (T - t) / (T - w)`, 0 from step T on."""
+    schedule = WarmupLinearDecay(0.002, warmup_steps, total_steps)
+    for step in range(total_steps + 3):
+        warmup = (step + 1) / warmup_steps if warmup_steps else 1.0
+        decay = (total_steps - step) / max(total_steps - warmup_steps, 1)
+        expected = 0.002 * max(0.0, min(warmup, decay))
+        assert float(schedule(step)) == pytest.approx(expected, rel=1e-6, abs=1e-12), step
+    assert float(schedule(total_steps)) == 0.0
+
+
+def test_learning_rate_schedule_follows_the_recipe(tmp_path):
+    """The recipe picks the schedule: constant after warm-up unless `lr_decay: linear`,
+    which ends at `training.steps`; an unknown `lr_decay` is refused when read."""
+    config = tiny_config(tmp_path, 40)
+    config.training.warmup_steps = 10
+    assert float(learning_rate_schedule(config.training)(39)) == pytest.approx(config.training.learning_rate, rel=1e-6)
+    config.training.lr_decay = "linear"
+    assert float(learning_rate_schedule(config.training)(39)) == pytest.approx(config.training.learning_rate / 30,
+                                                                              rel=1e-6)
+    with pytest.raises(ValueError, match="training.lr_decay should be one of"):
+        TrainConfig.from_dict({"training": {"lr_decay": "cosine"}}, "recipe.yaml")
 
 
 def test_fit_runs_outside_the_main_thread(tmp_path):
