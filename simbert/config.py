@@ -24,6 +24,7 @@ from simbert.errors import missing_path
 MODEL_TYPES = ("bert", "roformer")
 DATA_FORMATS = ("groups", "pairs", "labelled_pairs")
 OBJECTIVES = ("simbert", "cosent", "cross_encoder")
+LR_DECAYS = ("none", "linear")  # after the warm-up: constant, or linear to 0 at training.steps
 # The options only some objectives use.
 OBJECTIVE_OPTIONS = {
     "training.keep_generation": ("cosent",), "training.cosent_scale": ("cosent",),
@@ -261,7 +262,7 @@ class TrainConfig:
         "data.format": DATA_FORMATS,
         "data.on_error": ("raise", "skip"),
         "data.file_batches": FILE_BATCHES,
-        "training.lr_decay": ("none", "linear"),
+        "training.lr_decay": LR_DECAYS,
         "training.precision": PRECISIONS,
         "training.jit_compile": (True, False, "auto"),
         "training.distribution": ("auto", "none", "data_parallel"),
